@@ -1,0 +1,2 @@
+mod kernel;
+fn main() {}
