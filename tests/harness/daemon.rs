@@ -82,7 +82,9 @@ impl Daemon {
             .arg("--proxy-port")
             .arg(self.proxy_port.to_string())
             .args(&self.extra_args)
-            .env("RUST_LOG", "debug")
+            // debug everywhere but aya's per-instruction relocation chatter.
+            .env("RUST_LOG", "debug,aya_obj=info")
+            .env("NO_COLOR", "1")
             .env_remove("INTERCEPTOR_SOCKET");
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);
