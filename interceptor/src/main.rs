@@ -1,2 +1,63 @@
+//! interceptor: transparent egress interception for enrolled cgroups and containers.
+
+mod cgroup;
+mod cli;
+mod control;
+mod daemon;
+mod enrollment;
+mod identity;
 mod kernel;
-fn main() {}
+mod proxy;
+mod redirect;
+mod relay;
+mod sessions;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use cli::args::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(cli.command, Command::Run(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(if is_daemon { "info" } else { "warn" })),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run_daemon(cli.socket, args).map(|()| 0),
+        _ => cli::run_client(cli),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("interceptor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::Result<()> {
+    let config = daemon::DaemonConfig {
+        data_dir: args.data_dir,
+        socket,
+        socket_group: args.socket_group,
+        bpffs_dir: args.bpffs_dir,
+        proxy_port: args.proxy_port,
+        connect_timeout: args.connect_timeout,
+        sync_interval: args.sync_interval,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let writer = runtime.block_on(daemon::run(config))?;
+    // Dropping the runtime drops every task and with them every store handle; then the
+    // writer drains what they queued and syncs it.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    writer.finish();
+    Ok(())
+}

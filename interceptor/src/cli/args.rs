@@ -1,0 +1,158 @@
+//! Command-line syntax (clap).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+use crate::kernel::CidrRule;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent egress interception for enrolled cgroups and containers"
+)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "INTERCEPTOR_SOCKET",
+        default_value = "/run/interceptor/control.sock"
+    )]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Run(RunArgs),
+    /// Intercept the outbound TCP connections of a cgroup, a process's cgroup, or a container.
+    Enroll(EnrollArgs),
+    /// Stop intercepting a cgroup.
+    Unenroll(UnenrollArgs),
+    /// Show the daemon, its enrollments and live connections.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command with its outbound connections intercepted, in a cgroup of its own.
+    Exec(ExecArgs),
+    /// Recorded connections.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where sessions and enrollment state are kept.
+    #[arg(long, default_value = "/var/lib/interceptor")]
+    pub data_dir: PathBuf,
+    /// Group that may use the control socket (mode 0660, owner root).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// bpffs directory for pinned maps and links (enrollments survive restarts through it).
+    #[arg(long, default_value = "/sys/fs/bpf/interceptor")]
+    pub bpffs_dir: PathBuf,
+    /// Port of the proxy listener on 127.0.0.1 and ::1 (in every enrolled network namespace).
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// How long to wait for an upstream to accept a connection.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Longest time a session record waits in memory before it is fsynced.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sync_interval: Duration,
+}
+
+/// Which cgroup: exactly one of a path, a process, a container.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// cgroup2 directory, absolute or relative to the cgroup2 mount.
+    pub path: Option<PathBuf>,
+    /// The cgroup of this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The cgroup of this container (full id or unique prefix).
+    #[arg(long)]
+    pub container: Option<String>,
+}
+
+/// What to intercept and deny; shared by `enroll` and `exec`.
+#[derive(Args, Debug, Clone)]
+pub struct FilterArgs {
+    /// Intercept only these destination ports (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Vec<u16>,
+    /// Intercept only destinations in this network (repeatable; default all).
+    #[arg(long)]
+    pub cidr: Vec<IpNet>,
+    /// Fail connect() in the kernel for CIDR, IPv4CIDR:PORTS or [IPv6CIDR]:PORTS (repeatable).
+    #[arg(long, value_parser = super::rules::parse_deny)]
+    pub deny: Vec<CidrRule>,
+    /// Also intercept loopback destinations (other than the proxy itself).
+    #[arg(long)]
+    pub include_loopback: bool,
+    /// A name for the enrollment, shown in status and sessions.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Network namespace of the workload (default: that of its processes, else the host's).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Allow enrolling the root cgroup (intercepts every process on the host).
+    #[arg(long)]
+    pub allow_root: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct UnenrollArgs {
+    pub path: Option<PathBuf>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Enrollment id, as `status` shows it.
+    #[arg(long)]
+    pub id: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// Every recorded connection, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One connection in full.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}

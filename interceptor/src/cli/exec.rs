@@ -1,0 +1,96 @@
+//! `interceptor exec`: run one command intercepted, in a cgroup made for it and enrolled for
+//! exactly its lifetime.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+
+use super::args::ExecArgs;
+use crate::cgroup::{self, OwnedCgroup};
+use crate::control::client;
+use crate::control::protocol::{EnrollRequest, EnrollmentStatus, Request, Target};
+
+/// Returns the command's exit code (128 + signal number when it was killed by a signal).
+pub fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<i32> {
+    let parent = cgroup::mount_point()?.join("interceptor");
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+    let dir = parent.join(format!("exec-{}-{nanos}", std::process::id()));
+    let owned = OwnedCgroup::create(&dir)?;
+    let enrolled: EnrollmentStatus = client::call(
+        socket,
+        &Request::Enroll(EnrollRequest {
+            target: Target::Path(dir.clone()),
+            options: args.filters.into_options(None),
+            allow_root: false,
+        }),
+    )?;
+    let result = run_in(&owned, &args.command);
+    // Tear down in order: nothing left running, then detach, then remove the cgroup.
+    owned.kill_remaining();
+    if let Err(e) = client::call::<EnrollmentStatus>(
+        socket,
+        &Request::Unenroll {
+            target: Target::Id(enrolled.id),
+        },
+    ) {
+        tracing::warn!(error = %format!("{e:#}"), "could not unenroll the command's cgroup");
+    }
+    drop(owned);
+    let _ = std::fs::remove_dir(&parent); // only succeeds when no other exec is running
+    result
+}
+
+fn run_in(cgroup: &OwnedCgroup, argv: &[std::ffi::OsString]) -> anyhow::Result<i32> {
+    let procs = cgroup.procs_file()?;
+    let procs_fd = procs.as_raw_fd();
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // "0" moves the writing process: the child joins the cgroup before it runs anything.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    // Ctrl-C is for the command; this process stays to clean up after it.
+    let _ignore = IgnoreInterrupts::new();
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {:?}", argv[0]))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+struct IgnoreInterrupts;
+
+impl IgnoreInterrupts {
+    fn new() -> Self {
+        // SAFETY: setting dispositions to SIG_IGN has no handler to be unsafe about.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        }
+        IgnoreInterrupts
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The control protocol: one JSON request per line, one JSON reply per line, over the daemon's
+//! Unix socket. Replies are `{"Ok": …}` or `{"Err": "message"}`.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::CidrRule;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Enroll(EnrollRequest),
+    Unenroll { target: Target },
+    Status,
+    Sessions,
+    Session { id: String },
+}
+
+pub type Reply = Result<serde_json::Value, String>;
+
+/// What to enroll: the daemon resolves it (it is the one with the authority to).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A cgroup2 directory, absolute or relative to the mount.
+    Path(PathBuf),
+    /// The cgroup of this process.
+    Pid(u32),
+    /// The cgroup of this container (id or unique id prefix).
+    Container(String),
+    /// An existing enrollment (unenroll only).
+    Id(u32),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EnrollOptions {
+    /// Only these destination ports are intercepted (empty: all).
+    pub ports: Vec<u16>,
+    /// Only these destination networks are intercepted (empty: all).
+    pub cidrs: Vec<IpNet>,
+    /// Destinations whose connect() fails in the kernel.
+    pub deny: Vec<CidrRule>,
+    pub include_loopback: bool,
+    /// Network namespace of the workload (default: derived from its processes, else the host's).
+    pub netns: Option<PathBuf>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub target: Target,
+    pub options: EnrollOptions,
+    pub allow_root: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollmentStatus {
+    pub id: u32,
+    pub name: Option<String>,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub netns: Option<PathBuf>,
+    pub ports: Vec<u16>,
+    pub cidrs: Vec<IpNet>,
+    pub deny: Vec<CidrRule>,
+    pub include_loopback: bool,
+    pub program_ids: Vec<u32>,
+    pub live_connections: u64,
+    pub total_connections: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub daemon_pid: u32,
+    pub proxy_port: u16,
+    pub live_connections: u64,
+    pub enrollments: Vec<EnrollmentStatus>,
+}

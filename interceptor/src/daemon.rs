@@ -1,0 +1,155 @@
+//! `interceptor run`: wires the kernel side, the proxy, the session store and the control API
+//! together, and serves until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::Mutex;
+
+use crate::control::protocol::{Reply, Request, Status};
+use crate::control::server::{self, SocketFile};
+use crate::enrollment::Enrollments;
+use crate::identity::IdentityResolver;
+use crate::kernel::Kernel;
+use crate::proxy::{Proxy, Registry};
+use crate::redirect::Listeners;
+use crate::sessions::{Store, StoreWriter};
+
+/// `SO_MARK` on the daemon's upstream sockets ("intc"); the kernel programs let marked
+/// sockets through, so the daemon never intercepts itself.
+pub const BYPASS_MARK: u32 = 0x696e_7463;
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_group: Option<String>,
+    pub bpffs_dir: PathBuf,
+    pub proxy_port: u16,
+    pub connect_timeout: Duration,
+    pub sync_interval: Duration,
+}
+
+pub struct Daemon {
+    enrollments: Mutex<Enrollments>,
+    proxy: Arc<Proxy>,
+    proxy_port: u16,
+}
+
+/// Runs the daemon until a termination signal; returns the store writer so the caller can
+/// drain it once every task (and so every store handle) is gone.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "interceptor run must be started as root (it loads eBPF programs and enters network namespaces)"
+        );
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.sync_interval)?;
+    let mut kernel = Kernel::load(
+        &config.bpffs_dir,
+        interceptor_ebpf::Config {
+            daemon_tgid: std::process::id(),
+            bypass_mark: BYPASS_MARK,
+        },
+    )
+    .context("loading the eBPF programs")?;
+    let mut denied = kernel.take_denied_events()?;
+    let registry = Registry::default();
+    let proxy = Arc::new(Proxy {
+        original: kernel.original_dst(),
+        identities: IdentityResolver::default(),
+        store,
+        registry: registry.clone(),
+        connect_timeout: config.connect_timeout,
+        mark: BYPASS_MARK,
+        live: AtomicU64::new(0),
+    });
+    let listeners = Listeners::start(config.proxy_port, proxy.clone())
+        .await
+        .context("starting the proxy listeners")?;
+    let mut enrollments = Enrollments::new(
+        kernel,
+        listeners,
+        registry,
+        &config.data_dir,
+        config.proxy_port,
+    );
+    enrollments.restore().await?;
+
+    let control = server::bind(&config.socket, config.socket_group.as_deref())?;
+    let _socket_file = SocketFile(config.socket.clone());
+    let daemon = Arc::new(Daemon {
+        enrollments: Mutex::new(enrollments),
+        proxy: proxy.clone(),
+        proxy_port: config.proxy_port,
+    });
+    tokio::spawn(server::serve(control, daemon));
+    tokio::spawn(async move {
+        while let Some(info) = denied.next().await {
+            proxy.record_denied(&info);
+        }
+    });
+    tracing::info!(
+        port = config.proxy_port,
+        socket = %config.socket.display(),
+        data_dir = %config.data_dir.display(),
+        "interceptor ready"
+    );
+    shutdown_signal().await?;
+    tracing::info!("shutting down; enrollments stay pinned in the kernel");
+    Ok(writer)
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+impl Daemon {
+    pub async fn handle(&self, request: Request) -> Reply {
+        self.dispatch(request).await.map_err(|e| format!("{e:#}"))
+    }
+
+    async fn dispatch(&self, request: Request) -> anyhow::Result<serde_json::Value> {
+        Ok(match request {
+            Request::Enroll(req) => {
+                serde_json::to_value(self.enrollments.lock().await.enroll(req).await?)?
+            }
+            Request::Unenroll { target } => {
+                serde_json::to_value(self.enrollments.lock().await.unenroll(&target)?)?
+            }
+            Request::Status => serde_json::to_value(Status {
+                daemon_pid: std::process::id(),
+                proxy_port: self.proxy_port,
+                live_connections: self.proxy.live.load(Ordering::Relaxed),
+                enrollments: self.enrollments.lock().await.status(),
+            })?,
+            Request::Sessions => serde_json::to_value(self.sessions().await?)?,
+            Request::Session { id } => {
+                let session = self
+                    .sessions()
+                    .await?
+                    .into_iter()
+                    .find(|s| s.id.to_string() == id)
+                    .with_context(|| format!("no session with id {id}"))?;
+                serde_json::to_value(session)?
+            }
+        })
+    }
+
+    async fn sessions(&self) -> anyhow::Result<Vec<crate::sessions::Session>> {
+        let store = self.proxy.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.sessions()).await??)
+    }
+}

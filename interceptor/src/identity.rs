@@ -1,0 +1,266 @@
+//! Who made a connection: the kernel's record from `connect()` joined with `/proc`.
+//!
+//! The kernel fields (pid, uid, gid, comm, cgroup id, netns) are always there; the `/proc`
+//! fields (exe, cmdline, cgroup path) are best effort, since a process may exit right after
+//! `connect()`. A pid reused by a newer process is detected by its start time and ignored.
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::{Arc, Mutex};
+
+use interceptor_ebpf::ConnectInfo;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{self, Cgroup};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread that called `connect()`.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: Option<String>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    /// Path relative to the cgroup2 mount, as in `/proc/PID/cgroup`.
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub container: Option<Container>,
+    pub netns_cookie: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub runtime: String,
+}
+
+/// Container id and runtime from a cgroup path, for the naming schemes of the common runtimes:
+/// systemd driver (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
+/// `libpod-<id>.scope`) and cgroupfs driver (`/docker/<id>`, `/kubepods/.../<id>`).
+pub fn container_of(cgroup_path: &str) -> Option<Container> {
+    const SCOPES: [(&str, &str); 4] = [
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd"),
+        ("crio-", "crio"),
+        ("libpod-", "podman"),
+    ];
+    let mut parent = "";
+    for segment in cgroup_path.split('/').filter(|s| !s.is_empty()) {
+        let name = segment.strip_suffix(".scope").unwrap_or(segment);
+        for (prefix, runtime) in SCOPES {
+            if let Some(id) = name.strip_prefix(prefix).filter(|id| is_container_id(id)) {
+                return found(id, runtime);
+            }
+        }
+        if is_container_id(name) {
+            let runtime = match parent {
+                "docker" => "docker",
+                "libpod_parent" | "machine.slice" => "podman",
+                _ if cgroup_path.contains("kubepods") => "containerd",
+                _ => "unknown",
+            };
+            return found(name, runtime);
+        }
+        parent = segment;
+    }
+    None
+}
+
+fn found(id: &str, runtime: &str) -> Option<Container> {
+    Some(Container {
+        id: id.to_owned(),
+        runtime: runtime.to_owned(),
+    })
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What `/proc` says about a process; cached per (pid, start time) so a busy process costs
+/// one read of `/proc` rather than one per connection.
+#[derive(Debug)]
+struct ProcInfo {
+    exe: Option<String>,
+    cmdline: Vec<String>,
+    cgroup: Option<String>,
+}
+
+/// Processes by (pid, start time): a pid alone may be reused.
+type ProcessCache = HashMap<(u32, u64), Arc<ProcInfo>>;
+
+/// Resolves kernel records to identities.
+#[derive(Clone, Default)]
+pub struct IdentityResolver {
+    processes: Arc<Mutex<ProcessCache>>,
+    users: Arc<Mutex<HashMap<u32, Option<String>>>>,
+}
+
+const MAX_CACHED_PROCESSES: usize = 4096;
+
+impl IdentityResolver {
+    /// `enrolled` is the cgroup of the enrollment that matched, searched for the caller's
+    /// cgroup id when the process is already gone.
+    pub fn resolve(&self, info: &ConnectInfo, enrolled: Option<&Cgroup>) -> Identity {
+        let proc_info = self.proc_info(info.tgid, info.ktime_ns);
+        let cgroup = proc_info
+            .as_ref()
+            .and_then(|p| p.cgroup.clone())
+            .or_else(|| enrolled.and_then(|c| c.find_descendant(info.cgroup_id)));
+        Identity {
+            pid: info.tgid,
+            tid: info.pid,
+            uid: info.uid,
+            gid: info.gid,
+            user: self.user_name(info.uid),
+            comm: nul_terminated(&info.comm),
+            exe: proc_info.as_ref().and_then(|p| p.exe.clone()),
+            cmdline: proc_info.map(|p| p.cmdline.clone()).unwrap_or_default(),
+            container: cgroup.as_deref().and_then(container_of),
+            cgroup,
+            cgroup_id: info.cgroup_id,
+            netns_cookie: info.netns_cookie,
+        }
+    }
+
+    fn proc_info(&self, pid: u32, connect_ktime_ns: u64) -> Option<Arc<ProcInfo>> {
+        let start = start_time_ns(pid)?;
+        // A process that started after the connect is a newer process reusing the pid.
+        if start > connect_ktime_ns {
+            return None;
+        }
+        let mut cache = self.processes.lock().unwrap();
+        if let Some(hit) = cache.get(&(pid, start)) {
+            return Some(hit.clone());
+        }
+        let info = Arc::new(ProcInfo {
+            exe: fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.display().to_string()),
+            cmdline: fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    raw.split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cgroup: cgroup::relative_path_of_pid(pid),
+        });
+        if cache.len() >= MAX_CACHED_PROCESSES {
+            cache.clear();
+        }
+        cache.insert((pid, start), info.clone());
+        Some(info)
+    }
+
+    fn user_name(&self, uid: u32) -> Option<String> {
+        let mut users = self.users.lock().unwrap();
+        users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+}
+
+/// Process start time in CLOCK_MONOTONIC nanoseconds (field 22 of `/proc/PID/stat`, in clock
+/// ticks since boot). Monotonic and boot time agree unless the host suspended, in which case the
+/// reuse check is merely lenient.
+fn start_time_ns(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let ticks: u64 = rest.split(' ').nth(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Some(ticks * (1_000_000_000 / hz))
+}
+
+pub fn nul_terminated(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn container_ids_by_runtime_naming() {
+        let cases = [
+            (format!("/system.slice/docker-{ID}.scope"), "docker"),
+            (format!("/docker/{ID}"), "docker"),
+            (
+                format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope"),
+                "containerd",
+            ),
+            (format!("/kubepods/besteffort/pod1/{ID}"), "containerd"),
+            (format!("/kubepods.slice/crio-{ID}.scope"), "crio"),
+            (format!("/machine.slice/libpod-{ID}.scope"), "podman"),
+            (format!("/test/docker-{ID}.scope/child"), "docker"),
+        ];
+        for (path, runtime) in cases {
+            let c = container_of(&path).unwrap_or_else(|| panic!("no container in {path}"));
+            assert_eq!((c.id.as_str(), c.runtime.as_str()), (ID, runtime), "{path}");
+        }
+    }
+
+    #[test]
+    fn non_container_paths() {
+        for path in [
+            "/",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/docker-123.scope",
+            "/interceptor/exec-1",
+        ] {
+            assert_eq!(container_of(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn resolves_own_process() {
+        let me = std::process::id();
+        let info = ConnectInfo {
+            tgid: me,
+            pid: me,
+            uid: nix::unistd::getuid().as_raw(),
+            ktime_ns: u64::MAX,
+            comm: *b"tester\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        let id = IdentityResolver::default().resolve(&info, None);
+        assert_eq!(id.comm, "tester");
+        assert_eq!(
+            id.exe.as_deref(),
+            Some(std::env::current_exe().unwrap().to_str().unwrap())
+        );
+        assert!(!id.cmdline.is_empty());
+        assert!(id.cgroup.is_some());
+    }
+
+    #[test]
+    fn reused_pid_is_not_trusted() {
+        let me = std::process::id();
+        let info = ConnectInfo {
+            tgid: me,
+            ktime_ns: 1,
+            ..Default::default()
+        };
+        let id = IdentityResolver::default().resolve(&info, None);
+        assert_eq!(id.exe, None);
+        assert!(id.cmdline.is_empty());
+    }
+}

@@ -1,0 +1,228 @@
+//! One redirected connection, from accept to the session record: claim the kernel's record,
+//! resolve the identity, dial the original destination, relay, record how it ended.
+//!
+//! This is where protocol layers plug in: today every connection is relayed as raw TCP; the
+//! TLS and HTTP layers will sit between `dial` and `relay`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use interceptor_ebpf::{ConnKey, ConnectInfo};
+use tokio::net::TcpStream;
+
+use crate::cgroup::Cgroup;
+use crate::identity::IdentityResolver;
+use crate::kernel::OriginalDstTable;
+use crate::redirect::Namespace;
+use crate::relay::{self, Side, Traffic};
+use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
+
+/// What the proxy knows of a live enrollment.
+pub struct EnrollmentLive {
+    pub cgroup: Cgroup,
+    pub live: AtomicU64,
+    pub total: AtomicU64,
+}
+
+pub type Registry = Arc<RwLock<HashMap<u32, Arc<EnrollmentLive>>>>;
+
+pub struct Proxy {
+    pub original: OriginalDstTable,
+    pub identities: IdentityResolver,
+    pub store: Store,
+    pub registry: Registry,
+    pub connect_timeout: Duration,
+    /// `SO_MARK` on upstream sockets, which the kernel programs let through.
+    pub mark: u32,
+    pub live: AtomicU64,
+}
+
+impl Proxy {
+    pub async fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        netns_cookie: u64,
+        ns: Namespace,
+    ) {
+        let Some(info) = self.original.take(&conn_key(peer, netns_cookie)) else {
+            // Someone dialled the proxy port directly: there is no destination to relay to.
+            tracing::warn!(%peer, "connection without a redirect record; resetting");
+            relay::reset(&client);
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let dest = original_destination(&info);
+        let enrollment = self.registry.read().unwrap().get(&info.enrollment).cloned();
+        let identity = self
+            .identities
+            .resolve(&info, enrollment.as_ref().map(|e| &e.cgroup));
+        let id = self.store.next_session_id();
+        tracing::debug!(session = id, pid = identity.pid, comm = %identity.comm, %dest, "intercepted");
+        self.store.append(Event::Start(SessionStart {
+            id,
+            enrollment: info.enrollment,
+            identity,
+            destination: dest.to_string(),
+            started_at: ktime_to_system(info.ktime_ns),
+        }));
+
+        let _live = LiveGuard::new(&self.live, enrollment.as_deref());
+        let traffic = Traffic::default();
+        let (outcome, error) = match ns.connect(dest, self.mark, self.connect_timeout).await {
+            Err(e) => {
+                // Reset rather than close: a clean EOF would read as "connected, got nothing".
+                relay::reset(&client);
+                (
+                    connect_outcome(&e),
+                    Some(format!("connecting to {dest}: {e}")),
+                )
+            }
+            Ok(upstream) => match relay::relay(client, upstream, &traffic).await {
+                Ok(()) => (Outcome::Closed, None),
+                Err(e) => {
+                    let outcome = match e.side {
+                        Side::Client => Outcome::ClientError,
+                        Side::Upstream => Outcome::UpstreamError,
+                    };
+                    (outcome, Some(e.to_string()))
+                }
+            },
+        };
+        let (bytes_up, bytes_down) = (
+            traffic.up.load(Ordering::Relaxed),
+            traffic.down.load(Ordering::Relaxed),
+        );
+        tracing::info!(session = id, %dest, bytes_up, bytes_down, ?outcome, error = error.as_deref().unwrap_or(""), "session ended");
+        self.store.append(Event::End(SessionEnd {
+            id,
+            ended_at: SystemTime::now(),
+            bytes_up,
+            bytes_down,
+            outcome,
+            error,
+        }));
+    }
+
+    /// Records a connect() that the kernel refused with EPERM.
+    pub fn record_denied(&self, info: &ConnectInfo) {
+        let dest = original_destination(info);
+        let enrollment = self.registry.read().unwrap().get(&info.enrollment).cloned();
+        let identity = self
+            .identities
+            .resolve(info, enrollment.as_ref().map(|e| &e.cgroup));
+        tracing::warn!(pid = identity.pid, comm = %identity.comm, exe = identity.exe.as_deref().unwrap_or("?"),
+            %dest, enrollment = info.enrollment, "connect denied in the kernel (deny list)");
+        let id = self.store.next_session_id();
+        let at = ktime_to_system(info.ktime_ns);
+        self.store.append(Event::Start(SessionStart {
+            id,
+            enrollment: info.enrollment,
+            identity,
+            destination: dest.to_string(),
+            started_at: at,
+        }));
+        self.store.append(Event::End(SessionEnd {
+            id,
+            ended_at: at,
+            bytes_up: 0,
+            bytes_down: 0,
+            outcome: Outcome::Denied,
+            error: Some("destination is on the enrollment's deny list".into()),
+        }));
+    }
+}
+
+fn connect_outcome(e: &io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Outcome::UpstreamRefused,
+        io::ErrorKind::TimedOut => Outcome::UpstreamTimeout,
+        _ => Outcome::UpstreamError,
+    }
+}
+
+/// Counts a connection as live (daemon-wide and per enrollment) for as long as it exists.
+struct LiveGuard<'a> {
+    daemon: &'a AtomicU64,
+    enrollment: Option<&'a EnrollmentLive>,
+}
+
+impl<'a> LiveGuard<'a> {
+    fn new(daemon: &'a AtomicU64, enrollment: Option<&'a EnrollmentLive>) -> Self {
+        daemon.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = enrollment {
+            e.live.fetch_add(1, Ordering::Relaxed);
+            e.total.fetch_add(1, Ordering::Relaxed);
+        }
+        LiveGuard { daemon, enrollment }
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.daemon.fetch_sub(1, Ordering::Relaxed);
+        if let Some(e) = self.enrollment {
+            e.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The key the kernel filed the connection under: the client's address as the proxy sees it.
+pub fn conn_key(peer: SocketAddr, netns_cookie: u64) -> ConnKey {
+    ConnKey {
+        netns_cookie,
+        addr: mapped(peer.ip()).octets(),
+        port: peer.port(),
+        _pad: [0; 6],
+    }
+}
+
+fn mapped(ip: IpAddr) -> Ipv6Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+pub fn original_destination(info: &ConnectInfo) -> SocketAddr {
+    let v6 = Ipv6Addr::from(info.dst_addr);
+    let ip = v6
+        .to_ipv4_mapped()
+        .map(IpAddr::V4)
+        .unwrap_or(IpAddr::V6(v6));
+    SocketAddr::new(ip, info.dst_port)
+}
+
+/// Converts a CLOCK_MONOTONIC timestamp from the kernel to wall-clock time.
+fn ktime_to_system(ktime_ns: u64) -> SystemTime {
+    let now = SystemTime::now();
+    let Ok(mono) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+        return now;
+    };
+    let mono_ns = mono.tv_sec() as u64 * 1_000_000_000 + mono.tv_nsec() as u64;
+    now - Duration::from_nanos(mono_ns.saturating_sub(ktime_ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_destinations_use_v4_mapped_form() {
+        let k = conn_key("127.0.0.1:4242".parse().unwrap(), 7);
+        assert_eq!(&k.addr[10..], &[0xff, 0xff, 127, 0, 0, 1]);
+        assert_eq!((k.port, k.netns_cookie), (4242, 7));
+        let mut info = ConnectInfo {
+            dst_addr: k.addr,
+            dst_port: 80,
+            ..Default::default()
+        };
+        assert_eq!(original_destination(&info).to_string(), "127.0.0.1:80");
+        info.dst_addr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(original_destination(&info).to_string(), "[fd00::2]:80");
+    }
+}

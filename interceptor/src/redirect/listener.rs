@@ -1,0 +1,122 @@
+//! The proxy's listeners: 127.0.0.1 and ::1 at the proxy port, in the daemon's namespace and
+//! in every other network namespace that has enrolled workloads, shared and reference
+//! counted so a namespace is let go when its last enrollment is.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::netns::{Namespace, NetnsThread, netns_cookie, netns_inode};
+use crate::proxy::Proxy;
+
+struct Entry {
+    users: usize,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        for task in &self.accept_loops {
+            task.abort();
+        }
+    }
+}
+
+pub struct Listeners {
+    port: u16,
+    proxy: Arc<Proxy>,
+    host_netns: u64,
+    by_netns: HashMap<u64, Entry>,
+}
+
+impl Listeners {
+    /// Starts listening in the daemon's own namespace (always on, even with no enrollments).
+    pub async fn start(port: u16, proxy: Arc<Proxy>) -> io::Result<Listeners> {
+        let host_netns = netns_inode(Path::new("/proc/self/ns/net"))?;
+        let mut listeners = Listeners {
+            port,
+            proxy,
+            host_netns,
+            by_netns: HashMap::new(),
+        };
+        let entry = listeners.listen_in(Namespace::Host).await?;
+        listeners.by_netns.insert(host_netns, entry);
+        Ok(listeners)
+    }
+
+    /// Makes sure the proxy listens in the namespace at `netns` (None: the daemon's own);
+    /// returns a key for `release`.
+    pub async fn acquire(&mut self, netns: Option<&Path>) -> io::Result<u64> {
+        let key = match netns {
+            Some(path) => netns_inode(path)?,
+            None => self.host_netns,
+        };
+        if let Some(entry) = self.by_netns.get_mut(&key) {
+            entry.users += 1;
+            return Ok(key);
+        }
+        let path = netns.expect("the host namespace always has an entry");
+        let thread = NetnsThread::spawn(path)?;
+        let mut entry = self.listen_in(Namespace::Other(Arc::new(thread))).await?;
+        entry.users = 1;
+        self.by_netns.insert(key, entry);
+        tracing::info!(netns = %path.display(), port = self.port, "proxy listening in workload network namespace");
+        Ok(key)
+    }
+
+    pub fn release(&mut self, key: u64) {
+        if key == self.host_netns {
+            return;
+        }
+        if let Some(entry) = self.by_netns.get_mut(&key) {
+            entry.users -= 1;
+            if entry.users == 0 {
+                self.by_netns.remove(&key);
+            }
+        }
+    }
+
+    async fn listen_in(&self, ns: Namespace) -> io::Result<Entry> {
+        let mut accept_loops = Vec::new();
+        for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
+            let addr = SocketAddr::new(ip, self.port);
+            let listener = ns
+                .listen(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let cookie = netns_cookie(&listener)?;
+            accept_loops.push(tokio::spawn(accept_loop(
+                listener,
+                cookie,
+                ns.clone(),
+                self.proxy.clone(),
+            )));
+        }
+        Ok(Entry {
+            users: 0,
+            accept_loops,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, netns_cookie: u64, ns: Namespace, proxy: Arc<Proxy>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let (proxy, ns) = (proxy.clone(), ns.clone());
+                tokio::spawn(async move { proxy.handle(stream, peer, netns_cookie, ns).await });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

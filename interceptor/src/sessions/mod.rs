@@ -1,0 +1,7 @@
+//! Session records: every intercepted connection, durably stored.
+
+pub mod record;
+pub mod store;
+
+pub use record::{Event, Outcome, Session, SessionEnd, SessionStart};
+pub use store::{Store, StoreWriter};

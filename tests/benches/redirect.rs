@@ -1,0 +1,238 @@
+//! Redirect benchmark: bulk throughput and connect + first-byte latency through interceptor
+//! versus a direct loopback connection, measured in the same run, written to
+//! `docs/benchmarks.md`.
+//!
+//! Run (as root): `cargo xtask bench` (builds the release daemon, then runs this).
+//! The same binary is the client: `redirect client bulk|latency ADDR`, started once directly
+//! and once under `interceptor exec`, so both paths run identical code.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use interceptor_tests::Daemon;
+use serde::{Deserialize, Serialize};
+
+const BULK_BYTES: u64 = 4 << 30;
+const LATENCY_ROUNDS: usize = 3000;
+const WARMUP_ROUNDS: usize = 200;
+const RUNS: usize = 3;
+const SERVER_IP: &str = "127.0.0.2";
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+struct Measured {
+    /// Bytes per second, workload → server.
+    throughput: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("client") => client(&args[2], args[3].parse()?),
+        // `cargo bench` passes `--bench`; anything else is the benchmark proper.
+        _ => bench(),
+    }
+}
+
+fn bench() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the redirect benchmark needs root (it loads eBPF programs)");
+    }
+    if std::env::var_os("INTERCEPTOR_BIN").is_none() {
+        let release = interceptor_tests::workspace_root().join("target/release/interceptor");
+        // SAFETY: single-threaded at this point.
+        unsafe { std::env::set_var("INTERCEPTOR_BIN", &release) };
+    }
+    let bulk = serve(SERVER_IP, bulk_sink)?;
+    let echo = serve(SERVER_IP, first_byte_echo)?;
+    let daemon = Daemon::start()?;
+    let me = std::env::current_exe()?;
+
+    let mut direct = Vec::new();
+    let mut through = Vec::new();
+    for _ in 0..RUNS {
+        direct.push(run_client(None, &me, bulk, echo)?);
+        through.push(run_client(Some(&daemon), &me, bulk, echo)?);
+    }
+    let d = median(&direct);
+    let t = median(&through);
+    let report = format!(
+        "## Redirect: relay throughput and connection set-up (issue 2)\n\n\
+         Command: `cargo xtask bench` (release build; {RUNS} alternating runs each, median shown). \
+         Client and server are the same binary on one host; the server listens on {SERVER_IP}; \
+         \"through interceptor\" runs the client under `interceptor exec --include-loopback`.\n\n\
+         | metric | direct | through interceptor | ratio / added |\n\
+         | --- | --- | --- | --- |\n\
+         | bulk throughput ({} GiB upload) | {:.2} GB/s | {:.2} GB/s | {:.0}% of direct (target ≥ 80%) |\n\
+         | connect + first byte, p50 | {:.1} µs | {:.1} µs | +{:.1} µs (target < 100 µs) |\n\
+         | connect + first byte, p99 | {:.1} µs | {:.1} µs | +{:.1} µs |\n",
+        BULK_BYTES >> 30,
+        d.throughput / 1e9,
+        t.throughput / 1e9,
+        100.0 * t.throughput / d.throughput,
+        d.p50_us,
+        t.p50_us,
+        t.p50_us - d.p50_us,
+        d.p99_us,
+        t.p99_us,
+        t.p99_us - d.p99_us,
+    );
+    println!("{report}");
+    write_section(&report)?;
+    drop(daemon);
+    Ok(())
+}
+
+/// Replaces this benchmark's section of `docs/benchmarks.md`, keeping the others.
+fn write_section(report: &str) -> Result<()> {
+    const START: &str = "<!-- bench:redirect -->";
+    const END: &str = "<!-- /bench:redirect -->";
+    let path = interceptor_tests::workspace_root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
+    let section = format!("{START}\n{report}{END}");
+    let new = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
+        _ => format!("{}\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_client(
+    daemon: Option<&Daemon>,
+    me: &std::path::Path,
+    bulk: SocketAddr,
+    echo: SocketAddr,
+) -> Result<Measured> {
+    let measure = |mode: &str, addr: SocketAddr| -> Result<Measured> {
+        let program = [
+            me.as_os_str().to_owned(),
+            "client".into(),
+            mode.into(),
+            addr.to_string().into(),
+        ];
+        let mut cmd = match daemon {
+            Some(d) => d.exec_command(&["--include-loopback"], &program),
+            None => {
+                let mut c = std::process::Command::new(&program[0]);
+                c.args(&program[1..]);
+                c
+            }
+        };
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("client {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let b = measure("bulk", bulk)?;
+    let l = measure("latency", echo)?;
+    Ok(Measured {
+        throughput: b.throughput,
+        p50_us: l.p50_us,
+        p99_us: l.p99_us,
+    })
+}
+
+fn median(runs: &[Measured]) -> Measured {
+    let pick = |f: fn(&Measured) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Measured {
+        throughput: pick(|m| m.throughput),
+        p50_us: pick(|m| m.p50_us),
+        p99_us: pick(|m| m.p99_us),
+    }
+}
+
+fn client(mode: &str, addr: SocketAddr) -> Result<()> {
+    let measured = match mode {
+        "bulk" => {
+            let mut s = TcpStream::connect(addr)?;
+            let chunk = vec![0u8; 256 << 10];
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < BULK_BYTES {
+                s.write_all(&chunk)?;
+                sent += chunk.len() as u64;
+            }
+            s.shutdown(Shutdown::Write)?;
+            let mut ack = [0u8; 8];
+            s.read_exact(&mut ack)?;
+            if u64::from_le_bytes(ack) != sent {
+                bail!("server received {} of {sent} bytes", u64::from_le_bytes(ack));
+            }
+            Measured {
+                throughput: sent as f64 / start.elapsed().as_secs_f64(),
+                p50_us: 0.0,
+                p99_us: 0.0,
+            }
+        }
+        "latency" => {
+            let mut samples = Vec::with_capacity(LATENCY_ROUNDS);
+            for round in 0..WARMUP_ROUNDS + LATENCY_ROUNDS {
+                let start = Instant::now();
+                let mut s = TcpStream::connect(addr)?;
+                s.set_nodelay(true)?;
+                s.write_all(b"x")?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                let took = start.elapsed();
+                if round >= WARMUP_ROUNDS {
+                    samples.push(took);
+                }
+            }
+            samples.sort();
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+            Measured {
+                throughput: 0.0,
+                p50_us: at(0.50),
+                p99_us: at(0.99),
+            }
+        }
+        other => bail!("unknown client mode {other}"),
+    };
+    println!("{}", serde_json::to_string(&measured)?);
+    Ok(())
+}
+
+/// Accepts forever on `ip`:0, one thread per connection.
+fn serve(ip: &str, handler: fn(TcpStream) -> std::io::Result<()>) -> Result<SocketAddr> {
+    let listener = TcpListener::bind((ip, 0))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = handler(stream);
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn bulk_sink(mut s: TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    s.write_all(&total.to_le_bytes())
+}
+
+fn first_byte_echo(mut s: TcpStream) -> std::io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    s.write_all(&b)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let _ = s.read(&mut b);
+    Ok(())
+}
