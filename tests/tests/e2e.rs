@@ -661,11 +661,10 @@ fn upstream_refused_resets_client() -> Result<()> {
     let r = &rep.results[0];
     assert!(!r.eof, "client saw a clean EOF instead of a reset: {r:?}");
     let e = r.error.as_ref().context("no error")?;
+    // Usually on send/recv; when the proxy's reset wins the race with the client's
+    // non-blocking connect completing, already at connect. Either way a reset, never
+    // ECONNREFUSED and never a clean EOF.
     assert_eq!(e.errno, Some(libc::ECONNRESET), "{e:?}");
-    assert_ne!(
-        e.stage, "connect",
-        "the redirected connect itself should succeed: {e:?}"
-    );
     let sess = one_session(d.wait_for_matching(
         |x| x.identity.pid == rep.pid && x.destination == target,
         1,
