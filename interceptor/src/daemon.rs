@@ -118,7 +118,9 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 impl Daemon {
     pub async fn handle(&self, request: Request) -> Reply {
-        self.dispatch(request).await.map_err(|e| format!("{e:#}"))
+        self.dispatch(request)
+            .await
+            .map_err(|e| crate::errors::chain(&e))
     }
 
     async fn dispatch(&self, request: Request) -> anyhow::Result<serde_json::Value> {

@@ -176,15 +176,28 @@ impl IdentityResolver {
 /// ticks since boot). Monotonic and boot time agree unless the host suspended, in which case the
 /// reuse check is merely lenient.
 fn start_time_ns(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read into a stack buffer: this runs for every connection.
+    let mut buf = [0u8; 1024];
+    let n = std::io::Read::read(
+        &mut fs::File::open(format!("/proc/{pid}/stat")).ok()?,
+        &mut buf,
+    )
+    .ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // comm may contain spaces and parentheses: fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let ticks: u64 = rest.split(' ').nth(19)?.parse().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    Some(ticks * (1_000_000_000 / hz))
+    Some(ticks * (1_000_000_000 / clock_ticks_per_second()))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .map_or(100, |hz| hz as u64)
+    })
 }
 
 pub fn nul_terminated(raw: &[u8]) -> String {

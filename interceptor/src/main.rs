@@ -5,6 +5,7 @@ mod cli;
 mod control;
 mod daemon;
 mod enrollment;
+mod errors;
 mod identity;
 mod kernel;
 mod proxy;
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("interceptor: {e:#}");
+            eprintln!("interceptor: {}", errors::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -82,8 +82,13 @@ impl Daemon {
             .arg("--proxy-port")
             .arg(self.proxy_port.to_string())
             .args(&self.extra_args)
-            // debug everywhere but aya's per-instruction relocation chatter.
-            .env("RUST_LOG", "debug,aya_obj=info")
+            // debug everywhere but aya's per-instruction relocation chatter, unless the caller
+            // (a benchmark) asks for another level.
+            .env(
+                "RUST_LOG",
+                std::env::var("INTERCEPTOR_TEST_LOG")
+                    .unwrap_or_else(|_| "debug,aya_obj=info".into()),
+            )
             .env("NO_COLOR", "1")
             .env_remove("INTERCEPTOR_SOCKET");
         let child = spawn_logged(&mut cmd, &self.log_path)?;

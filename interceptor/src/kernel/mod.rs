@@ -345,10 +345,7 @@ impl Kernel {
     /// Kernel ids of this instance's programs (connect4, connect6, sock_ops). Cgroups enrolled
     /// by a previous daemon keep running that daemon's programs; [`Kernel::enroll`] reports
     /// the ids actually attached.
-    #[allow(
-        dead_code,
-        reason = "API for the daemon's status output; used by tests so far"
-    )]
+    #[cfg(test)]
     pub fn program_ids(&self) -> Result<Vec<u32>, KernelError> {
         PROGRAMS
             .iter()
@@ -362,7 +359,7 @@ impl Kernel {
     /// Removes `pin_dir` and everything pinned in it: all pinned links are detached and the
     /// maps are freed once no program uses them. For a clean shutdown that should not survive
     /// (tests); a missing directory is fine.
-    #[allow(dead_code, reason = "API for a clean shutdown; used by tests so far")]
+    #[cfg(test)]
     pub fn remove_pins(pin_dir: &Path) -> Result<(), KernelError> {
         match fs::remove_dir_all(pin_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", pin_dir)(e)),

@@ -20,6 +20,8 @@ use super::record::{Event, Session};
 
 const FRAME_HEADER: usize = 8;
 const SEGMENT_LIMIT: u64 = 64 << 20;
+/// How long the writer lets events gather after a write.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// A frame larger than this is corruption, not data.
 const MAX_FRAME: usize = 16 << 20;
 
@@ -238,6 +240,9 @@ impl SegmentWriter {
                 }
                 self.write(&buf);
                 dirty = true;
+                // Let the next events gather: under load the proxy then wakes this thread once
+                // per window instead of once per event, which on a small host costs latency.
+                std::thread::sleep(BATCH_WINDOW);
             }
             if dirty && last_sync.elapsed() >= sync_interval {
                 self.sync();
