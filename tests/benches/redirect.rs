@@ -123,7 +123,10 @@ fn run_client(
         };
         let out = cmd.output()?;
         if !out.status.success() {
-            bail!("client {mode} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "client {mode} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     };
@@ -164,7 +167,10 @@ fn client(mode: &str, addr: SocketAddr) -> Result<()> {
             let mut ack = [0u8; 8];
             s.read_exact(&mut ack)?;
             if u64::from_le_bytes(ack) != sent {
-                bail!("server received {} of {sent} bytes", u64::from_le_bytes(ack));
+                bail!(
+                    "server received {} of {sent} bytes",
+                    u64::from_le_bytes(ack)
+                );
             }
             Measured {
                 throughput: sent as f64 / start.elapsed().as_secs_f64(),
@@ -187,7 +193,8 @@ fn client(mode: &str, addr: SocketAddr) -> Result<()> {
                 }
             }
             samples.sort();
-            let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+            let at =
+                |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
             Measured {
                 throughput: 0.0,
                 p50_us: at(0.50),

@@ -43,6 +43,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Set up, build the release daemon and run the benchmarks (all, or the ones named); each
+    /// writes its own section of docs/benchmarks.md.
+    Bench {
+        /// Bench targets to run, e.g. `redirect` (default: all).
+        names: Vec<String>,
+    },
     /// Set up, then fmt check, clippy, build and test the workspace.
     Test {
         /// Value for `cargo test -- --test-threads` (env XTASK_TEST_THREADS).
@@ -59,6 +65,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::Run { args } => run(args),
+        Cmd::Bench { names } => bench(&names),
         Cmd::Test { test_threads, args } => test(&test_threads, args),
     };
     if let Err(e) = result {
@@ -317,6 +324,21 @@ fn run(args: Vec<OsString>) -> Result<()> {
     step(&format!("run: {} run", bin.display()));
     let err = Command::new(&bin).arg("run").args(&args).exec();
     Err(err).with_context(|| format!("exec {}", bin.display()))
+}
+
+fn bench(names: &[String]) -> Result<()> {
+    setup()?;
+    step("build: cargo build --release -p interceptor");
+    run_cmd(cargo().args(["build", "--release", "-p", "interceptor"]))?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "--workspace"]);
+    for name in names {
+        cmd.args(["--bench", name]);
+    }
+    // The daemon under test logs at warn: per-connection debug lines would be measured too.
+    cmd.env("INTERCEPTOR_TEST_LOG", "warn");
+    step(&format!("bench: {}", show(&cmd)));
+    run_cmd(&mut cmd)
 }
 
 fn target_dir() -> PathBuf {
