@@ -265,6 +265,28 @@ mod tests {
     }
 
     #[test]
+    fn exited_process_keeps_kernel_fields_and_cgroup_path() {
+        let own = Cgroup::of_pid(std::process::id()).unwrap();
+        let info = ConnectInfo {
+            tgid: u32::MAX - 1, // no such process: it "exited right after connect"
+            pid: u32::MAX - 1,
+            uid: 1234,
+            gid: 5678,
+            cgroup_id: own.id,
+            ktime_ns: u64::MAX,
+            comm: *b"gone\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
+        };
+        let id = IdentityResolver::default().resolve(&info, Some(&own));
+        assert_eq!(
+            (id.pid, id.uid, id.gid, id.comm.as_str()),
+            (u32::MAX - 1, 1234, 5678, "gone")
+        );
+        assert_eq!((id.exe, id.cmdline.len()), (None, 0));
+        assert_eq!(id.cgroup.as_deref(), Some(own.relative.as_str()));
+    }
+
+    #[test]
     fn reused_pid_is_not_trusted() {
         let me = std::process::id();
         let info = ConnectInfo {
