@@ -1,0 +1,4 @@
+//! The parts of interceptor that need no kernel or daemon state, as a library so benches and
+//! tests can use them.
+
+pub mod policy;

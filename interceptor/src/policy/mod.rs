@@ -1,0 +1,94 @@
+//! The policy engine: one TOML file says, rule by rule, who may reach what, with which
+//! settings (TLS interception, secret masking, vault credentials, body recording), and what
+//! waits for a person. The first rule whose conditions all hold decides; the default decides
+//! when none does.
+//!
+//! - [`Policy::load`] parses and checks a file; errors carry file, line and column.
+//! - [`Policy::decide_connection`], [`Policy::decide_request`], [`Policy::decide_opaque`]
+//!   decide on the hot path without allocating.
+//! - [`Policy::explain`] says why, rule by rule.
+//! - [`Policy::kernel_denies`] gives the deny rules that the kernel enforces.
+//! - [`Current`] holds the policy in force, swapped atomically on reload.
+
+mod compile;
+mod decide;
+mod error;
+mod explain;
+mod facts;
+mod index;
+mod kernel;
+mod model;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+pub use compile::hex_sha256;
+pub use decide::{Decision, Stage, Verdict};
+pub use error::PolicyError;
+pub use explain::Explanation;
+pub use facts::{ConnectionFacts, Headers, RequestFacts};
+pub use kernel::{DenyNet, ProxyOnly};
+pub use model::{
+    Action, Approval, Outcome, Policy, ReferenceKind, Rule, SecretHandling, Settings, TlsMode,
+};
+
+impl Policy {
+    /// Reads and compiles the policy at `path`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::file(path, format!("cannot read the policy: {e}")))?;
+        Policy::parse(path, &text)
+    }
+
+    /// Compiles policy `text`; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        compile::compile(path, text)
+    }
+
+    /// Checks that every id of `kind` the policy names is one of `known` (the secret engine's
+    /// rule ids, the vault's credential names).
+    pub fn check_references(&self, kind: ReferenceKind, known: &[&str]) -> Result<(), PolicyError> {
+        match self
+            .references
+            .iter()
+            .find(|r| r.kind == kind && !known.contains(&r.id.as_str()))
+        {
+            None => Ok(()),
+            Some(r) => Err(PolicyError {
+                file: self.source.clone(),
+                line: r.line,
+                column: r.column,
+                message: format!(
+                    "unknown {} {:?}",
+                    match kind {
+                        ReferenceKind::SecretRule => "secret rule id",
+                        ReferenceKind::VaultCredential => "vault credential",
+                    },
+                    r.id
+                ),
+            }),
+        }
+    }
+}
+
+/// The policy in force. Readers take a cheap `Arc` snapshot per connection; a reload swaps
+/// in a new policy only once it has compiled.
+#[derive(Clone)]
+pub struct Current(Arc<RwLock<Arc<Policy>>>);
+
+impl Current {
+    pub fn new(policy: Policy) -> Current {
+        Current(Arc::new(RwLock::new(Arc::new(policy))))
+    }
+
+    pub fn get(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: Arc<Policy>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+}
