@@ -1,4 +1,5 @@
 //! The parts of interceptor that need no kernel or daemon state, as a library so benches and
 //! tests can use them.
 
+pub mod detection;
 pub mod policy;

@@ -1,0 +1,141 @@
+//! `interceptor rules check`: every rule compiles in Hyperscan and in `regex`, the two agree
+//! on every example, examples are found (with the stated secret) and masked, and negative
+//! examples are not found.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::engine::Engine;
+use super::finding::SecretHasher;
+use super::masker::Masker;
+use super::rules::{Rule, RulesError, load_dir};
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rules: usize,
+    pub examples: usize,
+    pub negative_examples: usize,
+    /// One line per problem; empty when every rule passed.
+    pub problems: Vec<String>,
+}
+
+pub fn check_dir(dir: &Path) -> Result<Report, RulesError> {
+    Ok(check_rules(&load_dir(dir)?))
+}
+
+pub fn check_rules(rules: &[Rule]) -> Report {
+    let mut report = Report {
+        rules: rules.len(),
+        ..Report::default()
+    };
+    // Alone first, so a broken rule is named and the others are still checked.
+    let mut good = Vec::new();
+    for rule in rules {
+        match Engine::compile(std::slice::from_ref(rule)) {
+            Ok(_) => good.push(rule.clone()),
+            Err(e) => report
+                .problems
+                .push(format!("{}: {e}", rule.source.display())),
+        }
+    }
+    let engine = match Engine::compile(&good) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            report.problems.push(format!("all rules together: {e}"));
+            return report;
+        }
+    };
+    for (index, rule) in good.iter().enumerate() {
+        let mut problem = |what: String| {
+            report.problems.push(format!(
+                "{}: rule {}: {what}",
+                rule.source.display(),
+                rule.id
+            ))
+        };
+        if rule.examples.is_empty() {
+            problem("has no examples".into());
+        }
+        for example in &rule.examples {
+            report.examples += 1;
+            if let Err(what) = check_example(&engine, index, example.text(), example.secret()) {
+                problem(format!("example {:?}: {what}", example.text()));
+            }
+        }
+        for text in &rule.negative_examples {
+            report.negative_examples += 1;
+            if let Err(what) = check_negative(&engine, index, text) {
+                problem(format!("negative example {text:?}: {what}"));
+            }
+        }
+    }
+    report
+}
+
+fn check_example(
+    engine: &Arc<Engine>,
+    rule: usize,
+    text: &str,
+    secret: Option<&str>,
+) -> Result<(), String> {
+    let data = text.as_bytes();
+    let hyperscan = engine
+        .candidate_rules(data)
+        .map_err(|e| e.to_string())?
+        .contains(&rule);
+    let Some(capture) = engine.rules()[rule].regex_matches(data) else {
+        return Err(format!("regex does not match (hyperscan: {hyperscan})"));
+    };
+    if !hyperscan {
+        return Err("hyperscan does not match, regex does".into());
+    }
+    let captured = &text[capture.clone()];
+    if let Some(secret) = secret
+        && captured != secret
+    {
+        return Err(format!("captures {captured:?}, expected {secret:?}"));
+    }
+    let found = engine.find(data).map_err(|e| e.to_string())?;
+    if !found.iter().any(|d| d.rule == rule && d.secret == capture) {
+        return Err(format!(
+            "{captured:?} is not found (keywords or entropy filter)"
+        ));
+    }
+    let masked = mask_all(engine, data).map_err(|e| e.to_string())?;
+    if contains(&masked, captured.as_bytes()) {
+        return Err("the secret survives masking".into());
+    }
+    Ok(())
+}
+
+fn check_negative(engine: &Engine, rule: usize, text: &str) -> Result<(), String> {
+    let data = text.as_bytes();
+    let hyperscan = engine
+        .candidate_rules(data)
+        .map_err(|e| e.to_string())?
+        .contains(&rule);
+    let regex = engine.rules()[rule].regex_matches(data).is_some();
+    if hyperscan != regex {
+        return Err(format!(
+            "engines disagree: hyperscan {hyperscan}, regex {regex}"
+        ));
+    }
+    let found = engine.find(data).map_err(|e| e.to_string())?;
+    if found.iter().any(|d| d.rule == rule) {
+        return Err("is found".into());
+    }
+    Ok(())
+}
+
+/// `data` through a masker in one piece.
+pub fn mask_all(engine: &Arc<Engine>, data: &[u8]) -> Result<Vec<u8>, super::engine::ScanError> {
+    let mut masker = Masker::new(engine.clone(), SecretHasher::with_salt([0; 16]))?;
+    let mut out = Vec::with_capacity(data.len());
+    masker.push(data, &mut out)?;
+    masker.finish(&mut out)?;
+    Ok(out)
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

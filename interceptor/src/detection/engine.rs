@@ -1,0 +1,310 @@
+//! All rules compiled into one Hyperscan database (block and stream mode), with the `regex`
+//! crate confirming each candidate on a bounded window and finding the secret's exact span.
+//!
+//! Hyperscan runs without start-of-match tracking: it reports where a candidate ends, and the
+//! rule's regex re-runs on the bytes that can hold a match ending there (at most the rule's
+//! width back). That keeps every pattern compilable (SOM rejects some bounded repeats) and the
+//! stream state small, and the regex work is proportional to candidates, not to traffic.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use hyperscan::prelude::*;
+use hyperscan::{CompileFlags, ExpressionInfo};
+
+use super::rules::Rule;
+
+/// Widest match a rule may have: it bounds how much of a stream is held back for scanning.
+pub const MAX_RULE_WIDTH: usize = 8192;
+/// Encoded forms are wider than the secret (URL encoding triples a byte).
+const ENCODED_WIDTH_FACTOR: usize = 3;
+/// Upper bound on the tail a masker holds back.
+pub const MAX_HOLDBACK: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("rule {id}: {message}")]
+    Rule { id: String, message: String },
+    #[error("compiling the rule database: {0}")]
+    Database(hyperscan::Error),
+    #[error("no rules")]
+    NoRules,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("scanning: {0}")]
+pub struct ScanError(#[from] pub hyperscan::Error);
+
+/// A rule ready to confirm candidates.
+pub struct CompiledRule {
+    pub id: Arc<str>,
+    pub name: String,
+    regex: regex::bytes::Regex,
+    /// Lower-cased.
+    keywords: Vec<Vec<u8>>,
+    min_entropy: Option<f64>,
+    /// Widest match in bytes (capped at `MAX_RULE_WIDTH`).
+    pub width: usize,
+}
+
+/// A confirmed secret in a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detection {
+    /// Index into `Engine::rules`.
+    pub rule: usize,
+    /// The capture: the secret itself.
+    pub secret: Range<usize>,
+}
+
+pub struct Engine {
+    rules: Vec<CompiledRule>,
+    block: BlockDatabase,
+    pub(super) stream: StreamingDatabase,
+    /// Scratch spaces for block scans (one per concurrent caller).
+    scratch: Mutex<Vec<Scratch>>,
+    /// Allocated for both databases; cloned for each masker.
+    pub(super) prototype: Mutex<Scratch>,
+    holdback: usize,
+}
+
+/// Per-rule extent of the candidate ends Hyperscan reported during one scan.
+#[derive(Default)]
+pub(super) struct Candidates {
+    ends: Vec<(u64, u64)>,
+    touched: Vec<u32>,
+}
+
+impl Candidates {
+    pub(super) fn hit(&mut self, rule: u32, end: u64) {
+        let slot = &mut self.ends[rule as usize];
+        if slot.1 == 0 {
+            self.touched.push(rule);
+            *slot = (end, end);
+        } else {
+            slot.0 = slot.0.min(end);
+            slot.1 = slot.1.max(end);
+        }
+    }
+
+    /// (rule, first end, last end) for every rule hit since the last drain.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        let ends = &mut self.ends;
+        self.touched.drain(..).map(move |r| {
+            let (lo, hi) = std::mem::take(&mut ends[r as usize]);
+            (r as usize, lo, hi)
+        })
+    }
+}
+
+impl Engine {
+    pub fn compile(rules: &[Rule]) -> Result<Engine, EngineError> {
+        if rules.is_empty() {
+            return Err(EngineError::NoRules);
+        }
+        let mut patterns = Vec::with_capacity(rules.len());
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            let (pattern, info) = hyperscan_pattern(rule, i)?;
+            compiled.push(CompiledRule::new(rule, info.max_width())?);
+            patterns.push(pattern);
+        }
+        let patterns = Patterns(patterns);
+        let block: BlockDatabase = patterns.build().map_err(EngineError::Database)?;
+        let stream: StreamingDatabase = patterns.build().map_err(EngineError::Database)?;
+        let mut prototype = block.alloc_scratch().map_err(EngineError::Database)?;
+        stream
+            .realloc_scratch(&mut prototype)
+            .map_err(EngineError::Database)?;
+        let widest = compiled.iter().map(|r| r.width).max().unwrap_or(0);
+        Ok(Engine {
+            rules: compiled,
+            block,
+            stream,
+            scratch: Mutex::new(Vec::new()),
+            prototype: Mutex::new(prototype),
+            holdback: (widest * ENCODED_WIDTH_FACTOR).min(MAX_HOLDBACK),
+        })
+    }
+
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    /// Bytes a streaming masker keeps back so a secret split across chunks is seen whole.
+    pub fn holdback(&self) -> usize {
+        self.holdback
+    }
+
+    pub(super) fn candidates(&self) -> Candidates {
+        Candidates {
+            ends: vec![(0, 0); self.rules.len()],
+            touched: Vec::new(),
+        }
+    }
+
+    pub(super) fn clone_scratch(&self) -> Scratch {
+        self.prototype
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every confirmed secret in `data` (block mode), in order of position.
+    pub fn find(&self, data: &[u8]) -> Result<Vec<Detection>, ScanError> {
+        let mut candidates = self.scan_block(data)?;
+        let mut found = Vec::new();
+        for (rule, first_end, last_end) in candidates.drain() {
+            self.confirm(rule, data, 0, first_end, last_end, |secret| {
+                found.push(Detection { rule, secret })
+            });
+        }
+        found.sort_by_key(|d| (d.secret.start, d.rule));
+        Ok(found)
+    }
+
+    /// Rules whose Hyperscan pattern matches somewhere in `data` (unconfirmed).
+    pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
+        let mut candidates = self.scan_block(data)?;
+        Ok(candidates.drain().map(|(rule, ..)| rule).collect())
+    }
+
+    fn scan_block(&self, data: &[u8]) -> Result<Candidates, ScanError> {
+        let mut candidates = self.candidates();
+        let scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| self.clone_scratch());
+        let scanned = self.block.scan(data, &scratch, |id, _, to, _| {
+            candidates.hit(id, to);
+            Matching::Continue
+        });
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(scratch);
+        scanned?;
+        Ok(candidates)
+    }
+
+    /// Confirms the candidates of `rule` that end in `first_end..=last_end` (absolute stream
+    /// offsets) in `data`, which starts at absolute offset `base`; calls `each` with the
+    /// secret's span relative to `data`.
+    pub(super) fn confirm(
+        &self,
+        rule: usize,
+        data: &[u8],
+        base: u64,
+        first_end: u64,
+        last_end: u64,
+        mut each: impl FnMut(Range<usize>),
+    ) {
+        let r = &self.rules[rule];
+        let lo = first_end.saturating_sub(r.width as u64).max(base) - base;
+        let hi = (last_end - base).min(data.len() as u64);
+        let (lo, hi) = (lo as usize, hi as usize);
+        for caps in r.regex.captures_iter(&data[lo..hi]) {
+            let (Some(whole), Some(secret)) = (caps.get(0), caps.get(1)) else {
+                continue;
+            };
+            if r.accepts(whole.as_bytes(), secret.as_bytes()) {
+                each(lo + secret.start()..lo + secret.end());
+            }
+        }
+    }
+}
+
+fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, ExpressionInfo), EngineError> {
+    let err = |message: String| EngineError::Rule {
+        id: rule.id.clone(),
+        message,
+    };
+    let mut pattern = Pattern::with_flags(rule.pattern.as_str(), CompileFlags::empty())
+        .map_err(|e| err(e.to_string()))?;
+    pattern.id = Some(index);
+    let info = pattern
+        .info()
+        .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
+    if info.max_width() > MAX_RULE_WIDTH {
+        return Err(err(format!(
+            "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
+        )));
+    }
+    Ok((pattern, info))
+}
+
+impl CompiledRule {
+    fn new(rule: &Rule, width: usize) -> Result<CompiledRule, EngineError> {
+        let err = |message: String| EngineError::Rule {
+            id: rule.id.clone(),
+            message,
+        };
+        // Bytes, not Unicode: Hyperscan matches bytes, and so must the confirmation.
+        let regex = regex::bytes::RegexBuilder::new(&rule.pattern)
+            .unicode(false)
+            .build()
+            .map_err(|e| err(format!("regex: {e}")))?;
+        if regex.captures_len() != 2 {
+            return Err(err(format!(
+                "needs exactly one capture group (the secret), has {}",
+                regex.captures_len() - 1
+            )));
+        }
+        Ok(CompiledRule {
+            id: rule.id.as_str().into(),
+            name: rule.name.clone(),
+            regex,
+            keywords: rule
+                .keywords
+                .iter()
+                .map(|k| k.to_ascii_lowercase().into_bytes())
+                .collect(),
+            min_entropy: rule.min_entropy,
+            width,
+        })
+    }
+
+    /// The keyword and entropy filters.
+    fn accepts(&self, whole: &[u8], secret: &[u8]) -> bool {
+        if secret.is_empty() {
+            return false;
+        }
+        if !self.keywords.is_empty() {
+            let lower = whole.to_ascii_lowercase();
+            if !self
+                .keywords
+                .iter()
+                .any(|k| lower.windows(k.len()).any(|w| w == k.as_slice()))
+            {
+                return false;
+            }
+        }
+        self.min_entropy.is_none_or(|min| entropy(secret) >= min)
+    }
+
+    /// Whether the regex alone (no filters) matches: for `rules check`.
+    pub(super) fn regex_matches(&self, text: &[u8]) -> Option<Range<usize>> {
+        self.regex
+            .captures(text)
+            .and_then(|c| c.get(1))
+            .map(|m| m.range())
+    }
+}
+
+/// Shannon entropy in bits per byte.
+pub fn entropy(data: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[b as usize] += 1;
+    }
+    let n = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}

@@ -1,0 +1,28 @@
+//! Secret detection and masking: rules from `policies/rules/*.yaml` compiled into one
+//! Hyperscan database, confirmed by the `regex` crate, applied to streams by a masker that
+//! holds back only a bounded tail.
+//!
+//! The HTTP layer and the raw TCP relay use it like this:
+//! ```ignore
+//! let engine = Arc::new(Engine::compile(&load_dir(dir)?)?);   // once, shared
+//! let mut masker = Masker::new(engine.clone(), hasher.clone())?; // per direction or body
+//! masker.push(chunk, &mut out)?;    // forward `out`, record masker.take_findings()
+//! masker.finish(&mut out)?;         // at end of stream
+//! let found = engine.find(header_value)?; // whole values (headers): block mode
+//! ```
+
+pub mod check;
+pub mod compression;
+pub mod decode;
+pub mod engine;
+pub mod finding;
+pub mod masker;
+pub mod rules;
+
+pub use engine::{Detection, Engine, EngineError, ScanError};
+pub use finding::{Encoding, Finding, SecretHasher};
+pub use masker::Masker;
+pub use rules::{Rule, RulesError, load_dir};
+
+#[cfg(test)]
+mod tests;
