@@ -31,6 +31,7 @@ pub struct DaemonConfig {
     pub proxy_port: u16,
     pub connect_timeout: Duration,
     pub sync_interval: Duration,
+    pub tls: crate::tls::TlsOptions,
 }
 
 pub struct Daemon {
@@ -68,6 +69,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         connect_timeout: config.connect_timeout,
         mark: BYPASS_MARK,
         live: AtomicU64::new(0),
+        tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
+            .context("setting up TLS interception")?,
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await
@@ -147,6 +150,7 @@ impl Daemon {
                     .with_context(|| format!("no session with id {id}"))?;
                 serde_json::to_value(session)?
             }
+            Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
         })
     }
 

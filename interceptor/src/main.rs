@@ -12,6 +12,7 @@ mod proxy;
 mod redirect;
 mod relay;
 mod sessions;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +54,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,
         sync_interval: args.sync_interval,
+        tls: args.tls.into_options(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let writer = runtime.block_on(daemon::run(config))?;

@@ -1,8 +1,13 @@
 //! One redirected connection, from accept to the session record: claim the kernel's record,
 //! resolve the identity, dial the original destination, relay, record how it ended.
 //!
-//! This is where protocol layers plug in: today every connection is relayed as raw TCP; the
-//! TLS and HTTP layers will sit between `dial` and `relay`.
+//! Between the dial and the relay, `dispatch` looks at the first bytes and hands the
+//! connection to the TLS and HTTP layers, or splices it as raw TCP.
+
+mod counted;
+mod dispatch;
+pub mod peek;
+mod sniff;
 
 use std::collections::HashMap;
 use std::io;
@@ -18,7 +23,7 @@ use crate::cgroup::Cgroup;
 use crate::identity::IdentityResolver;
 use crate::kernel::OriginalDstTable;
 use crate::redirect::Namespace;
-use crate::relay::{self, Side, Traffic};
+use crate::relay::{self, Traffic};
 use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
 
 /// What the proxy knows of a live enrollment.
@@ -39,6 +44,7 @@ pub struct Proxy {
     /// `SO_MARK` on upstream sockets, which the kernel programs let through.
     pub mark: u32,
     pub live: AtomicU64,
+    pub tls: crate::tls::TlsLayer,
 }
 
 impl Proxy {
@@ -72,7 +78,7 @@ impl Proxy {
         }));
 
         let _live = LiveGuard::new(&self.live, enrollment.as_deref());
-        let traffic = Traffic::default();
+        let traffic = Arc::new(Traffic::default());
         let (outcome, error) = match ns.connect(dest, self.mark, self.connect_timeout).await {
             Err(e) => {
                 // Reset rather than close: a clean EOF would read as "connected, got nothing".
@@ -82,16 +88,10 @@ impl Proxy {
                     Some(format!("connecting to {dest}: {e}")),
                 )
             }
-            Ok(upstream) => match relay::relay(client, upstream, &traffic).await {
-                Ok(()) => (Outcome::Closed, None),
-                Err(e) => {
-                    let outcome = match e.side {
-                        Side::Client => Outcome::ClientError,
-                        Side::Upstream => Outcome::UpstreamError,
-                    };
-                    (outcome, Some(e.to_string()))
-                }
-            },
+            Ok(upstream) => {
+                self.dispatch(id, client, upstream, dest, traffic.clone())
+                    .await
+            }
         };
         let (bytes_up, bytes_down) = (
             traffic.up.load(Ordering::Relaxed),

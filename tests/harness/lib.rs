@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod https;
 pub mod model;
 pub mod netns;
 pub mod proc;

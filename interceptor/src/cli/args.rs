@@ -46,6 +46,26 @@ pub enum Command {
     /// Recorded connections.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// The CA that signs the certificates workloads see (TLS interception).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM).
+    Export,
+    /// Add the CA to the host's trust store (Debian layout: update-ca-certificates).
+    Install {
+        /// Directory of local CA certificates that update-ca-certificates reads.
+        #[arg(long, default_value = "/usr/local/share/ca-certificates")]
+        dir: PathBuf,
+    },
+    /// Remove the CA from the host's trust store again.
+    Uninstall {
+        #[arg(long, default_value = "/usr/local/share/ca-certificates")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +88,47 @@ pub struct RunArgs {
     /// Longest time a session record waits in memory before it is fsynced.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub sync_interval: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Policy file (default: policies/default.toml under the working directory if there is
+    /// one, else /etc/interceptor/policy.toml, else the built-in default). Reloaded on SIGHUP
+    /// and `policy reload`.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+}
+
+/// TLS re-termination (`run`).
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) to sign workload-facing certificates with, instead of the one
+    /// interceptor creates in its data directory.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for upstream servers, besides the system's
+    /// (repeatable).
+    #[arg(long)]
+    pub upstream_ca: Vec<PathBuf>,
+    /// Relay TLS to this server name (SNI) without decrypting it (repeatable).
+    #[arg(long)]
+    pub passthrough: Vec<String>,
+    /// Longest time a TLS handshake (either side) may take.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+impl TlsArgs {
+    pub fn into_options(self) -> crate::tls::TlsOptions {
+        crate::tls::TlsOptions {
+            ca_cert: self.ca_cert,
+            ca_key: self.ca_key,
+            upstream_ca: self.upstream_ca,
+            passthrough: self.passthrough,
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
 }
 
 /// Which cgroup: exactly one of a path, a process, a container.

@@ -2,6 +2,7 @@
 //! control socket.
 
 pub mod args;
+mod ca;
 mod exec;
 mod print;
 mod rules;
@@ -79,6 +80,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Exec(a) => exec::exec(socket, a),
+        Command::Ca(command) => ca::run(socket, command).map(|()| 0),
         Command::Sessions(SessionsCommand::List { json }) => {
             let sessions: Vec<Session> = client::call(socket, &Request::Sessions)?;
             if json {

@@ -16,6 +16,8 @@ pub enum Request {
     Status,
     Sessions,
     Session { id: String },
+    /// The PEM certificate of the CA that signs workload-facing certificates.
+    CaCertificate,
 }
 
 pub type Reply = Result<serde_json::Value, String>;

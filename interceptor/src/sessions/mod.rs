@@ -3,5 +3,5 @@
 pub mod record;
 pub mod store;
 
-pub use record::{Event, Outcome, Session, SessionEnd, SessionStart};
+pub use record::{Event, Outcome, Session, SessionEnd, SessionStart, TlsInfo, TlsMode};
 pub use store::{Store, StoreWriter};

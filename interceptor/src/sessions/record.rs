@@ -20,6 +20,12 @@ pub enum Outcome {
     ClientError,
     /// `connect()` failed with EPERM in the kernel; never reached the proxy.
     Denied,
+    /// The workload's TLS handshake failed (malformed ClientHello, stall, our certificate
+    /// refused).
+    ClientTlsError,
+    /// The upstream's TLS handshake failed, its certificate did not verify among them; the
+    /// workload was sent an alert and never saw a certificate.
+    UpstreamTlsError,
 }
 
 /// A stored event. Sessions are built from these, so later kinds of events (HTTP exchanges,
@@ -29,6 +35,10 @@ pub enum Outcome {
 pub enum Event {
     Start(SessionStart),
     End(SessionEnd),
+    /// What the TLS layer saw and decided, once per TLS connection.
+    Tls(TlsInfo),
+    /// One HTTP request and its response.
+    Http(HttpExchange),
 }
 
 impl Event {
@@ -36,8 +46,66 @@ impl Event {
         match self {
             Event::Start(s) => s.id,
             Event::End(e) => e.id,
+            Event::Tls(t) => t.id,
+            Event::Http(h) => h.id,
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Decrypted here: the workload saw a certificate minted by interceptor's CA.
+    Terminated,
+    /// Relayed without decryption (passthrough list).
+    Passthrough,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TlsInfo {
+    pub id: u64,
+    pub sni: Option<String>,
+    /// What the client offered.
+    pub alpn_offered: Vec<String>,
+    /// What the upstream chose (and the client was offered), when terminated.
+    pub alpn: Option<String>,
+    pub mode: TlsMode,
+}
+
+/// One request/response pair. Only headers on an allow-list are kept (never credentials).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HttpExchange {
+    /// The session (connection) this exchange belongs to.
+    pub id: u64,
+    /// Order of the request on its connection, from 0.
+    pub seq: u64,
+    pub version: String,
+    pub method: String,
+    pub authority: Option<String>,
+    pub path: String,
+    /// Absent when no response came (refused, upstream failed).
+    pub status: Option<u16>,
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub started_at: SystemTime,
+    /// From the request head to the response head.
+    #[serde(with = "humantime_serde::option")]
+    pub response_after: Option<std::time::Duration>,
+    /// From the request head to the end of the response body.
+    #[serde(with = "humantime_serde")]
+    pub duration: std::time::Duration,
+    /// Set when the connection switched protocols (WebSocket): bytes relayed after it.
+    pub upgraded: Option<UpgradedBytes>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct UpgradedBytes {
+    pub up: u64,
+    pub down: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,6 +145,10 @@ pub struct Session {
     pub bytes_down: u64,
     pub outcome: Outcome,
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpExchange>,
 }
 
 impl Session {
@@ -92,10 +164,22 @@ impl Session {
             bytes_down: 0,
             outcome: Outcome::Open,
             error: None,
+            tls: None,
+            http: Vec::new(),
         }
     }
 
-    pub fn apply_end(&mut self, end: SessionEnd) {
+    /// Folds an event other than the start into this session.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Start(_) => {}
+            Event::End(end) => self.apply_end(end),
+            Event::Tls(tls) => self.tls = Some(tls),
+            Event::Http(exchange) => self.http.push(exchange),
+        }
+    }
+
+    fn apply_end(&mut self, end: SessionEnd) {
         self.ended_at = Some(end.ended_at);
         self.bytes_up = end.bytes_up;
         self.bytes_down = end.bytes_down;

@@ -123,9 +123,9 @@ pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
                     index.insert(start.id, sessions.len());
                     sessions.push(Session::from_start(start));
                 }
-                Event::End(end) => {
-                    if let Some(&i) = index.get(&end.id) {
-                        sessions[i].apply_end(end);
+                other => {
+                    if let Some(&i) = index.get(&other.session_id()) {
+                        sessions[i].apply(other);
                     }
                 }
             }

@@ -1,0 +1,167 @@
+//! After the dial: decide from the first bytes what the connection speaks, and hand it to
+//! the layer that understands it (TLS, HTTP) or splice it as raw TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::Proxy;
+use super::counted::Counted;
+use super::peek::peek_until;
+use super::sniff::{MAX_SNIFF, Protocol, classify};
+use crate::relay::{self, Side, Traffic};
+use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
+use crate::tls::HelloError;
+
+/// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
+const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+
+pub type Ended = (Outcome, Option<String>);
+
+impl Proxy {
+    pub(super) async fn dispatch(
+        &self,
+        id: u64,
+        client: TcpStream,
+        upstream: TcpStream,
+        dest: SocketAddr,
+        traffic: Arc<Traffic>,
+    ) -> Ended {
+        // Whoever speaks first: a server that greets (SSH, SMTP) means raw TCP.
+        let protocol = tokio::select! {
+            p = peek_until(&client, MAX_SNIFF, classify) => p.unwrap_or(Protocol::Other),
+            _ = upstream.readable() => Protocol::Other,
+        };
+        tracing::debug!(session = id, ?protocol, "first bytes");
+        match protocol {
+            Protocol::Tls => {
+                self.terminate_tls(id, client, upstream, dest, traffic)
+                    .await
+            }
+            Protocol::Http1 | Protocol::H2Prior | Protocol::Other => {
+                splice(client, upstream, &traffic).await
+            }
+        }
+    }
+
+    async fn terminate_tls(
+        &self,
+        id: u64,
+        mut client: TcpStream,
+        upstream: TcpStream,
+        dest: SocketAddr,
+        traffic: Arc<Traffic>,
+    ) -> Ended {
+        let tls = &self.tls;
+        let limit = tls.handshake_timeout;
+        let hello = match timeout(limit, crate::tls::peek_client_hello(&client)).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(HelloError::Malformed { error, alert })) => {
+                let _ = client.write_all(&alert).await;
+                return client_tls_error(format!("malformed ClientHello: {error}"));
+            }
+            Ok(Err(e)) => return client_tls_error(e.to_string()),
+            Err(_) => {
+                relay::reset(&client);
+                return client_tls_error(format!("no complete ClientHello within {limit:?}"));
+            }
+        };
+        let mut info = TlsInfo {
+            id,
+            sni: hello.sni.clone(),
+            alpn_offered: hello.alpn.iter().map(|p| lossy(p)).collect(),
+            alpn: None,
+            mode: TlsMode::Terminated,
+        };
+        if tls.is_passthrough(hello.sni.as_deref()) {
+            info.mode = TlsMode::Passthrough;
+            self.store.append(Event::Tls(info));
+            return splice(client, upstream, &traffic).await;
+        }
+        // Without SNI the client dialled an address; that is the name it will verify.
+        let name = hello.sni.clone().unwrap_or_else(|| dest.ip().to_string());
+        let server_name = match ServerName::try_from(name.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = client.write_all(&HANDSHAKE_FAILURE).await;
+                return client_tls_error(format!("server name {name:?}: {e}"));
+            }
+        };
+        let upstream = Counted::upstream(upstream, traffic.clone());
+        let upstream = match timeout(
+            limit,
+            tls.connect_upstream(server_name, hello.alpn.clone(), upstream),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            failed => {
+                self.store.append(Event::Tls(info));
+                let _ = client.write_all(&HANDSHAKE_FAILURE).await;
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no handshake within {limit:?}"),
+                };
+                return (
+                    Outcome::UpstreamTlsError,
+                    Some(format!("upstream TLS handshake for {name}: {why}")),
+                );
+            }
+        };
+        let alpn = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        info.alpn = alpn.as_deref().map(lossy);
+        self.store.append(Event::Tls(info));
+        let config = match tls.server_config(&name, alpn.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = client.write_all(&HANDSHAKE_FAILURE).await;
+                return client_tls_error(e.to_string());
+            }
+        };
+        let client = Counted::client(client, traffic.clone());
+        let accepted = async {
+            hello
+                .into_handshake(client)
+                .await?
+                .into_stream(config)
+                .await
+        };
+        let mut client = match timeout(limit, accepted).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return client_tls_error(format!("client handshake: {e}")),
+            Err(_) => {
+                return client_tls_error(format!("client handshake not done within {limit:?}"));
+            }
+        };
+        let mut upstream = upstream;
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok(_) => (Outcome::Closed, None),
+            Err(e) => (Outcome::ClientError, Some(format!("decrypted relay: {e}"))),
+        }
+    }
+}
+
+fn client_tls_error(why: String) -> Ended {
+    (Outcome::ClientTlsError, Some(why))
+}
+
+fn lossy(protocol: &[u8]) -> String {
+    String::from_utf8_lossy(protocol).into_owned()
+}
+
+async fn splice(client: TcpStream, upstream: TcpStream, traffic: &Traffic) -> Ended {
+    match relay::relay(client, upstream, traffic).await {
+        Ok(()) => (Outcome::Closed, None),
+        Err(e) => {
+            let outcome = match e.side {
+                Side::Client => Outcome::ClientError,
+                Side::Upstream => Outcome::UpstreamError,
+            };
+            (outcome, Some(e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Looking at what a peer sent first without consuming it, so that whatever the verdict
+//! (TLS, HTTP, anything else) the stream can still be handed on whole, or spliced as is.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeekError {
+    #[error("peer closed the connection after {0} bytes, before they made sense")]
+    Closed(usize),
+    #[error("no decision after {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Peeks at `tcp` until `decide` returns a verdict on the bytes seen so far, at most `max`.
+///
+/// Waiting for "more than what is there" uses `SO_RCVLOWAT`, so the task sleeps until the
+/// kernel has the next byte instead of polling.
+pub async fn peek_until<T>(
+    tcp: &TcpStream,
+    max: usize,
+    mut decide: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<T, PeekError> {
+    let mut buf = vec![0u8; max];
+    let mut want = 1;
+    let result = loop {
+        set_rcvlowat(tcp, want)?;
+        let ready = tcp.ready(Interest::READABLE).await?;
+        match tcp.try_io(Interest::READABLE, || {
+            let n = recv_peek(tcp, &mut buf)?;
+            if n < want && n > 0 && !ready.is_read_closed() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }) {
+            Ok(n) if n < want => break Err(PeekError::Closed(n)),
+            Ok(n) => match decide(&buf[..n]) {
+                Some(verdict) => break Ok(verdict),
+                None if n == max => break Err(PeekError::TooLarge(n)),
+                None if ready.is_read_closed() => break Err(PeekError::Closed(n)),
+                None => want = n + 1,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => break Err(e.into()),
+        }
+    };
+    set_rcvlowat(tcp, 1)?;
+    result
+}
+
+fn recv_peek(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of its length; the fd is open for the call.
+    let n = unsafe {
+        libc::recv(
+            tcp.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn set_rcvlowat(tcp: &TcpStream, bytes: usize) -> io::Result<()> {
+    let v = bytes as libc::c_int;
+    // SAFETY: plain setsockopt with an int option on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn waits_for_enough_bytes_and_consumes_none() {
+        let (mut w, r) = pair().await;
+        let peek = tokio::spawn(async move {
+            let v = peek_until(&r, 64, |b| b.ends_with(b"\n").then(|| b.len())).await;
+            (v.unwrap(), r)
+        });
+        w.write_all(b"GET ").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        w.write_all(b"/ x\n").await.unwrap();
+        let (len, mut r) = peek.await.unwrap();
+        assert_eq!(len, 8);
+        let mut all = [0u8; 8];
+        r.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, b"GET / x\n");
+    }
+
+    #[tokio::test]
+    async fn early_close_and_no_verdict_are_errors() {
+        let (mut w, r) = pair().await;
+        w.write_all(b"abc").await.unwrap();
+        drop(w);
+        let e = peek_until(&r, 64, |_| None::<()>).await.unwrap_err();
+        assert!(matches!(e, PeekError::Closed(3)), "{e}");
+        let (mut w, r) = pair().await;
+        w.write_all(&[7u8; 16]).await.unwrap();
+        let e = peek_until(&r, 16, |_| None::<()>).await.unwrap_err();
+        assert!(matches!(e, PeekError::TooLarge(16)), "{e}");
+    }
+}

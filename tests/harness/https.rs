@@ -1,0 +1,195 @@
+//! HTTPS test servers (HTTP/1.1 and HTTP/2, hyper + rustls) with their own test CA, run on a
+//! thread of the test process. Routes:
+//!
+//! * `GET /hello` → `hello over HTTP/x.y`
+//! * `GET /bytes/N` → N bytes of `x`
+//! * `POST /echo` → the request body, streamed back
+//! * `GET /ws` with `Upgrade: websocket` → 101, then every byte is echoed back raw
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test CA whose certificate is written to a file (for `--upstream-ca`).
+pub struct TestPki {
+    _dir: TempDir,
+    pub ca_file: PathBuf,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestPki {
+    pub fn new(name: &str) -> Result<TestPki> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let dir = tempfile::Builder::new()
+            .prefix("interceptor-pki-")
+            .tempdir()?;
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        Ok(TestPki {
+            _dir: dir,
+            ca_file,
+            ca,
+        })
+    }
+
+    /// A server configuration with a certificate for `names` (DNS names or IPs) signed by
+    /// this CA, offering h2 and http/1.1.
+    pub fn server_config(&self, names: &[&str]) -> Result<Arc<ServerConfig>> {
+        let key = KeyPair::generate()?;
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![
+                        cert.der().clone(),
+                        CertificateDer::from(self.ca.der().to_vec()),
+                    ],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// A running HTTPS server; Drop stops it.
+pub struct HttpsServer {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpsServer {
+    pub fn start(ip: &str, config: Arc<ServerConfig>) -> Result<HttpsServer> {
+        let listener =
+            std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}"))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let counter = connections.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let serve = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection_with_upgrades(
+                                        TokioIo::new(tls),
+                                        hyper::service::service_fn(route),
+                                    )
+                                    .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(HttpsServer {
+            addr,
+            connections,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let response = if path == "/hello" {
+        Response::new(full(format!("hello over {:?}", req.version())))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        Response::new(full(vec![b'x'; n]))
+    } else if path == "/echo" {
+        Response::new(req.into_body().boxed())
+    } else if path == "/ws" && req.headers().contains_key(hyper::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .body(full(""))
+            .unwrap()
+    } else {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(full("not found"))
+            .unwrap()
+    };
+    Ok(response)
+}
