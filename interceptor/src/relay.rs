@@ -4,8 +4,8 @@
 //! the other direction keeps flowing. An error on either side resets both connections, so
 //! neither peer mistakes a failure for a clean end of stream.
 //!
-//! Bytes move with `splice(2)` through a pipe: socket pages are handed from one connection
-//! to the other inside the kernel, never copied through userspace. Streams that a later layer
+//! Bulk bytes move with `splice(2)` through a pipe: socket pages are handed from one
+//! connection to the other inside the kernel, never copied through userspace. Streams that a later layer
 //! must read (TLS, HTTP, secret scanning) are relayed by that layer instead.
 
 use std::io;
@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 
 /// Pipe size per direction: the most one splice moves.
 const PIPE_SIZE: usize = 1 << 20;
+/// Reads up to this size are copied; a read that fills it switches the direction to splice.
+const COPY_LIMIT: usize = 16 << 10;
 
 /// Bytes moved so far; readable while the relay runs (for `status`) and after it fails.
 #[derive(Debug, Default)]
@@ -71,7 +73,9 @@ pub async fn relay(
     result.map(|_| ())
 }
 
-/// Moves one direction: fill the pipe from `from`, drain it into `to`, until end of stream.
+/// Moves one direction until end of stream. Small exchanges (requests, responses) are copied
+/// through a buffer, which costs fewer syscalls than setting up a pipe; once a read fills the
+/// buffer the stream is bulk, and from then on it is spliced.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -79,16 +83,45 @@ async fn pump(
     from_side: Side,
 ) -> Result<(), RelayError> {
     let to_side = from_side.other();
-    let (pipe_rx, pipe_tx) = pipe().map_err(from_side.err())?;
+    let mut small = [0u8; COPY_LIMIT];
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
     loop {
-        let n = loop {
-            from.readable().await.map_err(from_side.err())?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe_tx.as_raw_fd(), PIPE_SIZE)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(from_side.err()(e)),
+        let n = match &pipe {
+            None => {
+                let n = when_ready(from, Interest::READABLE, || from.try_read(&mut small))
+                    .await
+                    .map_err(from_side.err())?;
+                let mut sent = 0;
+                while sent < n {
+                    sent += when_ready(to, Interest::WRITABLE, || to.try_write(&small[sent..n]))
+                        .await
+                        .map_err(to_side.err())?;
+                }
+                if n == COPY_LIMIT {
+                    pipe = Some(new_pipe().map_err(from_side.err())?);
+                }
+                n
+            }
+            Some((pipe_rx, pipe_tx)) => {
+                let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
+                let n = when_ready(from, Interest::READABLE, || {
+                    from.try_io(Interest::READABLE, || {
+                        splice(from_fd, pipe_tx.as_raw_fd(), PIPE_SIZE)
+                    })
+                })
+                .await
+                .map_err(from_side.err())?;
+                let mut left = n;
+                while left > 0 {
+                    left -= when_ready(to, Interest::WRITABLE, || {
+                        to.try_io(Interest::WRITABLE, || {
+                            splice(pipe_rx.as_raw_fd(), to_fd, left)
+                        })
+                    })
+                    .await
+                    .map_err(to_side.err())?;
+                }
+                n
             }
         };
         if n == 0 {
@@ -96,22 +129,27 @@ async fn pump(
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(to_side.err());
         }
-        let mut left = n;
-        while left > 0 {
-            to.writable().await.map_err(to_side.err())?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe_rx.as_raw_fd(), to.as_raw_fd(), left)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(to_side.err()(e)),
-            }
-        }
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// Runs a non-blocking operation once the socket is ready for it, again after each spurious
+/// wake-up (`WouldBlock` clears tokio's readiness, so the next wait is real).
+async fn when_ready<T>(
+    socket: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    loop {
+        socket.ready(interest).await?;
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+fn new_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid out-array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
