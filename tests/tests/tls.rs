@@ -112,3 +112,174 @@ fn curl_trusts_the_minted_certificate_with_no_flag() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs tests/scripts/tls_client.py under exec; returns its JSON report.
+fn py_client(d: &Daemon, args: &[&str]) -> Result<Value> {
+    let script = scripts_dir().join("tls_client.py");
+    let mut argv = vec![python().to_str().unwrap(), script.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let out = exec(d, &argv)?;
+    ensure!(
+        out.status.success(),
+        "tls_client.py failed: {}",
+        stderr(&out)
+    );
+    Ok(serde_json::from_str(stdout(&out).trim())?)
+}
+
+#[test]
+fn python_urllib_and_openssl_trust_the_system_store_under_exec() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+
+    let r = py_client(&d, &["urllib", &server.url("/hello")])?;
+    ensure!(
+        r["status"] == 200 && r["body"] == "hello over HTTP/1.1",
+        "{r}"
+    );
+
+    let connect = server.addr.to_string();
+    let mut cmd = d.exec_command(
+        &["--include-loopback"],
+        &[
+            "openssl",
+            "s_client",
+            "-connect",
+            &connect,
+            "-verify_return_error",
+            "-quiet",
+        ],
+    );
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        stdout(&out).contains("hello over HTTP/1.1"),
+        "openssl s_client: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn unverifiable_upstream_is_refused_with_an_alert_and_recorded() -> Result<()> {
+    require_root();
+    let trusted = TestPki::new("upstream test CA")?;
+    let rogue = TestPki::new("rogue CA")?;
+    let server = HttpsServer::start("127.0.0.3", rogue.server_config(&["127.0.0.3"])?)?;
+    let d = daemon(&trusted, &[])?;
+    let out = exec(&d, &["curl", "-sS", &server.url("/hello")])?;
+    ensure!(!out.status.success(), "curl succeeded: {}", stdout(&out));
+    ensure!(
+        stderr(&out).contains("alert handshake failure"),
+        "curl should see a TLS alert: {}",
+        stderr(&out)
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(s["outcome"] == "upstream_tls_error", "session: {s:#}");
+    let error = s["error"].as_str().unwrap_or_default();
+    ensure!(error.contains("certificate"), "session error: {error}");
+    Ok(())
+}
+
+#[test]
+fn passthrough_hosts_are_not_decrypted() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["api.test"])?)?;
+    let d = daemon(&pki, &["--passthrough", "api.test"])?;
+    let resolve = format!("api.test:{}:127.0.0.2", server.addr.port());
+    let url = format!("https://api.test:{}/hello", server.addr.port());
+    let ca = pki.ca_file.to_str().unwrap();
+    // The client trusts only the server's own CA: it works only if it sees the real cert.
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "-v",
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            &url,
+        ],
+    )?;
+    ensure!(out.status.success(), "curl failed: {}", stderr(&out));
+    ensure!(
+        stderr(&out).contains("CN=upstream test CA"),
+        "{}",
+        stderr(&out)
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(
+        s["tls"]["mode"] == "passthrough" && s["tls"]["sni"] == "api.test",
+        "session: {s:#}"
+    );
+    ensure!(s["bytes_down"].as_u64() > Some(500), "session: {s:#}");
+    Ok(())
+}
+
+#[test]
+fn malformed_client_hello_does_not_disturb_a_concurrent_connection() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let port = server.addr.port().to_string();
+    let r = py_client(
+        &d,
+        &["malformed", "127.0.0.2", &port, &server.url("/hello")],
+    )?;
+    ensure!(
+        r["good_reply"]
+            .as_str()
+            .is_some_and(|b| b.ends_with("hello over HTTP/1.1")),
+        "{r}"
+    );
+    // An alert record (content type 21) came back on the bad connection.
+    ensure!(
+        r["bad_reply_hex"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("15")),
+        "{r}"
+    );
+    let sessions = d.wait_for_matching(|s| s.outcome == "client_tls_error", 1, SESSIONS)?;
+    let error = sessions[0].error.clone().unwrap_or_default();
+    ensure!(error.contains("malformed ClientHello"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn stalled_handshake_times_out_and_is_recorded() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &["--handshake-timeout", "1s"])?;
+    let port = server.addr.port().to_string();
+    let r = py_client(&d, &["stall", "127.0.0.2", &port, "1"])?;
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    ensure!((0.8..5.0).contains(&after), "closed after {after}s: {r}");
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(s["outcome"] == "client_tls_error", "session: {s:#}");
+    ensure!(
+        s["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ClientHello within 1s"),
+        "session: {s:#}"
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+"""TLS test client for tests/tests/tls.rs; runs under `interceptor exec`, uses the system
+trust store only. Prints one JSON report on stdout.
+
+  tls_client.py urllib URL                 GET with urllib, report status and body
+  tls_client.py malformed HOST PORT URL    a good connection and a garbage ClientHello at
+                                           once; the good one must not notice
+  tls_client.py stall HOST PORT SECONDS    half a ClientHello, then wait for the proxy to
+                                           give up
+"""
+import json
+import socket
+import ssl
+import sys
+import time
+import urllib.request
+
+
+def urllib_get(url):
+    with urllib.request.urlopen(url, timeout=20) as r:
+        return {"status": r.status, "body": r.read().decode()}
+
+
+def read_all(sock):
+    """Reads until EOF or error; returns (bytes, error name or None)."""
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return data, None
+            data += chunk
+    except OSError as e:
+        return data, type(e).__name__
+
+
+def malformed(host, port, url):
+    ctx = ssl.create_default_context()
+    good = ctx.wrap_socket(socket.create_connection((host, port), timeout=20),
+                           server_hostname=host)
+    bad = socket.create_connection((host, port), timeout=20)
+    # A handshake record whose ClientHello body is nonsense.
+    body = b"\x01\x00\x00\x20" + b"\xff" * 32
+    bad.sendall(b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body)
+    bad_reply, bad_error = read_all(bad)
+    good.sendall(b"GET /hello HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host.encode())
+    reply, error = read_all(good)
+    return {
+        "bad_reply_hex": bad_reply.hex(),
+        "bad_error": bad_error,
+        "good_reply": reply.decode(errors="replace"),
+        "good_error": error,
+    }
+
+
+def stall(host, port, seconds):
+    s = socket.create_connection((host, port), timeout=float(seconds) + 10)
+    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    start = time.monotonic()
+    data, error = read_all(s)
+    return {"closed_after": time.monotonic() - start, "error": error, "data_hex": data.hex()}
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "urllib":
+        out = urllib_get(sys.argv[2])
+    elif mode == "malformed":
+        out = malformed(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "stall":
+        out = stall(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
