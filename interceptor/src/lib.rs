@@ -3,3 +3,4 @@
 
 pub mod detection;
 pub mod policy;
+pub mod vault;

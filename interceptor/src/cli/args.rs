@@ -49,6 +49,9 @@ pub enum Command {
     /// The CA that signs the certificates workloads see (TLS interception).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Secret detection rules.
+    #[command(subcommand)]
+    Rules(super::secrets::RulesCommand),
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,7 @@ mod ca;
 mod exec;
 mod print;
 mod rules;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +82,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Exec(a) => exec::exec(socket, a),
         Command::Ca(command) => ca::run(socket, command).map(|()| 0),
+        Command::Rules(command) => secrets::run(command),
         Command::Sessions(SessionsCommand::List { json }) => {
             let sessions: Vec<Session> = client::call(socket, &Request::Sessions)?;
             if json {

@@ -72,7 +72,7 @@ impl Write for Capped {
     }
 }
 
-enum Inflate {
+enum Decompressor {
     Gzip(flate2::write::MultiGzDecoder<Capped>),
     Deflate(flate2::write::ZlibDecoder<Capped>),
     Brotli(Box<brotli::DecompressorWriter<Capped>>),
@@ -82,7 +82,7 @@ enum Inflate {
 /// Decodes a body chunk by chunk; refuses to produce more than `limit` bytes in total.
 pub struct Decoder {
     encoding: ContentEncoding,
-    inner: Inflate,
+    inner: Decompressor,
     limit: u64,
 }
 
@@ -97,13 +97,13 @@ impl Decoder {
             limit,
         };
         let inner = match encoding {
-            ContentEncoding::Gzip => Inflate::Gzip(flate2::write::MultiGzDecoder::new(sink)),
-            ContentEncoding::Deflate => Inflate::Deflate(flate2::write::ZlibDecoder::new(sink)),
-            ContentEncoding::Brotli => Inflate::Brotli(Box::new(brotli::DecompressorWriter::new(
+            ContentEncoding::Gzip => Decompressor::Gzip(flate2::write::MultiGzDecoder::new(sink)),
+            ContentEncoding::Deflate => Decompressor::Deflate(flate2::write::ZlibDecoder::new(sink)),
+            ContentEncoding::Brotli => Decompressor::Brotli(Box::new(brotli::DecompressorWriter::new(
                 sink,
                 BROTLI_BUFFER,
             ))),
-            ContentEncoding::Zstd => Inflate::Zstd(
+            ContentEncoding::Zstd => Decompressor::Zstd(
                 zstd::stream::write::Decoder::new(sink).map_err(|e| corrupt(encoding, e))?,
             ),
         };
@@ -117,10 +117,10 @@ impl Decoder {
     /// Feeds compressed bytes; returns what they decoded to.
     pub fn push(&mut self, compressed: &[u8]) -> Result<Vec<u8>, CodecError> {
         let written = match &mut self.inner {
-            Inflate::Gzip(d) => d.write_all(compressed),
-            Inflate::Deflate(d) => d.write_all(compressed),
-            Inflate::Brotli(d) => d.write_all(compressed),
-            Inflate::Zstd(d) => d.write_all(compressed),
+            Decompressor::Gzip(d) => d.write_all(compressed),
+            Decompressor::Deflate(d) => d.write_all(compressed),
+            Decompressor::Brotli(d) => d.write_all(compressed),
+            Decompressor::Zstd(d) => d.write_all(compressed),
         };
         written.map_err(|e| self.error(e))?;
         Ok(std::mem::take(&mut self.sink().out))
@@ -129,10 +129,10 @@ impl Decoder {
     /// End of the compressed body: the rest of the decoded bytes; fails if it was cut short.
     pub fn finish(mut self) -> Result<Vec<u8>, CodecError> {
         let finished = match &mut self.inner {
-            Inflate::Gzip(d) => d.try_finish(),
-            Inflate::Deflate(d) => d.try_finish(),
-            Inflate::Brotli(d) => d.close(),
-            Inflate::Zstd(d) => d.do_finish(),
+            Decompressor::Gzip(d) => d.try_finish(),
+            Decompressor::Deflate(d) => d.try_finish(),
+            Decompressor::Brotli(d) => d.close(),
+            Decompressor::Zstd(d) => d.do_finish(),
         };
         finished.map_err(|e| self.error(e))?;
         Ok(std::mem::take(&mut self.sink().out))
@@ -140,10 +140,10 @@ impl Decoder {
 
     fn sink(&mut self) -> &mut Capped {
         match &mut self.inner {
-            Inflate::Gzip(d) => d.get_mut(),
-            Inflate::Deflate(d) => d.get_mut(),
-            Inflate::Brotli(d) => d.get_mut(),
-            Inflate::Zstd(d) => d.get_mut(),
+            Decompressor::Gzip(d) => d.get_mut(),
+            Decompressor::Deflate(d) => d.get_mut(),
+            Decompressor::Brotli(d) => d.get_mut(),
+            Decompressor::Zstd(d) => d.get_mut(),
         }
     }
 
@@ -166,7 +166,7 @@ fn corrupt(encoding: ContentEncoding, source: io::Error) -> CodecError {
     }
 }
 
-enum Deflate {
+enum Compressor {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Deflate(flate2::write::ZlibEncoder<Vec<u8>>),
     Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
@@ -176,7 +176,7 @@ enum Deflate {
 /// Encodes a (masked) body chunk by chunk, in the encoding it arrived in.
 pub struct Encoder {
     encoding: ContentEncoding,
-    inner: Deflate,
+    inner: Compressor,
 }
 
 /// Fast levels: re-encoding happens inline on the traffic path.
@@ -187,21 +187,21 @@ const ZSTD_LEVEL: i32 = 3;
 impl Encoder {
     pub fn new(encoding: ContentEncoding) -> Result<Encoder, CodecError> {
         let inner = match encoding {
-            ContentEncoding::Gzip => Deflate::Gzip(flate2::write::GzEncoder::new(
+            ContentEncoding::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
                 Compression::fast(),
             )),
-            ContentEncoding::Deflate => Deflate::Deflate(flate2::write::ZlibEncoder::new(
+            ContentEncoding::Deflate => Compressor::Deflate(flate2::write::ZlibEncoder::new(
                 Vec::new(),
                 Compression::fast(),
             )),
-            ContentEncoding::Brotli => Deflate::Brotli(Box::new(brotli::CompressorWriter::new(
+            ContentEncoding::Brotli => Compressor::Brotli(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 BROTLI_BUFFER,
                 BROTLI_QUALITY,
                 BROTLI_WINDOW,
             ))),
-            ContentEncoding::Zstd => Deflate::Zstd(
+            ContentEncoding::Zstd => Compressor::Zstd(
                 zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
                     .map_err(|e| corrupt(encoding, e))?,
             ),
@@ -212,10 +212,10 @@ impl Encoder {
     /// Feeds plain bytes; returns the compressed bytes ready so far (possibly none).
     pub fn push(&mut self, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
         let (written, out) = match &mut self.inner {
-            Deflate::Gzip(e) => (e.write_all(plain), e.get_mut()),
-            Deflate::Deflate(e) => (e.write_all(plain), e.get_mut()),
-            Deflate::Brotli(e) => (e.write_all(plain), e.get_mut()),
-            Deflate::Zstd(e) => (e.write_all(plain), e.get_mut()),
+            Compressor::Gzip(e) => (e.write_all(plain), e.get_mut()),
+            Compressor::Deflate(e) => (e.write_all(plain), e.get_mut()),
+            Compressor::Brotli(e) => (e.write_all(plain), e.get_mut()),
+            Compressor::Zstd(e) => (e.write_all(plain), e.get_mut()),
         };
         let out = std::mem::take(out);
         written.map_err(|e| corrupt(self.encoding, e))?;
@@ -226,10 +226,10 @@ impl Encoder {
     pub fn finish(self) -> Result<Vec<u8>, CodecError> {
         let encoding = self.encoding;
         match self.inner {
-            Deflate::Gzip(e) => e.finish(),
-            Deflate::Deflate(e) => e.finish(),
-            Deflate::Brotli(e) => Ok(e.into_inner()),
-            Deflate::Zstd(e) => e.finish(),
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Deflate(e) => e.finish(),
+            Compressor::Brotli(e) => Ok(e.into_inner()),
+            Compressor::Zstd(e) => e.finish(),
         }
         .map_err(|e| corrupt(encoding, e))
     }

@@ -154,7 +154,7 @@ impl Engine {
         let mut candidates = self.scan_block(data)?;
         let mut found = Vec::new();
         for (rule, first_end, last_end) in candidates.drain() {
-            self.confirm(rule, data, 0, first_end, last_end, |secret| {
+            self.confirm(rule, data, 0, first_end, last_end, |secret, _| {
                 found.push(Detection { rule, secret })
             });
         }
@@ -190,7 +190,7 @@ impl Engine {
 
     /// Confirms the candidates of `rule` that end in `first_end..=last_end` (absolute stream
     /// offsets) in `data`, which starts at absolute offset `base`; calls `each` with the
-    /// secret's span relative to `data`.
+    /// secret's span and the whole match's end, relative to `data`.
     pub(super) fn confirm(
         &self,
         rule: usize,
@@ -198,7 +198,7 @@ impl Engine {
         base: u64,
         first_end: u64,
         last_end: u64,
-        mut each: impl FnMut(Range<usize>),
+        mut each: impl FnMut(Range<usize>, usize),
     ) {
         let r = &self.rules[rule];
         let lo = first_end.saturating_sub(r.width as u64).max(base) - base;
@@ -209,7 +209,7 @@ impl Engine {
                 continue;
             };
             if r.accepts(whole.as_bytes(), secret.as_bytes()) {
-                each(lo + secret.start()..lo + secret.end());
+                each(lo + secret.start()..lo + secret.end(), lo + whole.end());
             }
         }
     }

@@ -26,6 +26,8 @@ pub struct Masker {
     base: u64,
     /// Stream ranges to mask when forwarded.
     masks: Vec<Range<u64>>,
+    /// Candidates whose match reached the end of the buffer: (rule, first end, last end).
+    deferred: Vec<(usize, u64, u64)>,
     /// Secrets already recorded whose bytes are not all forwarded yet, by rule.
     reported: Vec<(usize, Range<u64>)>,
     findings: Vec<Finding>,
@@ -44,6 +46,7 @@ impl Masker {
             base: 0,
             masks: Vec::new(),
             reported: Vec::new(),
+            deferred: Vec::new(),
             findings: Vec::new(),
         })
     }
@@ -61,7 +64,7 @@ impl Masker {
                 Matching::Continue
             })?;
         }
-        self.confirm()?;
+        self.confirm(false)?;
         let releasable = self.buf.len().saturating_sub(self.engine.holdback());
         self.release(releasable, out);
         Ok(())
@@ -69,8 +72,10 @@ impl Masker {
 
     /// Forwards the held tail as well, for a peer that waits for it. The stream goes on; a
     /// secret cut by this flush is still reported, with `forwarded_unmasked` set.
-    pub fn flush(&mut self, out: &mut Vec<u8>) {
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
+        self.confirm(true)?;
         self.release(self.buf.len(), out);
+        Ok(())
     }
 
     /// Bytes currently held back.
@@ -92,31 +97,40 @@ impl Masker {
                 Matching::Continue
             })?;
         }
-        self.confirm()?;
-        self.flush(out);
-        Ok(())
+        self.flush(out)
     }
 
-    /// Confirms this scan's candidates in the buffer, plain and in decoded views.
-    fn confirm(&mut self) -> Result<(), ScanError> {
+    /// Confirms this scan's candidates in the buffer, plain and in decoded views. A match
+    /// that reaches the end of the buffer may still grow with the next chunk: unless this is
+    /// the end (`at_end`), it is confirmed again then.
+    fn confirm(&mut self, at_end: bool) -> Result<(), ScanError> {
+        for (rule, first_end, last_end) in std::mem::take(&mut self.deferred) {
+            self.candidates.hit(rule as u32, first_end);
+            self.candidates.hit(rule as u32, last_end);
+        }
         let mut plain = Vec::new();
         for (rule, first_end, last_end) in self.candidates.drain() {
+            let mut open = false;
             self.engine
-                .confirm(rule, &self.buf, self.base, first_end, last_end, |s| {
-                    plain.push((rule, s))
+                .confirm(rule, &self.buf, self.base, first_end, last_end, |s, end| {
+                    if end == self.buf.len() && !at_end {
+                        open = true;
+                    } else {
+                        plain.push((rule, s));
+                    }
                 });
+            if open {
+                self.deferred.push((rule, first_end, last_end));
+            }
         }
         for (rule, span) in plain {
             let secret = self.buf[span.clone()].to_vec();
             self.record(rule, span, Encoding::Plain, &secret);
         }
         for view in decode::views(&self.buf) {
+            // What the plain scan found already is recorded, and `record` skips repeats.
             for d in self.engine.find(&view.bytes)? {
                 let raw = view.raw_span(d.secret.clone());
-                // Written plainly after all: the plain scan has it.
-                if raw.len() == d.secret.len() {
-                    continue;
-                }
                 self.record(d.rule, raw, view.encoding, &view.bytes[d.secret]);
             }
         }

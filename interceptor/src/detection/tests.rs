@@ -64,3 +64,277 @@ fn a_broken_rule_is_reported_by_check() {
         assert!(text.contains(id), "{id} missing in:\n{text}");
     }
 }
+
+fn masker() -> Masker {
+    Masker::new(engine(), SecretHasher::with_salt([7; 16])).unwrap()
+}
+
+/// `text` through a masker in the given chunks; the output and the findings.
+fn mask_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<Finding>) {
+    let mut m = masker();
+    let mut out = Vec::new();
+    for c in chunks {
+        m.push(c, &mut out).unwrap();
+    }
+    m.finish(&mut out).unwrap();
+    (out, m.take_findings())
+}
+
+/// One example secret per family, in surrounding text: (text, secret, rule id).
+fn samples() -> Vec<(String, String, String)> {
+    let pick = [
+        "aws.access-key-id",
+        "aws.secret-access-key",
+        "github.ghp",
+        "openai.api-key",
+        "anthropic.api-key",
+        "stripe.secret-key",
+        "slack.bot-token",
+        "pem.private-key",
+        "jwt",
+        "postgres.url-password",
+        "http.basic-auth",
+        "generic.password",
+    ];
+    let rules = load_dir(&rules_dir()).unwrap();
+    pick.iter()
+        .map(|id| {
+            let rule = rules.iter().find(|r| r.id == *id).expect(id);
+            let ex = &rule.examples[0];
+            let text = format!(
+                "GET /x HTTP/1.1\r\nHost: a\r\n\r\nlead {} trail\n",
+                ex.text()
+            );
+            (
+                text,
+                ex.secret().expect("examples name their secret").to_string(),
+                rule.id.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_secret_split_at_every_point_is_masked() {
+    for (text, secret, rule) in samples() {
+        let data = text.as_bytes();
+        let at = text.find(&secret).unwrap() as u64;
+        for split in 0..=data.len() {
+            let (out, findings) = mask_chunks([&data[..split], &data[split..]]);
+            assert_eq!(out.len(), data.len(), "{rule} split {split}: same length");
+            assert!(
+                !contains(&out, secret.as_bytes()),
+                "{rule} split {split}: secret survived"
+            );
+            let f = findings
+                .iter()
+                .find(|f| f.rule == rule)
+                .unwrap_or_else(|| panic!("{rule} split {split}: no finding in {findings:?}"));
+            assert_eq!(
+                (f.offset, f.length as usize),
+                (at, secret.len()),
+                "{rule} split {split}"
+            );
+            assert_eq!(f.forwarded_unmasked, 0);
+            // A short prefix stays for recognition; the rest is masked.
+            let keep = finding::kept_prefix(secret.len());
+            let masked = &out[at as usize..at as usize + secret.len()];
+            assert_eq!(&masked[..keep], &secret.as_bytes()[..keep]);
+            assert!(
+                masked[keep..].iter().all(|&b| b == b'*'),
+                "{rule} split {split}"
+            );
+        }
+    }
+}
+
+#[test]
+fn masking_is_independent_of_chunking_and_never_leaks() {
+    let samples = samples();
+    let corpus: String = samples.iter().map(|(t, ..)| t.as_str()).collect();
+    let data = corpus.as_bytes();
+    let (whole, whole_findings) = mask_chunks([data]);
+    for (_, _, rule) in &samples {
+        assert!(whole_findings.iter().any(|f| &f.rule == rule), "{rule}");
+    }
+    // Deterministic pseudo-random chunk sizes from 1 to 300 bytes.
+    let mut seed = 0x9e37_79b9_u32;
+    for round in 0..20 {
+        let mut chunks = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let n = ((seed >> 16) as usize % 300 + 1).min(rest.len());
+            let (c, r) = rest.split_at(n);
+            chunks.push(c);
+            rest = r;
+        }
+        let (out, findings) = mask_chunks(chunks);
+        assert_eq!(out, whole, "round {round}");
+        assert_eq!(findings, whole_findings, "round {round}");
+    }
+    for (_, secret, rule) in &samples {
+        assert!(!contains(&whole, secret.as_bytes()), "{rule} leaked");
+    }
+}
+
+#[test]
+fn the_holdback_is_bounded_and_plain_text_passes_unchanged() {
+    let mut m = masker();
+    let mut out = Vec::new();
+    let line = b"{\"id\": 12345, \"name\": \"widget\", \"tags\": [\"a\", \"b\"]}\n";
+    for _ in 0..2000 {
+        m.push(line, &mut out).unwrap();
+        assert!(m.held() <= engine().holdback());
+    }
+    assert!(engine().holdback() <= engine::MAX_HOLDBACK);
+    m.finish(&mut out).unwrap();
+    assert_eq!(out, line.repeat(2000));
+    assert!(m.take_findings().is_empty());
+}
+
+#[test]
+fn findings_carry_a_salted_hash_never_the_secret() {
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5");
+    let text = format!("one {token} two {token}\n");
+    let (out, findings) = mask_chunks([text.as_bytes()]);
+    assert_eq!(findings.len(), 2);
+    assert_eq!(findings[0].hash, findings[1].hash, "repeats correlate");
+    assert_eq!(findings[0].hash.len(), 32);
+    let json = serde_json::to_string(&findings).unwrap();
+    assert!(!json.contains(&token[4..]), "{json}");
+    assert!(!contains(&out, token.as_bytes()));
+    // Another salt, another hash.
+    let other = SecretHasher::with_salt([8; 16]).hash(token.as_bytes());
+    assert_ne!(other, findings[0].hash);
+}
+
+#[test]
+fn json_escaped_url_encoded_and_base64_secrets_are_found_and_masked() {
+    let aws = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzQ8x3Lk2Vd";
+    let pg = "S3cr3t-pAssw0rd-x9";
+    let ghp = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    let cases = [
+        (
+            format!(r#"{{"url": "postgres:\/\/app:{pg}@db.internal\/app"}}"#),
+            pg.to_string(),
+            "postgres.url-password",
+            Encoding::JsonEscaped,
+        ),
+        (
+            format!(
+                r#"{{"aws_secret_access_key": "{}"}}"#,
+                aws.replace('+', r"\u002b").replace('/', r"\/")
+            ),
+            aws.replace('+', r"\u002b").replace('/', r"\/"),
+            "aws.secret-access-key",
+            Encoding::JsonEscaped,
+        ),
+        (
+            format!(
+                "GET /cb?aws_secret_access_key={}&x=1 HTTP/1.1\r\n",
+                aws.replace('+', "%2B").replace('/', "%2F")
+            ),
+            aws.replace('+', "%2B").replace('/', "%2F"),
+            "aws.secret-access-key",
+            Encoding::UrlEncoded,
+        ),
+    ];
+    for (text, written, rule, encoding) in cases {
+        let (out, findings) = mask_chunks([text.as_bytes()]);
+        let f = findings
+            .iter()
+            .find(|f| f.rule == rule)
+            .unwrap_or_else(|| panic!("{rule} in {text}: {findings:?}"));
+        assert_eq!(f.encoding, encoding, "{text}");
+        assert_eq!(f.offset as usize, text.find(&written).unwrap(), "{text}");
+        assert_eq!(f.length as usize, written.len());
+        assert!(
+            !contains(&out, written.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(out.len(), text.len());
+    }
+    // Base64-wrapped: a token inside a base64 blob (e.g. a Kubernetes secret's data).
+    use base64::Engine as _;
+    let blob = base64::engine::general_purpose::STANDARD.encode(format!("token={ghp}\n"));
+    let text = format!("data:\n  config: {blob}\n");
+    let (out, findings) = mask_chunks(text.as_bytes().chunks(7));
+    let f = findings
+        .iter()
+        .find(|f| f.rule == "github.ghp")
+        .expect("found in base64");
+    assert_eq!(f.encoding, Encoding::Base64);
+    assert_eq!(
+        f.hash,
+        SecretHasher::with_salt([7; 16]).hash(ghp.as_bytes())
+    );
+    let decoded_out = String::from_utf8(out).unwrap();
+    assert!(!decoded_out.contains(&blob), "base64 run masked");
+}
+
+#[test]
+fn compressed_bodies_are_masked_after_decoding_and_re_encoded() {
+    use compression::{ContentEncoding, Decoder, Encoder};
+    let secret = "sk_live_4eC39HqLyjWDarjtT1zdp7dcXyZ4eC39HqLyjWDarjtT1";
+    let body = format!(
+        "{{\"items\": [{}], \"key\": \"{secret}\"}}",
+        "1,".repeat(5000) + "1"
+    );
+    for encoding in [
+        ContentEncoding::Gzip,
+        ContentEncoding::Deflate,
+        ContentEncoding::Brotli,
+        ContentEncoding::Zstd,
+    ] {
+        let mut enc = Encoder::new(encoding).unwrap();
+        let mut wire = enc.push(body.as_bytes()).unwrap();
+        wire.extend(enc.finish().unwrap());
+        // Decode → mask → re-encode, chunk by chunk, as a proxy would.
+        let mut dec = Decoder::new(encoding, 1 << 20).unwrap();
+        let mut m = masker();
+        let mut re = Encoder::new(encoding).unwrap();
+        let mut out_wire = Vec::new();
+        let mut plain = Vec::new();
+        for chunk in wire.chunks(100) {
+            let decoded = dec.push(chunk).unwrap();
+            plain.clear();
+            m.push(&decoded, &mut plain).unwrap();
+            out_wire.extend(re.push(&plain).unwrap());
+        }
+        plain.clear();
+        m.push(&dec.finish().unwrap(), &mut plain).unwrap();
+        m.finish(&mut plain).unwrap();
+        out_wire.extend(re.push(&plain).unwrap());
+        out_wire.extend(re.finish().unwrap());
+        assert!(
+            m.take_findings()
+                .iter()
+                .any(|f| f.rule == "stripe.secret-key")
+        );
+        let mut check = Decoder::new(encoding, 1 << 20).unwrap();
+        let mut result = check.push(&out_wire).unwrap();
+        result.extend(check.finish().unwrap());
+        assert_eq!(result.len(), body.len(), "{encoding:?}");
+        assert!(!contains(&result, secret.as_bytes()), "{encoding:?}");
+        assert!(!contains(&out_wire, secret.as_bytes()));
+    }
+}
+
+#[test]
+fn block_find_reports_exact_spans() {
+    let e = engine();
+    let value = "Bearer ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    let found = e.find(value.as_bytes()).unwrap();
+    let d = found
+        .iter()
+        .find(|d| &*e.rules()[d.rule].id == "github.ghp")
+        .unwrap();
+    assert_eq!(d.secret, 7..value.len());
+    assert!(e.find(b"plain words and numbers 12345").unwrap().is_empty());
+    assert_eq!(
+        mask_all(&e, b"no secrets here").unwrap(),
+        b"no secrets here"
+    );
+}
