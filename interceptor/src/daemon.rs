@@ -32,6 +32,8 @@ pub struct DaemonConfig {
     pub connect_timeout: Duration,
     pub sync_interval: Duration,
     pub tls: crate::tls::TlsOptions,
+    /// Longest time a workload may take to send an HTTP/1 request head.
+    pub header_timeout: Duration,
 }
 
 pub struct Daemon {
@@ -71,6 +73,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         live: AtomicU64::new(0),
         tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
             .context("setting up TLS interception")?,
+        http: crate::http::HttpLayer::new(config.header_timeout),
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await

@@ -12,6 +12,7 @@ mod proxy;
 mod redirect;
 mod relay;
 mod sessions;
+mod http;
 mod tls;
 
 use std::process::ExitCode;
@@ -54,6 +55,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,
         sync_interval: args.sync_interval,
+        header_timeout: args.tls.header_timeout,
         tls: args.tls.into_options(),
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -4,9 +4,10 @@
 //! Between the dial and the relay, `dispatch` looks at the first bytes and hands the
 //! connection to the TLS and HTTP layers, or splices it as raw TCP.
 
-mod counted;
+pub mod counted;
 mod dispatch;
 pub mod peek;
+mod prefixed;
 mod sniff;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ pub struct Proxy {
     pub mark: u32,
     pub live: AtomicU64,
     pub tls: crate::tls::TlsLayer,
+    pub http: crate::http::HttpLayer,
 }
 
 impl Proxy {
@@ -134,6 +136,19 @@ impl Proxy {
             outcome: Outcome::Denied,
             error: Some("destination is on the enrollment's deny list".into()),
         }));
+    }
+}
+
+/// Relays two userspace streams (decrypted, upgraded) both ways until both end. A peer that
+/// closes TCP without TLS close_notify has still ended its stream: most clients do that.
+pub async fn relay_streams<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::io::copy_bidirectional(a, b).await {
+        Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => Err(e),
+        _ => Ok(()),
     }
 }
 

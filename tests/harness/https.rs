@@ -84,6 +84,15 @@ pub struct HttpsServer {
 
 impl HttpsServer {
     pub fn start(ip: &str, config: Arc<ServerConfig>) -> Result<HttpsServer> {
+        Self::spawn(ip, Some(config))
+    }
+
+    /// The same routes over plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge).
+    pub fn start_plain(ip: &str) -> Result<HttpsServer> {
+        Self::spawn(ip, None)
+    }
+
+    fn spawn(ip: &str, config: Option<Arc<ServerConfig>>) -> Result<HttpsServer> {
         let listener =
             std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}"))?;
         listener.set_nonblocking(true)?;
@@ -98,7 +107,7 @@ impl HttpsServer {
                 .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let acceptor = config.map(tokio_rustls::TlsAcceptor::from);
                 let serve = async {
                     loop {
                         let Ok((tcp, _)) = listener.accept().await else {
@@ -107,16 +116,14 @@ impl HttpsServer {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection_with_upgrades(
-                                        TokioIo::new(tls),
-                                        hyper::service::service_fn(route),
-                                    )
-                                    .await;
+                            match acceptor {
+                                Some(acceptor) => {
+                                    if let Ok(tls) = acceptor.accept(tcp).await {
+                                        serve(tls).await;
+                                    }
+                                }
+                                None => serve(tcp).await,
+                            }
                         });
                     }
                 };
@@ -137,6 +144,10 @@ impl HttpsServer {
     pub fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.addr)
     }
+
+    pub fn plain_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
 }
 
 impl Drop for HttpsServer {
@@ -148,6 +159,15 @@ impl Drop for HttpsServer {
             let _ = t.join();
         }
     }
+}
+
+async fn serve<IO>(io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), hyper::service::service_fn(route))
+        .await;
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;

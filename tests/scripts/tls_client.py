@@ -6,6 +6,8 @@ trust store only. Prints one JSON report on stdout.
                                            once; the good one must not notice
   tls_client.py stall HOST PORT SECONDS    half a ClientHello, then wait for the proxy to
                                            give up
+  tls_client.py websocket HOST PORT        TLS, GET /ws with Upgrade, then bytes both ways
+  tls_client.py badhttp HOST PORT          plain TCP, a request with a broken header line
 """
 import json
 import socket
@@ -60,6 +62,39 @@ def stall(host, port, seconds):
     return {"closed_after": time.monotonic() - start, "error": error, "data_hex": data.hex()}
 
 
+def websocket(host, port):
+    ctx = ssl.create_default_context()
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=host)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+              % host.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    # A masked text frame "hello" (RFC 6455 example), echoed back by the test server.
+    frame = bytes.fromhex("818537fa213d7f9f4d5158")
+    echoed = b""
+    for i in range(1, 4):
+        s.sendall(frame)
+        while len(echoed) < i * len(frame):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            echoed += chunk
+    s.close()
+    return {"status_line": head.split(b"\r\n")[0].decode(), "echoed_hex": echoed.hex()}
+
+
+def badhttp(host, port):
+    s = socket.create_connection((host, port), timeout=20)
+    s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nthis is not a header\r\n\r\n")
+    reply, error = read_all(s)
+    return {"reply": reply.decode(errors="replace"), "error": error}
+
+
 def main():
     mode = sys.argv[1]
     if mode == "urllib":
@@ -68,6 +103,10 @@ def main():
         out = malformed(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "stall":
         out = stall(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "websocket":
+        out = websocket(sys.argv[2], int(sys.argv[3]))
+    elif mode == "badhttp":
+        out = badhttp(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out))

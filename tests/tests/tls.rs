@@ -86,6 +86,15 @@ fn curl_trusts_the_minted_certificate_with_no_flag() -> Result<()> {
     ensure!(s["outcome"] == "closed", "session: {s:#}");
     ensure!(s["tls"]["mode"] == "terminated", "session: {s:#}");
     ensure!(s["tls"]["sni"].is_null(), "session: {s:#}");
+    let h = &s["http"][0];
+    ensure!(
+        h["method"] == "GET" && h["path"] == "/hello" && h["status"] == 200,
+        "exchange: {h:#}"
+    );
+    ensure!(
+        h["version"] == "HTTP/1.1" && h["response_body_bytes"] == 19,
+        "exchange: {h:#}"
+    );
 
     // By name (SNI), over HTTP/2.
     let resolve = format!("api.test:{}:127.0.0.2", server.addr.port());
@@ -100,6 +109,11 @@ fn curl_trusts_the_minted_certificate_with_no_flag() -> Result<()> {
     let s = ended_session(&d, server.addr.port())?;
     ensure!(s["tls"]["sni"] == "api.test", "session: {s:#}");
     ensure!(s["tls"]["alpn"] == "h2", "session: {s:#}");
+    let h = &s["http"][0];
+    ensure!(
+        h["version"] == "HTTP/2.0" && h["authority"] == format!("api.test:{}", server.addr.port()),
+        "exchange: {h:#}"
+    );
 
     // Outside exec, the same curl does not trust interceptor's CA: exec's trust is private.
     let out = run_with_timeout(
@@ -280,6 +294,183 @@ fn stalled_handshake_times_out_and_is_recorded() -> Result<()> {
             .unwrap_or_default()
             .contains("ClientHello within 1s"),
         "session: {s:#}"
+    );
+    Ok(())
+}
+
+fn exchanges(s: &Value) -> Vec<Value> {
+    s["http"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn keep_alive_exchanges_are_recorded_one_by_one() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let body = d.tmp_dir().join("upload.bin");
+    std::fs::write(&body, payload("upload", 1 << 20))?;
+    let upload = format!("@{}", body.display());
+    let report = "%{http_code} %{size_download} %{num_connects}\\n";
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            report,
+            &server.url("/hello?token=SECRET-QUERY-VALUE"),
+            "--next",
+            "-sS",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            report,
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &upload,
+            &server.url("/echo"),
+        ],
+    )?;
+    ensure!(out.status.success(), "curl failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    ensure!(
+        lines.len() == 2 && lines[0] == "200 19 1" && lines[1] == format!("200 {} 0", 1 << 20),
+        "curl reports (second must reuse the connection): {text}"
+    );
+    ensure!(
+        server
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1,
+        "upstream connections"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    let x = exchanges(&s);
+    ensure!(x.len() == 2, "one session, two exchanges: {s:#}");
+    // Wire bytes: the upload plus TLS and headers, counted once.
+    let up = s["bytes_up"].as_u64().unwrap_or(0);
+    ensure!(
+        (1 << 20..(1 << 20) + (64 << 10)).contains(&up),
+        "bytes_up {up}"
+    );
+    ensure!(x[0]["path"] == "/hello" && x[1]["seq"] == 1, "{s:#}");
+    ensure!(
+        x[1]["request_body_bytes"] == 1 << 20 && x[1]["response_body_bytes"] == 1 << 20,
+        "{s:#}"
+    );
+    // curl's command line (in the identity) has it; the exchanges must not.
+    let recorded = serde_json::to_string(&x)?;
+    ensure!(
+        !recorded.contains("SECRET-QUERY-VALUE"),
+        "the query string was recorded"
+    );
+    Ok(())
+}
+
+#[test]
+fn http2_requests_share_one_connection() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let urls: Vec<String> = (1..=3)
+        .map(|n| server.url(&format!("/bytes/{}", n * 1000)))
+        .collect();
+    let mut argv = vec!["curl", "-sS", "--http2"];
+    argv.extend(urls.iter().map(String::as_str));
+    let out = exec(&d, &argv)?;
+    ensure!(out.status.success(), "curl failed: {}", stderr(&out));
+    ensure!(out.stdout.len() == 6000, "got {} bytes", out.stdout.len());
+    let s = ended_session(&d, server.addr.port())?;
+    let mut sizes: Vec<u64> = exchanges(&s)
+        .iter()
+        .map(|x| x["response_body_bytes"].as_u64().unwrap_or(0))
+        .collect();
+    sizes.sort();
+    ensure!(
+        sizes == [1000, 2000, 3000],
+        "exchanges on one session: {s:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn plain_http_and_h2c_are_parsed_and_bad_http_is_refused_on_its_connection() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start_plain("127.0.0.3")?;
+    let d = daemon(&pki, &[])?;
+    let out = exec(&d, &["curl", "-sS", &server.plain_url("/hello")])?;
+    ensure!(
+        stdout(&out) == "hello over HTTP/1.1",
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            &server.plain_url("/hello"),
+        ],
+    )?;
+    ensure!(
+        stdout(&out) == "hello over HTTP/2.0",
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let sessions = d.wait_for_matching(|s| s.outcome == "closed", 2, SESSIONS)?;
+    ensure!(sessions.len() == 2);
+    let all = sessions_json(&d)?;
+    let versions: Vec<&Value> = all.iter().map(|s| &s["http"][0]["version"]).collect();
+    ensure!(versions == ["HTTP/1.1", "HTTP/2.0"], "{all:#?}");
+
+    let port = server.addr.port().to_string();
+    let r = py_client(&d, &["badhttp", "127.0.0.3", &port])?;
+    ensure!(
+        r["reply"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("HTTP/1.1 400")),
+        "{r}"
+    );
+    let bad = d.wait_for_matching(|s| s.outcome == "client_error", 1, SESSIONS)?;
+    let error = bad[0].error.clone().unwrap_or_default();
+    ensure!(error.starts_with("HTTP:"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn websocket_upgrade_is_relayed_and_counted() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let port = server.addr.port().to_string();
+    let r = py_client(&d, &["websocket", "127.0.0.2", &port])?;
+    ensure!(
+        r["status_line"] == "HTTP/1.1 101 Switching Protocols",
+        "{r}"
+    );
+    ensure!(
+        r["echoed_hex"] == "818537fa213d7f9f4d5158".repeat(3),
+        "frames must come back unchanged: {r}"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    let x = &exchanges(&s)[0];
+    ensure!(x["status"] == 101, "{s:#}");
+    ensure!(
+        x["upgraded"]["up"] == 33 && x["upgraded"]["down"] == 33,
+        "{s:#}"
     );
     Ok(())
 }

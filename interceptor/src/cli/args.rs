@@ -100,7 +100,7 @@ pub struct RunArgs {
     pub policy: Option<PathBuf>,
 }
 
-/// TLS re-termination (`run`).
+/// TLS re-termination and the HTTP layer (`run`).
 #[derive(Args, Debug)]
 pub struct TlsArgs {
     /// CA certificate (PEM) to sign workload-facing certificates with, instead of the one
@@ -120,6 +120,9 @@ pub struct TlsArgs {
     /// Longest time a TLS handshake (either side) may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
+    /// Longest time a workload may take to send an HTTP/1 request head.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 }
 
 impl TlsArgs {

@@ -1,5 +1,5 @@
-//! A TCP stream that counts what passes through it, for the layers that read the stream in
-//! userspace (TLS, HTTP) instead of splicing it.
+//! A stream that counts what passes through it, for the layers that read the stream in
+//! userspace (TLS, HTTP, upgraded streams) instead of splicing it.
 
 use std::io;
 use std::pin::Pin;
@@ -12,15 +12,16 @@ use tokio::net::TcpStream;
 
 use crate::relay::Traffic;
 
-pub struct Counted {
-    inner: TcpStream,
+pub struct Counted<S = TcpStream> {
+    inner: S,
     traffic: Arc<Traffic>,
     /// Whether reads from this stream are the workload's bytes (up) or the upstream's (down).
+    /// Only reads count: every byte written to one side was read from the other.
     is_client: bool,
 }
 
-impl Counted {
-    pub fn client(inner: TcpStream, traffic: Arc<Traffic>) -> Self {
+impl<S> Counted<S> {
+    pub fn client(inner: S, traffic: Arc<Traffic>) -> Self {
         Counted {
             inner,
             traffic,
@@ -28,7 +29,7 @@ impl Counted {
         }
     }
 
-    pub fn upstream(inner: TcpStream, traffic: Arc<Traffic>) -> Self {
+    pub fn upstream(inner: S, traffic: Arc<Traffic>) -> Self {
         Counted {
             inner,
             traffic,
@@ -36,8 +37,8 @@ impl Counted {
         }
     }
 
-    fn counter(&self, reading: bool) -> &AtomicU64 {
-        if reading == self.is_client {
+    fn counter(&self) -> &AtomicU64 {
+        if self.is_client {
             &self.traffic.up
         } else {
             &self.traffic.down
@@ -45,7 +46,7 @@ impl Counted {
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,23 +56,19 @@ impl AsyncRead for Counted {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
-        this.counter(true).fetch_add(n, Ordering::Relaxed);
+        this.counter().fetch_add(n, Ordering::Relaxed);
         poll
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.counter(false).fetch_add(n as u64, Ordering::Relaxed);
-        }
-        poll
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::Proxy;
 use super::counted::Counted;
 use super::peek::peek_until;
+use super::prefixed::Prefixed;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
+use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
 use crate::relay::{self, Side, Traffic};
 use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
@@ -37,15 +39,24 @@ impl Proxy {
             _ = upstream.readable() => Protocol::Other,
         };
         tracing::debug!(session = id, ?protocol, "first bytes");
-        match protocol {
+        let version = match protocol {
             Protocol::Tls => {
-                self.terminate_tls(id, client, upstream, dest, traffic)
-                    .await
+                return self
+                    .terminate_tls(id, client, upstream, dest, traffic)
+                    .await;
             }
-            Protocol::Http1 | Protocol::H2Prior | Protocol::Other => {
-                splice(client, upstream, &traffic).await
-            }
-        }
+            Protocol::Other => return splice(client, upstream, &traffic).await,
+            Protocol::Http1 => Version::Http1,
+            Protocol::H2Prior => Version::Http2,
+        };
+        let info = ConnectionInfo {
+            session: id,
+            destination: dest,
+            sni: None,
+        };
+        let client = Counted::client(client, traffic.clone());
+        let upstream = Counted::upstream(upstream, traffic);
+        self.serve_http(info, version, client, upstream).await
     }
 
     async fn terminate_tls(
@@ -123,6 +134,7 @@ impl Proxy {
             }
         };
         let client = Counted::client(client, traffic.clone());
+        let sni = hello.sni.clone();
         let accepted = async {
             hello
                 .into_handshake(client)
@@ -130,18 +142,98 @@ impl Proxy {
                 .into_stream(config)
                 .await
         };
-        let mut client = match timeout(limit, accepted).await {
+        let client = match timeout(limit, accepted).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return client_tls_error(format!("client handshake: {e}")),
             Err(_) => {
                 return client_tls_error(format!("client handshake not done within {limit:?}"));
             }
         };
-        let mut upstream = upstream;
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok(_) => (Outcome::Closed, None),
-            Err(e) => (Outcome::ClientError, Some(format!("decrypted relay: {e}"))),
+        let info = ConnectionInfo {
+            session: id,
+            destination: dest,
+            sni,
+        };
+        match alpn.as_deref() {
+            Some(b"h2") => {
+                self.serve_http(info, Version::Http2, client, upstream)
+                    .await
+            }
+            Some(b"http/1.1") => {
+                self.serve_http(info, Version::Http1, client, upstream)
+                    .await
+            }
+            Some(_) => relay_decrypted(client, upstream).await,
+            None => self.sniff_decrypted(info, client, upstream).await,
         }
+    }
+
+    /// Without ALPN the first decrypted bytes tell: an HTTP request, or anything else
+    /// (including a server that speaks first).
+    async fn sniff_decrypted<C, U>(
+        &self,
+        info: ConnectionInfo,
+        mut client: C,
+        mut upstream: U,
+    ) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut from_client, mut from_upstream) = (vec![0u8; MAX_SNIFF], vec![0u8; 4096]);
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let n = n.unwrap_or(0);
+                from_client.truncate(n);
+                let client = Prefixed::new(from_client.clone(), client);
+                let upstream = Prefixed::new(Vec::new(), upstream);
+                match classify(&from_client) {
+                    Some(Protocol::Http1) => self.serve_http(info, Version::Http1, client, upstream).await,
+                    Some(Protocol::H2Prior) => self.serve_http(info, Version::Http2, client, upstream).await,
+                    _ => relay_decrypted(client, upstream).await,
+                }
+            }
+            n = upstream.read(&mut from_upstream) => {
+                from_upstream.truncate(n.unwrap_or(0));
+                relay_decrypted(Prefixed::new(Vec::new(), client), Prefixed::new(from_upstream, upstream)).await
+            }
+        }
+    }
+
+    async fn serve_http<C, U>(
+        &self,
+        info: ConnectionInfo,
+        version: Version,
+        client: C,
+        upstream: U,
+    ) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let store = self.store.clone();
+        let recorder: Recorder = Arc::new(move |exchange| store.append(Event::Http(exchange)));
+        match self
+            .http
+            .serve(recorder, info, version, client, upstream)
+            .await
+        {
+            Ok(()) => (Outcome::Closed, None),
+            Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
+            Err(e @ HttpError::Serve(_)) => (Outcome::ClientError, Some(format!("HTTP: {e}"))),
+        }
+    }
+}
+
+/// A decrypted stream that is not HTTP: relayed as it is.
+async fn relay_decrypted<C, U>(mut client: C, mut upstream: U) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    match super::relay_streams(&mut client, &mut upstream).await {
+        Ok(()) => (Outcome::Closed, None),
+        Err(e) => (Outcome::ClientError, Some(format!("decrypted relay: {e}"))),
     }
 }
 

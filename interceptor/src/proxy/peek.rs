@@ -105,7 +105,7 @@ mod tests {
     async fn waits_for_enough_bytes_and_consumes_none() {
         let (mut w, r) = pair().await;
         let peek = tokio::spawn(async move {
-            let v = peek_until(&r, 64, |b| b.ends_with(b"\n").then(|| b.len())).await;
+            let v = peek_until(&r, 64, |b| b.ends_with(b"\n").then_some(b.len())).await;
             (v.unwrap(), r)
         });
         w.write_all(b"GET ").await.unwrap();

@@ -3,5 +3,7 @@
 pub mod record;
 pub mod store;
 
-pub use record::{Event, Outcome, Session, SessionEnd, SessionStart, TlsInfo, TlsMode};
+pub use record::{
+    Event, HttpExchange, Outcome, Session, SessionEnd, SessionStart, TlsInfo, TlsMode, UpgradedBytes,
+};
 pub use store::{Store, StoreWriter};

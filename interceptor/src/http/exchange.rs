@@ -1,0 +1,251 @@
+//! One request/response pair as it is recorded: filled in while it runs, written to the
+//! session store when the last piece of it (either body, an upgraded stream) is gone, so an
+//! exchange cut short is recorded too, with what happened.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::hook::{BodyTransform, BoxError, ExchangeInfo};
+use crate::sessions::{HttpExchange, UpgradedBytes};
+
+pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Where finished exchanges go (the session store, in the daemon).
+pub type Recorder = std::sync::Arc<dyn Fn(HttpExchange) + Send + Sync>;
+
+/// Headers worth keeping; nothing that carries credentials (no authorization, cookies).
+const REQUEST_HEADERS: &[&str] = &[
+    "user-agent",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "accept",
+    "expect",
+    "upgrade",
+];
+const RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "server",
+    "location",
+    "upgrade",
+];
+const MAX_HEADER_VALUE: usize = 256;
+
+pub struct Exchange {
+    recorder: Recorder,
+    started: Instant,
+    record: Mutex<HttpExchange>,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+impl Exchange {
+    pub fn new(recorder: Recorder, info: &ExchangeInfo, head: &http::request::Parts) -> Exchange {
+        let authority = head.uri.authority().map(|a| a.to_string()).or_else(|| {
+            let host = head.headers.get(http::header::HOST)?;
+            host.to_str().ok().map(str::to_owned)
+        });
+        Exchange {
+            recorder,
+            started: Instant::now(),
+            record: Mutex::new(HttpExchange {
+                id: info.session,
+                seq: info.seq,
+                version: format!("{:?}", head.version),
+                method: head.method.to_string(),
+                authority,
+                // The query stays out: it often carries tokens.
+                path: head.uri.path().to_owned(),
+                status: None,
+                request_headers: selected(&head.headers, REQUEST_HEADERS),
+                response_headers: Vec::new(),
+                request_body_bytes: 0,
+                response_body_bytes: 0,
+                started_at: SystemTime::now(),
+                response_after: None,
+                duration: Default::default(),
+                upgraded: None,
+                error: None,
+            }),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn responded(&self, head: &http::response::Parts) {
+        let mut r = self.record.lock().unwrap();
+        r.status = Some(head.status.as_u16());
+        r.response_headers = selected(&head.headers, RESPONSE_HEADERS);
+        r.response_after = Some(self.started.elapsed());
+    }
+
+    /// Keeps the first error: later ones are usually its consequences.
+    pub fn fail(&self, error: impl fmt::Display) {
+        let mut r = self.record.lock().unwrap();
+        if r.error.is_none() {
+            r.error = Some(error.to_string());
+        }
+    }
+
+    pub fn upgraded(&self, up: u64, down: u64) {
+        self.record.lock().unwrap().upgraded = Some(UpgradedBytes { up, down });
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let mut r = self.record.get_mut().unwrap().clone();
+        r.request_body_bytes = self.request_bytes.load(Ordering::Relaxed);
+        r.response_body_bytes = self.response_bytes.load(Ordering::Relaxed);
+        r.duration = self.started.elapsed();
+        tracing::debug!(session = r.id, seq = r.seq, method = %r.method, path = %r.path,
+            status = ?r.status, error = r.error.as_deref().unwrap_or(""), "http exchange");
+        (self.recorder)(r);
+    }
+}
+
+fn selected(headers: &HeaderMap, names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .flat_map(|name| {
+            headers.get_all(*name).iter().map(move |v| {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                let v: String = v.chars().take(MAX_HEADER_VALUE).collect();
+                (name.to_string(), v)
+            })
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+/// A body on its way through: counted, passed through the hooks' transform, its end and
+/// errors noted in the exchange.
+pub struct Metered {
+    inner: HttpBody,
+    exchange: std::sync::Arc<Exchange>,
+    side: Side,
+    transform: Option<Box<dyn BodyTransform>>,
+    /// Trailers held while a transform's tail goes out first.
+    pending: Option<Frame<Bytes>>,
+    done: bool,
+}
+
+impl Metered {
+    pub fn new(
+        inner: HttpBody,
+        exchange: std::sync::Arc<Exchange>,
+        side: Side,
+        transform: Option<Box<dyn BodyTransform>>,
+    ) -> Self {
+        Metered {
+            inner,
+            exchange,
+            side,
+            transform,
+            pending: None,
+            done: false,
+        }
+    }
+
+    fn counter(&self) -> &AtomicU64 {
+        match self.side {
+            Side::Request => &self.exchange.request_bytes,
+            Side::Response => &self.exchange.response_bytes,
+        }
+    }
+
+    fn failed(&self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let side = match self.side {
+            Side::Request => "request body",
+            Side::Response => "response body",
+        };
+        self.exchange.fail(format_args!("{side}: {e}"));
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// The transform's held-back tail, once, at the end of the data.
+    fn finish(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
+        match self.transform.take() {
+            Some(mut t) => {
+                let tail = t.finish()?;
+                Ok((!tail.is_empty()).then(|| Frame::data(tail)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    this.counter()
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    match this.transform.as_mut().map(|t| t.chunk(data.clone())) {
+                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Some(Ok(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Some(Err(e)) => this.failed(e),
+                    }
+                }
+                Err(trailers) => match this.finish() {
+                    Ok(Some(tail)) => {
+                        this.pending = Some(trailers);
+                        Poll::Ready(Some(Ok(tail)))
+                    }
+                    Ok(None) => Poll::Ready(Some(Ok(trailers))),
+                    Err(e) => this.failed(e),
+                },
+            },
+            Some(Err(e)) => this.failed(e),
+            None => {
+                this.done = true;
+                match this.finish() {
+                    Ok(tail) => Poll::Ready(tail.map(Ok)),
+                    Err(e) => this.failed(e),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none()
+            && (self.done || (self.transform.is_none() && self.inner.is_end_stream()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.transform {
+            // A transform may change the length.
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The HTTP layer: hyper serves the workload's side of a (decrypted or plain) connection and
+//! drives a hyper client on the upstream side, one upstream connection per workload
+//! connection, same protocol on both (ALPN was mirrored). Every request passes the hooks
+//! ([`hook`]) and becomes an exchange record ([`exchange`]); bodies stream through.
+
+mod exchange;
+pub mod hook;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::{http1 as server1, http2 as server2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::proxy::counted::Counted;
+use crate::relay::Traffic;
+pub use exchange::Recorder;
+use exchange::{Exchange, HttpBody, Metered, Side};
+use hook::{ExchangeInfo, Hooks, Verdict};
+
+/// How long a finished workload connection waits for its upstream connection to wind down.
+const UPSTREAM_LINGER: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("upstream HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Serve(#[source] hyper::Error),
+}
+
+/// The HTTP layer's settings and hooks, shared by every connection.
+pub struct HttpLayer {
+    pub hooks: Hooks,
+    pub header_timeout: Duration,
+}
+
+/// What one connection's exchanges share.
+struct Connection {
+    recorder: Recorder,
+    hooks: Hooks,
+    session: u64,
+    destination: SocketAddr,
+    sni: Option<String>,
+    next_seq: AtomicU64,
+    upstream: Upstream,
+    /// Relays of upgraded (WebSocket) streams, awaited before the session ends.
+    upgrades: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+enum Upstream {
+    /// HTTP/1 carries one exchange at a time; the lock makes pipelined requests wait.
+    Http1(tokio::sync::Mutex<client1::SendRequest<Metered>>),
+    Http2(client2::SendRequest<Metered>),
+}
+
+/// Where a connection comes from and goes to, for its records.
+pub struct ConnectionInfo {
+    pub session: u64,
+    pub destination: SocketAddr,
+    pub sni: Option<String>,
+}
+
+impl HttpLayer {
+    pub fn new(header_timeout: Duration) -> Self {
+        HttpLayer {
+            hooks: Hooks::default(),
+            header_timeout,
+        }
+    }
+
+    /// Serves one workload connection until it ends.
+    pub async fn serve<C, U>(
+        &self,
+        recorder: Recorder,
+        info: ConnectionInfo,
+        version: Version,
+        client: C,
+        upstream: U,
+    ) -> Result<(), HttpError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let upstream = TokioIo::new(upstream);
+        let (sender, upstream_task) = match version {
+            Version::Http1 => {
+                let (sender, conn) = client1::handshake(upstream)
+                    .await
+                    .map_err(HttpError::Handshake)?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream HTTP/1 connection");
+                    }
+                });
+                (Upstream::Http1(tokio::sync::Mutex::new(sender)), task)
+            }
+            Version::Http2 => {
+                let (sender, conn) = client2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(upstream)
+                    .await
+                    .map_err(HttpError::Handshake)?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection");
+                    }
+                });
+                (Upstream::Http2(sender), task)
+            }
+        };
+        let conn = Arc::new(Connection {
+            recorder,
+            hooks: self.hooks.clone(),
+            session: info.session,
+            destination: info.destination,
+            sni: info.sni,
+            next_seq: AtomicU64::new(0),
+            upstream: sender,
+            upgrades: Mutex::new(Vec::new()),
+        });
+        let shared = conn.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.forward(req).await) }
+        });
+        let client = TokioIo::new(client);
+        let served = match version {
+            Version::Http1 => server1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.header_timeout)
+                .serve_connection(client, service)
+                .with_upgrades()
+                .await
+                .map_err(HttpError::Serve),
+            Version::Http2 => server2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(client, service)
+                .await
+                .map_err(HttpError::Serve),
+        };
+        // The session ends when everything on it has: upgraded streams, then the upstream
+        // connection (which lets go of the last request bodies, so every exchange is
+        // recorded before the session's end).
+        let upgrades = std::mem::take(&mut *shared.upgrades.lock().unwrap());
+        for upgrade in upgrades {
+            let _ = upgrade.await;
+        }
+        drop(shared);
+        if tokio::time::timeout(UPSTREAM_LINGER, upstream_task)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                session = info.session,
+                "upstream connection still busy; left to finish"
+            );
+        }
+        served
+    }
+}
+
+impl Connection {
+    async fn forward(&self, req: Request<Incoming>) -> Response<HttpBody> {
+        let info = ExchangeInfo {
+            session: self.session,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            destination: self.destination,
+            sni: self.sni.clone(),
+        };
+        let (mut head, body) = req.into_parts();
+        let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));
+        let decision = self.hooks.on_request(&info, &mut head).await;
+        if let Verdict::Refuse { status, reason } = decision.verdict {
+            exchange.fail(format_args!("refused: {reason}"));
+            return answer(&exchange, status, reason);
+        }
+        if decision.body.is_some() {
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let body = Metered::new(
+            body.map_err(Into::into).boxed_unsync(),
+            exchange.clone(),
+            Side::Request,
+            decision.body,
+        );
+        let mut req = Request::from_parts(head, body);
+        let client_upgrade = req
+            .headers()
+            .contains_key(http::header::UPGRADE)
+            .then(|| hyper::upgrade::on(&mut req));
+        let sent = match &self.upstream {
+            Upstream::Http1(sender) => {
+                let mut sender = sender.lock().await;
+                match sender.ready().await {
+                    Ok(()) => sender.send_request(req).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Upstream::Http2(sender) => sender.clone().send_request(req).await,
+        };
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                exchange.fail(format_args!("upstream: {e}"));
+                return answer(&exchange, StatusCode::BAD_GATEWAY, format!("upstream: {e}"));
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let relay = tokio::spawn(relay_upgraded(
+                client_upgrade,
+                upstream_upgrade,
+                exchange.clone(),
+            ));
+            self.upgrades.lock().unwrap().push(relay);
+        }
+        let (mut head, body) = resp.into_parts();
+        exchange.responded(&head);
+        let decision = self.hooks.on_response(&info, &mut head).await;
+        if let Verdict::Refuse { status, reason } = decision.verdict {
+            exchange.fail(format_args!("response refused: {reason}"));
+            return answer(&exchange, status, reason);
+        }
+        if decision.body.is_some() {
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let body = Metered::new(
+            body.map_err(Into::into).boxed_unsync(),
+            exchange,
+            Side::Response,
+            decision.body,
+        );
+        Response::from_parts(head, body.boxed_unsync())
+    }
+}
+
+/// A response made here (refusal, upstream failure), recorded as the exchange's status.
+fn answer(exchange: &Exchange, status: StatusCode, reason: String) -> Response<HttpBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(reason))
+            .map_err(|never: Infallible| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let (head, body) = resp.into_parts();
+    exchange.responded(&head);
+    Response::from_parts(head, body)
+}
+
+/// After `101 Switching Protocols` both sides speak something else (WebSocket): relay the
+/// raw bytes and record how many went each way.
+async fn relay_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    exchange: Arc<Exchange>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => return exchange.fail(format_args!("upgrade: {e}")),
+    };
+    let traffic = Arc::new(Traffic::default());
+    let mut client = Counted::client(TokioIo::new(client), traffic.clone());
+    let mut upstream = Counted::upstream(TokioIo::new(upstream), traffic.clone());
+    if let Err(e) = crate::proxy::relay_streams(&mut client, &mut upstream).await {
+        exchange.fail(format_args!("upgraded stream: {e}"));
+    }
+    exchange.upgraded(
+        traffic.up.load(Ordering::Relaxed),
+        traffic.down.load(Ordering::Relaxed),
+    );
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! The HTTP layer between a real hyper client and a real hyper server on loopback, with
+//! hooks that rewrite, transform and refuse.
+
+use std::sync::Mutex;
+
+use http_body_util::BodyExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::hook::{BodyTransform, Decision, Hook, HookFuture};
+use super::*;
+use crate::sessions::HttpExchange;
+
+/// Adds `x-hooked` to requests, refuses `/forbidden`, upper-cases `/echo` request bodies.
+struct TestHook;
+
+struct Upper;
+
+impl BodyTransform for Upper {
+    fn chunk(&mut self, data: Bytes) -> Result<Bytes, hook::BoxError> {
+        Ok(data.to_ascii_uppercase().into())
+    }
+    fn finish(&mut self) -> Result<Bytes, hook::BoxError> {
+        Ok(Bytes::from_static(b"!"))
+    }
+}
+
+impl Hook for TestHook {
+    fn on_request<'a>(
+        &'a self,
+        info: &'a ExchangeInfo,
+        head: &'a mut http::request::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async move {
+            assert!(info.destination.ip().is_loopback() && info.sni.is_none());
+            head.headers
+                .insert("x-hooked", format!("seq {}", info.seq).parse().unwrap());
+            match head.uri.path() {
+                "/forbidden" => Decision {
+                    verdict: Verdict::Refuse {
+                        status: StatusCode::FORBIDDEN,
+                        reason: "not on the list".into(),
+                    },
+                    body: None,
+                },
+                "/echo" => Decision {
+                    verdict: Verdict::Forward,
+                    body: Some(Box::new(Upper)),
+                },
+                _ => Decision::default(),
+            }
+        })
+    }
+
+    fn on_response<'a>(
+        &'a self,
+        _info: &'a ExchangeInfo,
+        head: &'a mut http::response::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async move {
+            head.headers.insert("x-seen", "1".parse().unwrap());
+            Decision::default()
+        })
+    }
+}
+
+/// Upstream: `/echo` echoes the body, anything else answers with the `x-hooked` header.
+async fn upstream_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body: HttpBody = if req.uri().path() == "/echo" {
+                        req.into_body().map_err(Into::into).boxed_unsync()
+                    } else {
+                        let v = req.headers().get("x-hooked").cloned();
+                        let text = v
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        Full::new(Bytes::from(text))
+                            .map_err(|never: Infallible| match never {})
+                            .boxed_unsync()
+                    };
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn run(version: Version) -> Vec<HttpExchange> {
+    let upstream = upstream_server().await;
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let sink = records.clone();
+    let recorder: Recorder = Arc::new(move |x| sink.lock().unwrap().push(x));
+    let layer = HttpLayer {
+        hooks: Hooks::new(vec![Arc::new(TestHook)]),
+        header_timeout: Duration::from_secs(5),
+    };
+    let proxy = tokio::spawn(async move {
+        let (client, _) = front.accept().await.unwrap();
+        let up = TcpStream::connect(upstream).await.unwrap();
+        let info = ConnectionInfo {
+            session: 7,
+            destination: upstream,
+            sni: None,
+        };
+        layer.serve(recorder, info, version, client, up).await
+    });
+
+    let io = TokioIo::new(TcpStream::connect(front_addr).await.unwrap());
+    let requests = [
+        ("GET", "/hello", "", "seq 0"),
+        ("POST", "/echo", "abc", "ABC!"),
+        ("GET", "/forbidden", "", "not on the list"),
+    ];
+    let send = |method: &str, path: &str, body: &str| {
+        let uri = match version {
+            Version::Http1 => path.to_owned(),
+            Version::Http2 => format!("http://{upstream}{path}"),
+        };
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", upstream.to_string())
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    match version {
+        Version::Http1 => {
+            let (mut tx, conn) = client1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            for (m, p, b, want) in requests {
+                let resp = tx.send_request(send(m, p, b)).await.unwrap();
+                statuses.push(resp.status());
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, want.as_bytes(), "{p}");
+            }
+        }
+        Version::Http2 => {
+            let (tx, conn) = client2::handshake(TokioExecutor::new(), io).await.unwrap();
+            tokio::spawn(conn);
+            // All streams at once on the one connection.
+            let streams: Vec<_> = requests
+                .iter()
+                .map(|(m, p, b, want)| {
+                    let (mut tx, req) = (tx.clone(), send(m, p, b));
+                    let (p, want) = (p.to_string(), want.to_string());
+                    tokio::spawn(async move {
+                        let resp = tx.send_request(req).await.unwrap();
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await.unwrap().to_bytes();
+                        assert_eq!(body, want.as_bytes(), "{p}");
+                        status
+                    })
+                })
+                .collect();
+            for stream in streams {
+                statuses.push(stream.await.unwrap());
+            }
+        }
+    }
+    assert_eq!(statuses, [200, 200, 403]);
+    proxy.await.unwrap().unwrap();
+    let mut records = records.lock().unwrap().clone();
+    records.sort_by_key(|r| r.seq);
+    records
+}
+
+fn check(records: &[HttpExchange], version: &str) {
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let r = &records[1];
+    assert_eq!((r.id, r.seq, r.method.as_str()), (7, 1, "POST"));
+    assert_eq!((r.path.as_str(), r.status), ("/echo", Some(200)));
+    assert_eq!(r.version, version);
+    assert_eq!(r.request_body_bytes, 3);
+    assert_eq!(
+        r.response_body_bytes, 4,
+        "the upstream echoed the transformed body"
+    );
+    assert!(r.error.is_none(), "{r:?}");
+    let refused = &records[2];
+    assert_eq!(refused.status, Some(403));
+    assert_eq!(refused.error.as_deref(), Some("refused: not on the list"));
+}
+
+#[tokio::test]
+async fn http1_keep_alive_through_hooks_and_records() {
+    check(&run(Version::Http1).await, "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn http2_streams_through_hooks_and_records() {
+    check(&run(Version::Http2).await, "HTTP/2.0");
+}
