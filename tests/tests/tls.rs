@@ -474,3 +474,60 @@ fn websocket_upgrade_is_relayed_and_counted() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn ca_is_created_private_reused_and_exported() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let mut d = daemon(&pki, &[])?;
+    let exported = d.cli_ok(["ca", "export"])?;
+    let on_disk = std::fs::read_to_string(d.data_dir().join("tls/ca.pem"))?;
+    ensure!(exported == on_disk && exported.starts_with("-----BEGIN CERTIFICATE-----"));
+    let key = std::fs::metadata(d.data_dir().join("tls/ca-key.pem"))?;
+    ensure!(
+        key.permissions().mode() & 0o777 == 0o600,
+        "key mode {:o}",
+        key.permissions().mode()
+    );
+    d.restart()?;
+    ensure!(
+        d.cli_ok(["ca", "export"])? == exported,
+        "the CA changed across a restart"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_operator_ca_signs_instead() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    // Any CA will do as the operator's: make one with a first daemon, then hand its files
+    // to a second one.
+    let first = daemon(&pki, &[])?;
+    first.cli_ok(["ca", "export"])?;
+    let dir = tempfile::tempdir()?;
+    for f in ["ca.pem", "ca-key.pem"] {
+        std::fs::copy(first.data_dir().join("tls").join(f), dir.path().join(f))?;
+    }
+    drop(first);
+    let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+    let d = daemon(
+        &pki,
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    )?;
+    ensure!(
+        !d.data_dir().join("tls/ca.pem").exists(),
+        "made its own CA anyway"
+    );
+    ensure!(d.cli_ok(["ca", "export"])? == std::fs::read_to_string(&cert)?);
+    let out = exec(&d, &["curl", "-sS", &server.url("/hello")])?;
+    ensure!(stdout(&out) == "hello over HTTP/2.0", "{out:?}");
+    Ok(())
+}
