@@ -9,14 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::sync::Mutex;
 
-use crate::control::protocol::{Reply, Request, Status};
+use crate::control::protocol::{PolicyStatus, Reply, Request, Status};
 use crate::control::server::{self, SocketFile};
 use crate::enrollment::Enrollments;
 use crate::identity::IdentityResolver;
 use crate::kernel::Kernel;
 use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
-use crate::sessions::{Store, StoreWriter};
+use crate::sessions::record::PolicyLoaded;
+use crate::sessions::{Event, Store, StoreWriter};
+use interceptor::policy::{self, Policy};
 
 /// `SO_MARK` on the daemon's upstream sockets ("intc"); the kernel programs let marked
 /// sockets through, so the daemon never intercepts itself.
@@ -24,6 +26,8 @@ pub const BYPASS_MARK: u32 = 0x696e_7463;
 
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
+    /// The policy file (None: see [`policy::load`]), re-read on SIGHUP and `policy reload`.
+    pub policy: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub socket_group: Option<String>,
@@ -38,6 +42,8 @@ pub struct DaemonConfig {
 
 pub struct Daemon {
     enrollments: Mutex<Enrollments>,
+    policy: policy::Current,
+    policy_path: Option<PathBuf>,
     proxy: Arc<Proxy>,
     proxy_port: u16,
 }
@@ -61,6 +67,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         },
     )
     .context("loading the eBPF programs")?;
+    let policy = Arc::new(policy::load(config.policy.as_deref())?);
+    record_policy(&store, &policy, "start");
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();
     let proxy = Arc::new(Proxy {
@@ -84,6 +92,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         registry,
         &config.data_dir,
         config.proxy_port,
+        policy.clone(),
     );
     enrollments.restore().await?;
 
@@ -91,10 +100,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let _socket_file = SocketFile(config.socket.clone());
     let daemon = Arc::new(Daemon {
         enrollments: Mutex::new(enrollments),
+        policy: policy::Current::new(policy),
+        policy_path: config.policy.clone(),
         proxy: proxy.clone(),
         proxy_port: config.proxy_port,
     });
-    tokio::spawn(server::serve(control, daemon));
+    tokio::spawn(server::serve(control, daemon.clone()));
+    tokio::spawn(reload_on_sighup(daemon));
     tokio::spawn(async move {
         while let Some(info) = denied.next().await {
             proxy.record_denied(&info);
@@ -109,6 +121,26 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     shutdown_signal().await?;
     tracing::info!("shutting down; enrollments stay pinned in the kernel");
     Ok(writer)
+}
+
+async fn reload_on_sighup(daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    while hup.recv().await.is_some() {
+        // A rejected policy is logged by `reload`; the running one stays.
+        let _ = daemon.reload_policy("sighup").await;
+    }
+    Ok(())
+}
+
+fn record_policy(store: &Store, policy: &Policy, trigger: &str) {
+    tracing::info!(path = %policy.source().display(), sha256 = policy.sha256(), rules = policy.rules().len(), trigger, "policy in force");
+    store.append(Event::PolicyLoaded(PolicyLoaded {
+        path: policy.source().display().to_string(),
+        sha256: policy.sha256().to_string(),
+        rules: policy.rules().len(),
+        trigger: trigger.to_string(),
+        at: std::time::SystemTime::now(),
+    }));
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
@@ -153,7 +185,33 @@ impl Daemon {
                     .with_context(|| format!("no session with id {id}"))?;
                 serde_json::to_value(session)?
             }
+            Request::PolicyReload => serde_json::to_value(self.reload_policy("control").await?)?,
             Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
+        })
+    }
+
+    /// Re-reads the policy file. A policy with an error is refused (the error names file,
+    /// line and column) and the running one stays; a good one replaces the one in force
+    /// ([`policy::Current`]) and every enrollment's kernel deny list, and is recorded.
+    async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
+        let path = self.policy_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load(path.as_deref())).await?;
+        let policy = match loaded {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::warn!(error = %e, trigger, "policy rejected; the running policy stays");
+                return Err(e.into());
+            }
+        };
+        let mut enrollments = self.enrollments.lock().await;
+        self.policy.set(policy.clone());
+        record_policy(&self.proxy.store, &policy, trigger);
+        enrollments.set_policy(policy.clone())?;
+        Ok(PolicyStatus {
+            path: policy.source().to_path_buf(),
+            sha256: policy.sha256().to_string(),
+            rules: policy.rules().len(),
+            kernel_denies: crate::enrollment::policy_denies(&policy, None),
         })
     }
 

@@ -17,6 +17,7 @@ use crate::kernel::{CidrRule, Kernel, KernelEnrollment};
 use crate::proxy::{EnrollmentLive, Registry};
 use crate::redirect::Listeners;
 use crate::redirect::netns::netns_inode;
+use interceptor::policy::Policy;
 
 /// What is persisted per enrollment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,6 +42,8 @@ pub struct Enrollments {
     state_path: PathBuf,
     proxy_port: u16,
     active: BTreeMap<u32, Active>,
+    /// Its address-only deny rules are in every enrollment's kernel deny list.
+    policy: Arc<Policy>,
 }
 
 impl Enrollments {
@@ -50,6 +53,7 @@ impl Enrollments {
         registry: Registry,
         data_dir: &Path,
         proxy_port: u16,
+        policy: Arc<Policy>,
     ) -> Enrollments {
         Enrollments {
             kernel,
@@ -58,6 +62,7 @@ impl Enrollments {
             state_path: data_dir.join("enrollments.json"),
             proxy_port,
             active: BTreeMap::new(),
+            policy,
         }
     }
 
@@ -81,9 +86,12 @@ impl Enrollments {
                 }
                 Err(e) => {
                     tracing::warn!(id = s.id, cgroup = %s.cgroup.display(), error = %crate::errors::chain(&e), "dropping enrollment that cannot be restored");
-                    let _ = self
-                        .kernel
-                        .unenroll(&kernel_enrollment(&s, 0, self.proxy_port));
+                    let _ = self.kernel.unenroll(&kernel_enrollment(
+                        &s,
+                        0,
+                        self.proxy_port,
+                        &self.policy,
+                    ));
                 }
             }
         }
@@ -173,17 +181,18 @@ impl Enrollments {
             .acquire(netns.as_deref())
             .await
             .context("starting the proxy listener in the workload's network namespace")?;
-        let program_ids =
-            match self
-                .kernel
-                .enroll(&kernel_enrollment(&saved, cgroup.id, self.proxy_port))
-            {
-                Ok(ids) => ids,
-                Err(e) => {
-                    self.listeners.release(netns_key);
-                    return Err(e).context(format!("attaching to {}", cgroup.path.display()));
-                }
-            };
+        let program_ids = match self.kernel.enroll(&kernel_enrollment(
+            &saved,
+            cgroup.id,
+            self.proxy_port,
+            &self.policy,
+        )) {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.listeners.release(netns_key);
+                return Err(e).context(format!("attaching to {}", cgroup.path.display()));
+            }
+        };
         let live = Arc::new(EnrollmentLive {
             cgroup: cgroup.clone(),
             live: AtomicU64::new(0),
@@ -217,10 +226,29 @@ impl Enrollments {
                 &active.saved,
                 active.cgroup.id,
                 self.proxy_port,
+                &self.policy,
             ))?;
         }
         self.registry.write().unwrap().remove(&id);
         self.listeners.release(active.netns_key);
+        Ok(())
+    }
+
+    /// Puts a new policy in force: every enrollment's kernel deny list is rewritten with its
+    /// deny rules (new entries before stale ones go, so no gap opens).
+    pub fn set_policy(&mut self, policy: Arc<Policy>) -> anyhow::Result<()> {
+        self.policy = policy;
+        let mut failed = Vec::new();
+        for a in self.active.values() {
+            let k = kernel_enrollment(&a.saved, a.cgroup.id, self.proxy_port, &self.policy);
+            if let Err(e) = self.kernel.enroll(&k) {
+                tracing::warn!(id = a.saved.id, error = %e, "updating the kernel deny list failed");
+                failed.push(format!("enrollment {}: {e}", a.saved.id));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("the policy is in force, but {}", failed.join("; "));
+        }
         Ok(())
     }
 
@@ -252,7 +280,24 @@ impl Enrollments {
     }
 }
 
-fn kernel_enrollment(saved: &Saved, cgroup_id: u64, proxy_port: u16) -> KernelEnrollment {
+/// The policy's kernel-enforced deny rules for an enrollment named `name`.
+pub fn policy_denies(policy: &Policy, name: Option<&str>) -> Vec<CidrRule> {
+    policy
+        .kernel_denies(name)
+        .into_iter()
+        .map(|d| CidrRule {
+            net: d.net,
+            ports: d.ports,
+        })
+        .collect()
+}
+
+fn kernel_enrollment(
+    saved: &Saved,
+    cgroup_id: u64,
+    proxy_port: u16,
+    policy: &Policy,
+) -> KernelEnrollment {
     let o = &saved.options;
     let everything: IpNet = "::/0".parse().expect("valid");
     let nets = if o.cidrs.is_empty() {
@@ -273,7 +318,13 @@ fn kernel_enrollment(saved: &Saved, cgroup_id: u64, proxy_port: u16) -> KernelEn
                 ports: o.ports.clone(),
             })
             .collect(),
-        deny: o.deny.clone(),
+        // The enrollment's own --deny list and the policy's address-only deny rules.
+        deny: o
+            .deny
+            .iter()
+            .cloned()
+            .chain(policy_denies(policy, o.name.as_deref()))
+            .collect(),
     }
 }
 

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
 
 fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::Result<()> {
     let config = daemon::DaemonConfig {
+        policy: args.policy,
         data_dir: args.data_dir,
         socket,
         socket_group: args.socket_group,

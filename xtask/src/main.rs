@@ -322,7 +322,17 @@ fn run(args: Vec<OsString>) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "-p", "interceptor"]))?;
     let bin = target_dir().join("release/interceptor");
     step(&format!("run: {} run", bin.display()));
-    let err = Command::new(&bin).arg("run").args(&args).exec();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run");
+    // The checkout's default policy, whatever the working directory.
+    if !args
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--policy"))
+    {
+        cmd.arg("--policy")
+            .arg(workspace_root().join("policies/default.toml"));
+    }
+    let err = cmd.args(&args).exec();
     Err(err).with_context(|| format!("exec {}", bin.display()))
 }
 

@@ -46,6 +46,9 @@ pub enum Command {
     /// Recorded connections.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Check, explain and reload the policy.
+    #[command(subcommand)]
+    Policy(super::policy::PolicyCommand),
     /// The CA that signs the certificates workloads see (TLS interception).
     #[command(subcommand)]
     Ca(CaCommand),

@@ -4,6 +4,7 @@
 pub mod args;
 mod ca;
 mod exec;
+mod policy;
 mod print;
 mod rules;
 mod secrets;
@@ -81,6 +82,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Exec(a) => exec::exec(socket, a),
+        Command::Policy(cmd) => policy::run(socket, cmd),
         Command::Ca(command) => ca::run(socket, command).map(|()| 0),
         Command::Rules(command) => secrets::run(command),
         Command::Sessions(SessionsCommand::List { json }) => {

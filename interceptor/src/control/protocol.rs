@@ -12,10 +12,16 @@ use crate::kernel::CidrRule;
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Enroll(EnrollRequest),
-    Unenroll { target: Target },
+    Unenroll {
+        target: Target,
+    },
     Status,
     Sessions,
-    Session { id: String },
+    Session {
+        id: String,
+    },
+    /// Re-read the policy file; a policy with an error is refused and the old one stays.
+    PolicyReload,
     /// The PEM certificate of the CA that signs workload-facing certificates.
     CaCertificate,
 }
@@ -79,4 +85,14 @@ pub struct Status {
     pub proxy_port: u16,
     pub live_connections: u64,
     pub enrollments: Vec<EnrollmentStatus>,
+}
+
+/// The policy in force (reply to `PolicyReload`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub rules: usize,
+    /// Destinations denied in the kernel for every enrollment (CIDR and ports).
+    pub kernel_denies: Vec<CidrRule>,
 }

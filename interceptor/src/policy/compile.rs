@@ -232,32 +232,33 @@ impl Compiler<'_> {
             }
             when.header.push(HeaderCondition {
                 name: name.to_ascii_lowercase(),
-                value: self.glob(&h.value, false, false)?,
+                value: self.glob(&h.value, false)?,
             });
         }
         Ok(when)
     }
 
     fn pattern(&self, field: GlobField, g: &Spanned<String>) -> Result<Pattern, PolicyError> {
-        // In paths `*` stays within one segment and `**` crosses them; host names compare
-        // without regard to case.
+        // In paths `*` stays within one segment and `**` crosses them. Host names compare
+        // in lower case (values are lowered when matched): case-sensitive globs let globset
+        // use its literal and suffix strategies rather than one big regex.
         let path_like = matches!(field, GlobField::Cgroup | GlobField::Exe | GlobField::Path);
-        self.glob(g, path_like, field == GlobField::Host)
+        if field == GlobField::Host {
+            let lower = Spanned::new(g.span(), g.get_ref().to_ascii_lowercase());
+            let mut p = self.glob(&lower, false)?;
+            p.text.clone_from(g.get_ref());
+            return Ok(p);
+        }
+        self.glob(g, path_like)
     }
 
-    fn glob(
-        &self,
-        g: &Spanned<String>,
-        literal_separator: bool,
-        case_insensitive: bool,
-    ) -> Result<Pattern, PolicyError> {
+    fn glob(&self, g: &Spanned<String>, literal_separator: bool) -> Result<Pattern, PolicyError> {
         let text = g.get_ref();
         if text.is_empty() {
             return Err(self.err(g.span(), "an empty pattern matches nothing"));
         }
         let glob = GlobBuilder::new(text)
             .literal_separator(literal_separator)
-            .case_insensitive(case_insensitive)
             .backslash_escape(true)
             .build()
             .map_err(|e| self.err(g.span(), format!("bad glob {text:?}: {}", e.kind())))?;

@@ -85,7 +85,7 @@ pub enum Globs {
 impl Rule {
     /// The first condition (in a fixed order) that `c` at `stage` does not meet; None when
     /// the rule matches. At the connection stage HTTP conditions count as met (the verdict is
-    /// then [`Verdict::Inspect`]).
+    /// then [`Verdict::Inspect`]). With [`Globs::Check`] it allocates (explanations only).
     pub fn first_unmet(
         &self,
         c: &ConnectionFacts,
@@ -109,11 +109,14 @@ impl Rule {
                 if patterns.is_empty() || (field == GlobField::Path && request.is_none()) {
                     continue;
                 }
-                let values = glob_values(field, c, request);
-                let hit = values
-                    .iter()
+                let hit = glob_values(field, c, request)
+                    .into_iter()
                     .flatten()
-                    .any(|v| patterns.iter().any(|p| p.matcher.is_match(v)));
+                    .map(|v| match field {
+                        GlobField::Host => v.to_ascii_lowercase(),
+                        _ => v.to_string(),
+                    })
+                    .any(|v| patterns.iter().any(|p| p.matcher.is_match(&v)));
                 if !hit {
                     return Some(Condition::Glob(field));
                 }

@@ -33,6 +33,8 @@ struct Scratch {
     candidates: Vec<u64>,
     field: Vec<u64>,
     hits: Vec<usize>,
+    /// A host name in lower case.
+    lower: Vec<u8>,
 }
 
 thread_local! {
@@ -51,7 +53,7 @@ fn set_bit(bits: &mut [u64], i: usize) {
 fn fill(bits: &mut Vec<u64>, rules: usize) {
     bits.clear();
     bits.resize(words(rules), !0);
-    if rules % 64 != 0
+    if !rules.is_multiple_of(64)
         && let Some(last) = bits.last_mut()
     {
         *last = (1 << (rules % 64)) - 1;
@@ -108,6 +110,14 @@ impl Index {
                 s.field.clear();
                 s.field.extend_from_slice(&f.unconstrained);
                 for value in glob_values(f.field, c, request).into_iter().flatten() {
+                    let value = if f.field == GlobField::Host {
+                        s.lower.clear();
+                        s.lower
+                            .extend(value.bytes().map(|b| b.to_ascii_lowercase()));
+                        &s.lower[..]
+                    } else {
+                        value.as_bytes()
+                    };
                     f.set
                         .matches_candidate_into(&Candidate::from_bytes(value), &mut s.hits);
                     for &h in &s.hits {

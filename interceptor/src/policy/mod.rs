@@ -74,14 +74,37 @@ impl Policy {
     }
 }
 
+/// Where the policy comes from when none is given: `policies/default.toml` under the working
+/// directory (a checkout), else `/etc/interceptor/policy.toml`, else the built-in copy of the
+/// shipped default. Looked up again at every reload.
+pub const DEFAULT_PATHS: [&str; 2] = ["policies/default.toml", "/etc/interceptor/policy.toml"];
+
+/// The shipped default policy, compiled in for hosts without a policy file.
+const BUILTIN: &str = include_str!("../../../policies/default.toml");
+
+/// Loads `explicit`, or the first of [`DEFAULT_PATHS`] that exists, or the built-in default.
+pub fn load(explicit: Option<&Path>) -> Result<Policy, PolicyError> {
+    let found = explicit.map(Path::to_path_buf).or_else(|| {
+        DEFAULT_PATHS
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+    });
+    match found {
+        Some(path) => Policy::load(&path),
+        None => Policy::parse(Path::new("(built-in policies/default.toml)"), BUILTIN),
+    }
+}
+
 /// The policy in force. Readers take a cheap `Arc` snapshot per connection; a reload swaps
 /// in a new policy only once it has compiled.
 #[derive(Clone)]
 pub struct Current(Arc<RwLock<Arc<Policy>>>);
 
 impl Current {
-    pub fn new(policy: Policy) -> Current {
-        Current(Arc::new(RwLock::new(Arc::new(policy))))
+    pub fn new(policy: Arc<Policy>) -> Current {
+        Current(Arc::new(RwLock::new(policy)))
     }
 
     pub fn get(&self) -> Arc<Policy> {

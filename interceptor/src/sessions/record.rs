@@ -39,6 +39,8 @@ pub enum Event {
     Tls(TlsInfo),
     /// One HTTP request and its response.
     Http(HttpExchange),
+    /// A policy was put in force (at start or on reload); a store event, in no session.
+    PolicyLoaded(PolicyLoaded),
 }
 
 impl Event {
@@ -48,6 +50,7 @@ impl Event {
             Event::End(e) => e.id,
             Event::Tls(t) => t.id,
             Event::Http(h) => h.id,
+            Event::PolicyLoaded(_) => 0,
         }
     }
 }
@@ -106,6 +109,18 @@ pub struct HttpExchange {
 pub struct UpgradedBytes {
     pub up: u64,
     pub down: u64,
+}
+
+/// The policy in force from `at` on, identified by the SHA-256 of its text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyLoaded {
+    pub path: String,
+    pub sha256: String,
+    pub rules: usize,
+    /// "start", "sighup" or "control".
+    pub trigger: String,
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -176,6 +191,7 @@ impl Session {
             Event::End(end) => self.apply_end(end),
             Event::Tls(tls) => self.tls = Some(tls),
             Event::Http(exchange) => self.http.push(exchange),
+            Event::PolicyLoaded(_) => {}
         }
     }
 

@@ -1,0 +1,232 @@
+//! Policy end to end: the daemon started with a policy file, address-only deny rules in the
+//! kernel (EPERM) for `exec` and for an existing enrollment, reloads by control request and
+//! SIGHUP (a broken file is refused with its position and the running policy stays), each
+//! reload recorded in the session store with the policy's SHA-256; and the CLI's `policy
+//! check` and `policy explain`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use interceptor_tests::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const RUN: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(30);
+
+fn deny_policy(ip: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"deny-{ip}\"\naction = \"deny\"\n[rule.match]\ncidr = [\"{ip}/32\"]\n\n\
+         [default]\naction = \"allow\"\n"
+    )
+}
+
+/// Connects to each of `servers` from a client in `cgroup`; returns, per server, the errno of
+/// a failed connect() (None when it connected).
+fn connect_errnos(cgroup: &Path, servers: &[&Server]) -> Result<Vec<Option<i32>>> {
+    let args: Vec<String> = servers
+        .iter()
+        .flat_map(|s| ["--connect".to_string(), s.addr()])
+        .collect();
+    let mut cmd = client_command("connect", &args);
+    in_cgroup(&mut cmd, cgroup)?;
+    let report = parse_report(&run_with_timeout(&mut cmd, RUN)?)?;
+    Ok(report
+        .results
+        .iter()
+        .map(|r| match &r.error {
+            Some(e) if e.stage == "connect" => e.errno,
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every byte the daemon's session store holds (its records are JSON).
+fn store_bytes(d: &Daemon) -> Result<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![d.data_dir().join("sessions")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.extend(std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    let first = deny_policy("127.0.0.5");
+    std::fs::write(&file, &first)?;
+    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8 path")?])?;
+    let five = Server::hash("127.0.0.5", 10, "p5")?;
+    let six = Server::hash("127.0.0.6", 10, "p6")?;
+    let two = Server::hash("127.0.0.2", 10, "p2")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+
+    // The policy's deny rule is in the kernel for an enrollment...
+    let eperm = Some(libc::EPERM);
+    assert_eq!(
+        connect_errnos(cg.path(), &[&five, &six, &two])?,
+        [eperm, None, None]
+    );
+    // ...and for `interceptor exec`.
+    let out = run_with_timeout(
+        &mut d.exec_command(
+            &["--include-loopback"],
+            &client_argv("connect", &["--connect".into(), five.addr()]),
+        ),
+        RUN,
+    )?;
+    let report = parse_report(&out)?;
+    let e = report.results[0]
+        .error
+        .as_ref()
+        .context("exec: connect succeeded")?;
+    assert_eq!((e.stage.as_str(), e.errno), ("connect", eperm), "{e:?}");
+    assert!(five.records()?.is_empty(), "the denied server was reached");
+
+    // A broken policy is refused with file:line:column; the running one stays.
+    std::fs::write(
+        &file,
+        format!("{first}[default.settings]\nrecord_bodies = 1\n"),
+    )?;
+    let out = d.cli(["policy", "reload"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a broken policy was accepted");
+    let want = format!("{}:10:1: unknown field `record_bodies`", file.display());
+    assert!(stderr.contains(&want), "stderr: {stderr}\nwanted: {want}");
+    assert_eq!(connect_errnos(cg.path(), &[&five, &six])?, [eperm, None]);
+
+    // A good policy by SIGHUP: the existing enrollment's kernel deny list follows it.
+    let second = deny_policy("127.0.0.6");
+    std::fs::write(&file, &second)?;
+    kill(
+        Pid::from_raw(d.pid().context("daemon pid")? as i32),
+        Signal::SIGHUP,
+    )?;
+    d.wait_for_log_line("sighup", WAIT)?;
+    poll(
+        "127.0.0.6 denied after SIGHUP",
+        WAIT,
+        Duration::from_millis(200),
+        || Ok((connect_errnos(cg.path(), &[&five, &six])? == [None, eperm]).then_some(())),
+    )?;
+
+    // A reload by control request reports the policy in force.
+    let status: serde_json::Value = d.cli_json(["policy", "reload", "--json"])?;
+    assert_eq!(status["sha256"], sha256_hex(second.as_bytes()), "{status}");
+    assert_eq!(
+        status["kernel_denies"][0]["net"], "127.0.0.6/32",
+        "{status}"
+    );
+
+    // Every load is in the session store with the hash of its text.
+    let (sha1, sha2) = (sha256_hex(first.as_bytes()), sha256_hex(second.as_bytes()));
+    poll(
+        "policy loads in the store",
+        WAIT,
+        Duration::from_millis(200),
+        || {
+            let store = store_bytes(&d)?;
+            Ok((store.matches("policy_loaded").count() >= 3
+                && store.contains(&sha1)
+                && store.contains(&sha2))
+            .then_some(()))
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn policy_check_and_explain_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("p.toml");
+    let bin = interceptor_bin();
+    let policy = |args: &[&str]| -> Result<std::process::Output> {
+        run_with_timeout(
+            std::process::Command::new(&bin).arg("policy").args(args),
+            RUN,
+        )
+    };
+
+    std::fs::write(
+        &file,
+        deny_policy("169.254.169.254").replace("cidr", "cidrs"),
+    )?;
+    let out = policy(&["check", file.to_str().unwrap()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "check of a broken file: {out:?}"
+    );
+    ensure!(
+        stderr.contains(&format!("{}:5:1: unknown field `cidrs`", file.display())),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, deny_policy("169.254.169.254"))?;
+    let out = policy(&["check", file.to_str().unwrap()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{out:?}");
+    ensure!(stdout.contains("denied in the kernel"), "{stdout}");
+
+    let out = policy(&[
+        "explain",
+        "--policy",
+        file.to_str().unwrap(),
+        "--exe",
+        "/usr/bin/curl",
+        "--dest",
+        "169.254.169.254:80",
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(2),
+        "explain deny exits 2: {out:?}"
+    );
+    ensure!(
+        stdout.starts_with("decision: deny by rule #0 \"deny-169.254.169.254\""),
+        "{stdout}"
+    );
+    ensure!(
+        stdout.contains("because: address 169.254.169.254 matches [169.254.169.254/32]"),
+        "{stdout}"
+    );
+
+    let agent = workspace_root().join("policies/examples/ai-agent.toml");
+    let out = policy(&[
+        "explain",
+        "--policy",
+        agent.to_str().unwrap(),
+        "--dest",
+        "api.github.com:443",
+        "--method",
+        "POST",
+        "--path",
+        "/repos/o/r/pulls",
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(3),
+        "explain approve exits 3: {out:?}"
+    );
+    ensure!(
+        stdout.contains("by rule #3 \"github-write-needs-approval\""),
+        "{stdout}"
+    );
+    ensure!(
+        stdout.contains("#2 \"github-read\" (line 30): method \"POST\" does not match [GET, HEAD]"),
+        "{stdout}"
+    );
+    Ok(())
+}
