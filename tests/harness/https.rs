@@ -114,6 +114,7 @@ impl HttpsServer {
                             continue;
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
+                        let _ = tcp.set_nodelay(true);
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
                             match acceptor {

@@ -27,6 +27,9 @@ pub use exchange::Recorder;
 use exchange::{Exchange, HttpBody, Metered, Side};
 use hook::{ExchangeInfo, Hooks, Verdict};
 
+/// Drives the client connection toward the upstream.
+type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// How long a finished workload connection waits for its upstream connection to wind down.
 const UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 
@@ -98,17 +101,17 @@ impl HttpLayer {
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let upstream = TokioIo::new(upstream);
-        let (sender, upstream_task) = match version {
+        let (sender, mut upstream_driver) = match version {
             Version::Http1 => {
                 let (sender, conn) = client1::handshake(upstream)
                     .await
                     .map_err(HttpError::Handshake)?;
-                let task = tokio::spawn(async move {
+                let driver: UpstreamDriver = Box::pin(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(error = %e, "upstream HTTP/1 connection");
                     }
                 });
-                (Upstream::Http1(tokio::sync::Mutex::new(sender)), task)
+                (Upstream::Http1(tokio::sync::Mutex::new(sender)), driver)
             }
             Version::Http2 => {
                 let (sender, conn) = client2::Builder::new(TokioExecutor::new())
@@ -116,12 +119,12 @@ impl HttpLayer {
                     .handshake(upstream)
                     .await
                     .map_err(HttpError::Handshake)?;
-                let task = tokio::spawn(async move {
+                let driver: UpstreamDriver = Box::pin(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection");
                     }
                 });
-                (Upstream::Http2(sender), task)
+                (Upstream::Http2(sender), driver)
             }
         };
         let conn = Arc::new(Connection {
@@ -140,19 +143,31 @@ impl HttpLayer {
             async move { Ok::<_, Infallible>(conn.forward(req).await) }
         });
         let client = TokioIo::new(client);
-        let served = match version {
-            Version::Http1 => server1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.header_timeout)
-                .serve_connection(client, service)
-                .with_upgrades()
-                .await
-                .map_err(HttpError::Serve),
-            Version::Http2 => server2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(client, service)
-                .await
-                .map_err(HttpError::Serve),
+        let server = async {
+            match version {
+                Version::Http1 => server1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(self.header_timeout)
+                    .serve_connection(client, service)
+                    .with_upgrades()
+                    .await
+                    .map_err(HttpError::Serve),
+                Version::Http2 => server2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(client, service)
+                    .await
+                    .map_err(HttpError::Serve),
+            }
+        };
+        // Both connections are driven by this one task: a request and its response never
+        // wait for a wake-up on another thread.
+        tokio::pin!(server);
+        let mut upstream_done = false;
+        let served = loop {
+            tokio::select! {
+                served = &mut server => break served,
+                () = &mut upstream_driver, if !upstream_done => upstream_done = true,
+            }
         };
         // The session ends when everything on it has: upgraded streams, then the upstream
         // connection (which lets go of the last request bodies, so every exchange is
@@ -162,13 +177,14 @@ impl HttpLayer {
             let _ = upgrade.await;
         }
         drop(shared);
-        if tokio::time::timeout(UPSTREAM_LINGER, upstream_task)
-            .await
-            .is_err()
+        if !upstream_done
+            && tokio::time::timeout(UPSTREAM_LINGER, upstream_driver)
+                .await
+                .is_err()
         {
             tracing::debug!(
                 session = info.session,
-                "upstream connection still busy; left to finish"
+                "upstream connection still busy after the workload's ended; closing it"
             );
         }
         served
