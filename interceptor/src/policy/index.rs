@@ -107,6 +107,11 @@ impl Index {
                 if f.field == GlobField::Path && request.is_none() {
                     continue;
                 }
+                // No candidate left has a condition on this field: nothing to match.
+                let constrained = s.candidates.iter().zip(&f.unconstrained);
+                if constrained.into_iter().all(|(c, u)| c & !u == 0) {
+                    continue;
+                }
                 s.field.clear();
                 s.field.extend_from_slice(&f.unconstrained);
                 for value in glob_values(f.field, c, request).into_iter().flatten() {
