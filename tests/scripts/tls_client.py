@@ -8,6 +8,8 @@ trust store only. Prints one JSON report on stdout.
                                            give up
   tls_client.py websocket HOST PORT        TLS, GET /ws with Upgrade, then bytes both ways
   tls_client.py badhttp HOST PORT          plain TCP, a request with a broken header line
+  tls_client.py bighead HOST PORT          plain TCP, a request with a 1 MB header
+  tls_client.py slowhead HOST PORT         plain TCP, half a request head, then silence
 """
 import json
 import socket
@@ -95,6 +97,25 @@ def badhttp(host, port):
     return {"reply": reply.decode(errors="replace"), "error": error}
 
 
+def bighead(host, port):
+    s = socket.create_connection((host, port), timeout=20)
+    try:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+    except OSError as e:
+        pass  # the proxy may stop reading and answer before the header is all sent
+    reply, error = read_all(s)
+    return {"reply": reply.decode(errors="replace"), "error": error}
+
+
+def slowhead(host, port):
+    s = socket.create_connection((host, port), timeout=20)
+    s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+    start = time.monotonic()
+    reply, error = read_all(s)
+    return {"closed_after": time.monotonic() - start, "reply": reply.decode(errors="replace"),
+            "error": error}
+
+
 def main():
     mode = sys.argv[1]
     if mode == "urllib":
@@ -107,6 +128,10 @@ def main():
         out = websocket(sys.argv[2], int(sys.argv[3]))
     elif mode == "badhttp":
         out = badhttp(sys.argv[2], int(sys.argv[3]))
+    elif mode == "bighead":
+        out = bighead(sys.argv[2], int(sys.argv[3]))
+    elif mode == "slowhead":
+        out = slowhead(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out))

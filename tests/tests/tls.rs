@@ -531,3 +531,31 @@ fn an_operator_ca_signs_instead() -> Result<()> {
     ensure!(stdout(&out) == "hello over HTTP/2.0", "{out:?}");
     Ok(())
 }
+
+#[test]
+fn oversized_and_stalled_request_heads_end_only_their_connection() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start_plain("127.0.0.3")?;
+    let d = daemon(&pki, &["--header-timeout", "1s"])?;
+    let port = server.addr.port().to_string();
+    let big = py_client(&d, &["bighead", "127.0.0.3", &port])?;
+    ensure!(
+        big["reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 431")),
+        "{big}"
+    );
+    let slow = py_client(&d, &["slowhead", "127.0.0.3", &port])?;
+    let after = slow["closed_after"].as_f64().unwrap_or(99.0);
+    ensure!((0.8..5.0).contains(&after), "closed after {after}s: {slow}");
+    // The server is still fine for everyone else.
+    let out = exec(&d, &["curl", "-sS", &server.plain_url("/hello")])?;
+    ensure!(stdout(&out) == "hello over HTTP/1.1", "{out:?}");
+    let failed = d.wait_for_matching(|s| s.outcome == "client_error", 2, SESSIONS)?;
+    for s in &failed {
+        let error = s.error.clone().unwrap_or_default();
+        ensure!(error.starts_with("HTTP:"), "{error}");
+    }
+    Ok(())
+}
