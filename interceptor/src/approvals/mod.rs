@@ -10,6 +10,7 @@ mod tests;
 mod webhook;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -203,12 +204,23 @@ struct State {
     grants: Vec<Grant>,
 }
 
+/// What survives a restart: grants, and the holds that were pending (recorded as expired on
+/// the next start, since their workloads' connections are gone).
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    next_id: u64,
+    pending: Vec<Pending>,
+    grants: Vec<Grant>,
+}
+
 type Recorder = Box<dyn Fn(ApprovalEvent) + Send + Sync>;
 
 /// The pending approvals and grants of a daemon.
 pub struct Approvals {
     state: Mutex<State>,
     record: Recorder,
+    /// Where [`Saved`] is kept; None: in memory only.
+    file: Option<PathBuf>,
 }
 
 impl Approvals {
@@ -220,19 +232,67 @@ impl Approvals {
                 ..State::default()
             }),
             record: Box::new(record),
+            file: None,
         })
+    }
+
+    /// Like [`new`](Self::new), kept in `file` across restarts: grants survive, approvals
+    /// that were pending are recorded as expired.
+    pub fn open(
+        file: &Path,
+        record: impl Fn(ApprovalEvent) + Send + Sync + 'static,
+    ) -> std::io::Result<Arc<Approvals>> {
+        let saved: Saved = match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
+            Err(e) => return Err(e),
+        };
+        for p in &saved.pending {
+            tracing::info!(id = p.id, "approval pending at the last shutdown: expired");
+            record(ApprovalEvent::Expired { id: p.id });
+        }
+        let now = SystemTime::now();
+        let approvals = Approvals {
+            state: Mutex::new(State {
+                next_id: saved.next_id.max(1),
+                held: HashMap::new(),
+                grants: saved.grants.into_iter().filter(|g| g.until > now).collect(),
+            }),
+            record: Box::new(record),
+            file: Some(file.to_path_buf()),
+        };
+        approvals.save(&approvals.state());
+        Ok(Arc::new(approvals))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Writes what must survive a restart (called with the state locked, after a change).
+    fn save(&self, s: &State) {
+        let Some(file) = &self.file else { return };
+        let saved = Saved {
+            next_id: s.next_id,
+            pending: s.held.values().map(|h| h.pending.clone()).collect(),
+            grants: s.grants.clone(),
+        };
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), error = %e, "saving approvals failed");
+        }
+    }
+
     /// Holds until a grant, an approver or the timeout decides. The caller forwards the
     /// traffic only when the outcome [`passes`](Outcome::passes). Dropping the future (the
-    /// workload went away) leaves the pending approval to expire.
+    /// workload went away) expires the pending approval at once.
     pub async fn hold(&self, req: HoldRequest) -> Outcome {
         let now = SystemTime::now();
-        let (id, rx, pending) = {
+        let (id, mut rx, pending) = {
             let mut s = self.state();
             s.grants.retain(|g| g.until > now);
             if let Some(g) = s
@@ -265,6 +325,7 @@ impl Approvals {
                     tx,
                 },
             );
+            self.save(&s);
             (id, rx, pending)
         };
         tracing::info!(id, rule = %pending.rule, destination = %pending.destination, uid = pending.workload.uid, "held for approval");
@@ -272,21 +333,35 @@ impl Approvals {
         if let Some(url) = &req.approval.webhook {
             webhook::notify(url.clone(), pending);
         }
-        match tokio::time::timeout(req.approval.timeout, rx).await {
+        // Expires the hold also when this future is dropped (the workload went away).
+        let guard = ExpireOnDrop {
+            approvals: self,
+            id,
+        };
+        let outcome = match tokio::time::timeout(req.approval.timeout, &mut rx).await {
             Ok(Ok(outcome)) => outcome,
-            _ => {
-                // A decision that raced the timeout wins: it was sent under the lock.
-                let held = self.state().held.remove(&id);
-                match held {
-                    Some(_) => {
-                        tracing::info!(id, "approval expired");
-                        (self.record)(ApprovalEvent::Expired { id });
-                        Outcome::Expired
-                    }
-                    None => Outcome::Expired,
-                }
-            }
+            // A decision that raced the timeout was sent under the lock: it wins.
+            _ if self.expire(id) => Outcome::Expired,
+            _ => rx.try_recv().unwrap_or(Outcome::Expired),
+        };
+        std::mem::forget(guard);
+        outcome
+    }
+
+    /// Removes hold `id` if no decision took it first; records the expiry. Returns whether
+    /// it was still pending.
+    fn expire(&self, id: u64) -> bool {
+        let held = {
+            let mut s = self.state();
+            let held = s.held.remove(&id);
+            self.save(&s);
+            held
+        };
+        if held.is_some() {
+            tracing::info!(id, "approval expired");
+            (self.record)(ApprovalEvent::Expired { id });
         }
+        held.is_some()
     }
 
     /// Every pending approval, oldest first.
@@ -368,6 +443,7 @@ impl Approvals {
         // Sent under the lock, so a hold timing out now still sees the decision. The holder
         // may be gone (the workload hung up): the decision is recorded all the same.
         let _ = held.tx.send(outcome);
+        self.save(&s);
         drop(s);
         tracing::info!(id, by = by.uid, ?verdict, "approval decided");
         (self.record)(event);
@@ -391,12 +467,24 @@ impl Approvals {
             &g.approver_groups,
         )?;
         let grant = s.grants.remove(i);
+        self.save(&s);
         drop(s);
         (self.record)(ApprovalEvent::Revoked {
             grant: id,
             by: by.clone(),
         });
         Ok(grant)
+    }
+}
+
+struct ExpireOnDrop<'a> {
+    approvals: &'a Approvals,
+    id: u64,
+}
+
+impl Drop for ExpireOnDrop<'_> {
+    fn drop(&mut self) {
+        self.approvals.expire(self.id);
     }
 }
 

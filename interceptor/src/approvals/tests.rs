@@ -307,3 +307,80 @@ fn approver_of_root_has_a_name_and_groups() {
     assert_eq!(root.user.as_deref(), Some("root"));
     assert!(root.groups.iter().any(|g| g == "root"), "{root:?}");
 }
+
+#[tokio::test]
+async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("approvals.json");
+    let events = Arc::new(StdMutex::new(Vec::new()));
+    let sink = events.clone();
+    let record =
+        move |e: ApprovalEvent| sink.lock().unwrap().push(serde_json::to_value(&e).unwrap());
+    let a = Approvals::open(&file, record.clone()).unwrap();
+    let alice = person(1001, "alice", &[]);
+    let held = tokio::spawn({
+        let a = a.clone();
+        async move { a.hold(request(30_000)).await }
+    });
+    let granted = pending(&a, 1).await[0].id;
+    a.decide(
+        granted,
+        &alice,
+        Verdict::Approve {
+            grant_for: Some(Duration::from_secs(3600)),
+        },
+        None,
+    )
+    .unwrap();
+    held.await.unwrap();
+    let mut other = request(30_000);
+    other.workload.uid = 2000;
+    let left = tokio::spawn({
+        let a = a.clone();
+        async move { a.hold(other).await }
+    });
+    let stale = pending(&a, 1).await[0].id;
+
+    // The "restart".
+    events.lock().unwrap().clear();
+    let a = Approvals::open(&file, record).unwrap();
+    let expired = events.lock().unwrap().clone();
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(
+        (expired[0]["approval"].as_str(), expired[0]["id"].as_u64()),
+        (Some("expired"), Some(stale))
+    );
+    assert!(a.pending().is_empty());
+    assert_eq!(
+        a.hold(request(30_000)).await,
+        Outcome::Granted { grant: granted }
+    );
+    // Ids continue.
+    let next = tokio::spawn({
+        let a = a.clone();
+        async move { a.hold(request_for(3000)).await }
+    });
+    assert!(pending(&a, 1).await[0].id > stale);
+    next.abort();
+    left.abort();
+}
+
+#[tokio::test]
+async fn a_hold_dropped_by_its_workload_expires_at_once() {
+    let (a, events) = recorded();
+    let held = tokio::spawn({
+        let a = a.clone();
+        async move { a.hold(request(30_000)).await }
+    });
+    pending(&a, 1).await;
+    held.abort();
+    let _ = held.await;
+    assert!(a.pending().is_empty());
+    assert_eq!(*events.lock().unwrap(), ["created", "expired"]);
+}
+
+fn request_for(uid: u32) -> HoldRequest {
+    let mut r = request(30_000);
+    r.workload.uid = uid;
+    r
+}
