@@ -188,6 +188,14 @@ fn setup_apt() -> Result<()> {
     )
 }
 
+fn setup_mitmproxy() -> Result<()> {
+    if have_command("mitmdump") {
+        eprintln!("    present");
+        return Ok(());
+    }
+    run_cmd(Command::new("python3").args(["-m", "pip", "install", "--quiet", "mitmproxy"]))
+}
+
 fn setup_rust_src() -> Result<()> {
     let installed = capture(Command::new("rustup").args([
         "component",
@@ -338,6 +346,8 @@ fn run(args: Vec<OsString>) -> Result<()> {
 
 fn bench(names: &[String]) -> Result<()> {
     setup()?;
+    step("setup: mitmproxy (the https benchmark's peer)");
+    setup_mitmproxy()?;
     step("build: cargo build --release -p interceptor");
     run_cmd(cargo().args(["build", "--release", "-p", "interceptor"]))?;
     let mut cmd = cargo();
