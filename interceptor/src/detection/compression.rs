@@ -98,11 +98,12 @@ impl Decoder {
         };
         let inner = match encoding {
             ContentEncoding::Gzip => Decompressor::Gzip(flate2::write::MultiGzDecoder::new(sink)),
-            ContentEncoding::Deflate => Decompressor::Deflate(flate2::write::ZlibDecoder::new(sink)),
-            ContentEncoding::Brotli => Decompressor::Brotli(Box::new(brotli::DecompressorWriter::new(
-                sink,
-                BROTLI_BUFFER,
-            ))),
+            ContentEncoding::Deflate => {
+                Decompressor::Deflate(flate2::write::ZlibDecoder::new(sink))
+            }
+            ContentEncoding::Brotli => Decompressor::Brotli(Box::new(
+                brotli::DecompressorWriter::new(sink, BROTLI_BUFFER),
+            )),
             ContentEncoding::Zstd => Decompressor::Zstd(
                 zstd::stream::write::Decoder::new(sink).map_err(|e| corrupt(encoding, e))?,
             ),

@@ -1,107 +1,174 @@
-//! Decoded views of raw bytes, so a secret written JSON-escaped (`\/`, `\u002b`), URL-encoded
-//! (`%2B`) or inside base64 is found too. Each view maps its bytes back to the raw span they
-//! came from, so the raw bytes are what gets masked.
+//! Decoders for secrets written JSON-escaped (`\/`, `\u002b`), URL-encoded (`%2B`) or inside
+//! base64. Each decoded byte keeps the raw offset it came from, so the raw bytes are what
+//! gets masked. JSON and URL decoding work incrementally: a chunk that ends inside an escape
+//! leaves it for the next one.
 
 use std::ops::Range;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
-use super::finding::Encoding;
+/// Base64 runs shorter than this are not decoded (a 16-byte secret is 24 characters).
+pub const MIN_BASE64_RUN: usize = 24;
 
-/// Base64 runs shorter than this are not decoded (a 20-byte secret is 28 characters).
-const MIN_BASE64_RUN: usize = 24;
-
-pub struct View {
-    pub encoding: Encoding,
+/// Decoded bytes of a stream, held from decoded offset `base` on, with the way back to raw
+/// offsets: between anchors, decoded and raw bytes correspond one to one; every byte that
+/// an escape produced, and the first byte after it, is an anchor.
+#[derive(Debug)]
+pub struct Decoded {
     pub bytes: Vec<u8>,
-    /// `starts[i]` is the raw offset where decoded byte `i` begins; one extra entry at the end.
-    starts: Vec<usize>,
+    pub base: u64,
+    /// (decoded offset, raw offset), ascending.
+    anchors: Vec<(u64, u64)>,
 }
 
-impl View {
-    /// The raw span that decoded bytes `decoded` came from.
-    pub fn raw_span(&self, decoded: Range<usize>) -> Range<usize> {
-        self.starts[decoded.start]..self.starts[decoded.end]
-    }
-
-    fn new(encoding: Encoding, capacity: usize) -> View {
-        View {
-            encoding,
-            bytes: Vec::with_capacity(capacity),
-            starts: Vec::with_capacity(capacity + 1),
+impl Decoded {
+    /// An empty decoding of a stream whose next raw byte is at `raw_at`.
+    pub fn new(raw_at: u64) -> Decoded {
+        Decoded {
+            bytes: Vec::new(),
+            base: 0,
+            anchors: vec![(0, raw_at)],
         }
     }
 
-    fn push(&mut self, byte: u8, raw_start: usize) {
+    /// Decoded offset of the next byte.
+    fn end(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+
+    fn anchor(&mut self, raw_at: u64) {
+        let here = self.end();
+        if self.raw_at(here) != raw_at {
+            self.anchors.push((here, raw_at));
+        }
+    }
+
+    /// Plain bytes, copied as they are.
+    fn plain(&mut self, bytes: &[u8], raw_at: u64) {
+        self.anchor(raw_at);
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// A byte an escape at `raw_at` produced.
+    fn escaped(&mut self, byte: u8, raw_at: u64) {
+        let here = self.end();
+        self.anchors.push((here, raw_at));
         self.bytes.push(byte);
-        self.starts.push(raw_start);
     }
 
-    fn finish(mut self, raw_end: usize) -> View {
-        self.starts.push(raw_end);
-        self
+    /// Raw offset where the byte at decoded offset `d` starts.
+    fn raw_at(&self, d: u64) -> u64 {
+        let i = self.anchors.partition_point(|&(a, _)| a <= d) - 1;
+        let (a, raw) = self.anchors[i];
+        match self.anchors.get(i + 1) {
+            // Bytes of one escape share its raw start.
+            Some(&(next, next_raw)) if next_raw - raw < next - a => raw,
+            _ => raw + (d - a),
+        }
+    }
+
+    /// The raw span of the held decoded bytes `span` (indices into `bytes`); `raw_end` is
+    /// where the raw input consumed so far ends (for a span reaching the last byte).
+    pub fn raw_span(&self, span: Range<usize>, raw_end: u64) -> Range<u64> {
+        let end = if span.end == self.bytes.len() {
+            raw_end
+        } else {
+            self.raw_at(self.base + span.end as u64)
+        };
+        self.raw_at(self.base + span.start as u64)..end
+    }
+
+    /// Forgets the decoded bytes whose raw bytes start before `raw`.
+    pub fn release_before(&mut self, raw: u64) {
+        // raw_at never decreases: binary search for the first byte to keep.
+        let (mut lo, mut hi) = (0, self.bytes.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.raw_at(self.base + mid as u64) < raw {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        self.bytes.drain(..lo);
+        self.base += lo as u64;
+        let keep = self.anchors.partition_point(|&(a, _)| a <= self.base) - 1;
+        self.anchors.drain(..keep);
     }
 }
 
-/// Every decoded view worth scanning in `raw` (none for plain text).
-pub fn views(raw: &[u8]) -> Vec<View> {
-    let mut views = Vec::new();
-    if has_json_escape(raw) {
-        views.push(json_unescape(raw));
-    }
-    if has_percent_escape(raw) {
-        views.push(url_decode(raw));
-    }
-    views.extend(base64_runs(raw));
-    views
-}
-
-fn has_json_escape(raw: &[u8]) -> bool {
+/// A `\/` or `\u` escape: worth a decoded view.
+pub fn has_json_escape(raw: &[u8]) -> bool {
     raw.windows(2)
         .any(|w| w[0] == b'\\' && matches!(w[1], b'/' | b'u'))
 }
 
-fn has_percent_escape(raw: &[u8]) -> bool {
+/// A `%XX` escape: worth a decoded view.
+pub fn has_percent_escape(raw: &[u8]) -> bool {
     raw.windows(3)
         .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
-/// JSON string escapes decoded; anything malformed is kept as written.
-pub fn json_unescape(raw: &[u8]) -> View {
-    let mut view = View::new(Encoding::JsonEscaped, raw.len());
+/// Appends `raw` (starting at raw offset `at`) with JSON string escapes decoded; anything
+/// malformed is kept as written. Returns the raw bytes consumed: all of them, unless `raw`
+/// ends inside an escape and more input may come (`last` false).
+pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] == b'\\' && i + 1 < raw.len() {
-            let simple = match raw[i + 1] {
-                b'"' => Some(b'"'),
-                b'\\' => Some(b'\\'),
-                b'/' => Some(b'/'),
-                b'b' => Some(8),
-                b'f' => Some(12),
-                b'n' => Some(b'\n'),
-                b'r' => Some(b'\r'),
-                b't' => Some(b'\t'),
-                _ => None,
-            };
-            if let Some(b) = simple {
-                view.push(b, i);
-                i += 2;
-                continue;
-            }
-            if let Some((c, len)) = unicode_escape(&raw[i..]) {
-                let mut utf8 = [0u8; 4];
-                for &b in c.encode_utf8(&mut utf8).as_bytes() {
-                    view.push(b, i);
-                }
-                i += len;
-                continue;
-            }
+        let Some(n) = raw[i..].iter().position(|&b| b == b'\\') else {
+            out.plain(&raw[i..], at + i as u64);
+            break;
+        };
+        out.plain(&raw[i..i + n], at + i as u64);
+        i += n;
+        let rest = &raw[i..];
+        if !last && json_escape_incomplete(rest) {
+            return i;
         }
-        view.push(raw[i], i);
-        i += 1;
+        let simple = match rest.get(1) {
+            Some(b'"') => Some(b'"'),
+            Some(b'\\') => Some(b'\\'),
+            Some(b'/') => Some(b'/'),
+            Some(b'b') => Some(8),
+            Some(b'f') => Some(12),
+            Some(b'n') => Some(b'\n'),
+            Some(b'r') => Some(b'\r'),
+            Some(b't') => Some(b'\t'),
+            _ => None,
+        };
+        if let Some(b) = simple {
+            out.escaped(b, at + i as u64);
+            i += 2;
+        } else if let Some((c, len)) = unicode_escape(rest) {
+            let mut utf8 = [0u8; 4];
+            for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                out.escaped(b, at + i as u64);
+            }
+            i += len;
+        } else {
+            out.plain(&raw[i..i + 1], at + i as u64);
+            i += 1;
+        }
     }
-    view.finish(raw.len())
+    raw.len()
+}
+
+/// Whether `rest` (starting with `\`) may be the start of an escape that is not all there.
+fn json_escape_incomplete(rest: &[u8]) -> bool {
+    match rest.get(1) {
+        None => true,
+        Some(b'u') if rest.len() < 6 => true,
+        // A high surrogate waits for its low half.
+        Some(b'u') => {
+            rest.len() < 12
+                && std::str::from_utf8(&rest[2..6])
+                    .ok()
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())
+                    .is_some_and(|c| (0xD800..0xDC00).contains(&c))
+        }
+        _ => false,
+    }
 }
 
 /// `\uXXXX`, or a surrogate pair `\uD83D\uDE00`: the character and the escape's length.
@@ -122,114 +189,168 @@ fn unicode_escape(raw: &[u8]) -> Option<(char, usize)> {
     char::from_u32(first).map(|c| (c, 6))
 }
 
-/// `%XX` decoded (not `+`: in a secret it is a literal plus as often as a space).
-pub fn url_decode(raw: &[u8]) -> View {
-    let mut view = View::new(Encoding::UrlEncoded, raw.len());
+/// Appends `raw` with `%XX` decoded (not `+`: in a secret it is a literal plus as often as a
+/// space). Returns the raw bytes consumed, as `json_unescape`.
+pub fn url_decode(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] == b'%'
-            && let Some(b) = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        let Some(n) = raw[i..].iter().position(|&b| b == b'%') else {
+            out.plain(&raw[i..], at + i as u64);
+            break;
+        };
+        out.plain(&raw[i..i + n], at + i as u64);
+        i += n;
+        if !last && raw.len() - i < 3 {
+            return i;
+        }
+        match raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
-            view.push(b, i);
-            i += 3;
-        } else {
-            view.push(raw[i], i);
-            i += 1;
+            Some(b) => {
+                out.escaped(b, at + i as u64);
+                i += 3;
+            }
+            None => {
+                out.plain(&raw[i..i + 1], at + i as u64);
+                i += 1;
+            }
         }
     }
-    view.finish(raw.len())
+    raw.len()
 }
 
-fn is_base64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+/// Characters of the standard and URL-safe base64 alphabets.
+const BASE64_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_');
+        b += 1;
+    }
+    table
+};
+
+/// The next run of at least `MIN_BASE64_RUN` base64 characters in `raw` from `from` on
+/// (a run that starts before `from` counts from `from`).
+pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
+    let mut start = from;
+    for (i, &b) in raw.iter().enumerate().skip(from) {
+        if !BASE64_CHARS[b as usize] {
+            if i - start >= MIN_BASE64_RUN {
+                return Some(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    (raw.len() - start.min(raw.len()) >= MIN_BASE64_RUN).then_some(start..raw.len())
 }
 
-/// Each run of base64 characters long enough to wrap a secret, decoded (standard or URL-safe
-/// alphabet, padding optional).
-pub fn base64_runs(raw: &[u8]) -> Vec<View> {
+/// Where the run of base64 characters that ends `raw` starts (`raw.len()` if none does).
+pub fn trailing_base64_start(raw: &[u8]) -> usize {
+    raw.iter()
+        .rposition(|&b| !BASE64_CHARS[b as usize])
+        .map_or(0, |p| p + 1)
+}
+
+/// Decodes one run of base64 characters (standard or URL-safe alphabet, padding optional)
+/// if it can wrap a secret: long enough, and with both upper- and lower-case letters, which
+/// base64 of text always has and hex digests, ids and words do not. The decoded byte `k`
+/// comes from raw characters `4k/3 ..= 4k/3 + 1` of the run.
+pub fn base64_decode_run(run: &[u8]) -> Option<Vec<u8>> {
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new()
             .with_decode_padding_mode(DecodePaddingMode::Indifferent)
             .with_decode_allow_trailing_bits(true),
     );
-    let mut views = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        if !is_base64(raw[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < raw.len() && is_base64(raw[i]) {
-            i += 1;
-        }
-        // A lone trailing character cannot be decoded; 2 or 3 can (padding is optional).
-        let usable = if (i - start) % 4 == 1 {
-            i - start - 1
-        } else {
-            i - start
-        };
-        if usable < MIN_BASE64_RUN {
-            continue;
-        }
-        let text: Vec<u8> = raw[start..start + usable]
-            .iter()
-            .map(|&b| match b {
-                b'-' => b'+',
-                b'_' => b'/',
-                b => b,
-            })
-            .collect();
-        let Ok(decoded) = LENIENT.decode(&text) else {
-            continue;
-        };
-        let mut view = View::new(Encoding::Base64, decoded.len());
-        for (k, b) in decoded.into_iter().enumerate() {
-            // Byte k comes from characters 4k/3 .. ceil(4(k+1)/3).
-            view.push(b, start + k * 4 / 3);
-        }
-        let end = start + usable;
-        views.push(view.finish(end));
+    if run.len() < MIN_BASE64_RUN
+        || !run.iter().any(u8::is_ascii_uppercase)
+        || !run.iter().any(u8::is_ascii_lowercase)
+    {
+        return None;
     }
-    views
+    // A lone trailing character cannot be decoded; 2 or 3 can (padding is optional).
+    let usable = if run.len() % 4 == 1 {
+        run.len() - 1
+    } else {
+        run.len()
+    };
+    let text: Vec<u8> = run[..usable]
+        .iter()
+        .map(|&b| match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            b => b,
+        })
+        .collect();
+    LENIENT.decode(&text).ok()
+}
+
+/// The raw span (relative to the run) of decoded bytes `decoded` of a base64 run.
+pub fn base64_raw_span(decoded: Range<usize>, run_len: usize) -> Range<usize> {
+    decoded.start * 4 / 3..(decoded.end * 4).div_ceil(3).min(run_len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn decode_all(f: fn(&[u8], u64, bool, &mut Decoded) -> usize, raw: &[u8]) -> Decoded {
+        let mut out = Decoded::new(0);
+        assert_eq!(f(raw, 0, true, &mut out), raw.len());
+        out
+    }
+
     #[test]
     fn json_escapes_map_back_to_raw() {
         let raw = br#"{"u":"https:\/\/x\u0041y"}"#;
-        let v = json_unescape(raw);
+        let v = decode_all(json_unescape, raw);
         assert_eq!(v.bytes, br#"{"u":"https://xAy"}"#);
         let a = v.bytes.iter().position(|&b| b == b'A').unwrap();
-        assert_eq!(&raw[v.raw_span(a..a + 1)], br"\u0041");
-        let emoji = json_unescape(br"\uD83D\uDE00!");
+        let span = v.raw_span(a..a + 1, raw.len() as u64);
+        assert_eq!(&raw[span.start as usize..span.end as usize], br"\u0041");
+        let emoji = decode_all(json_unescape, br"\uD83D\uDE00!");
         assert_eq!(emoji.bytes, "😀!".as_bytes());
-        assert_eq!(emoji.raw_span(0..4), 0..12);
+        assert_eq!(emoji.raw_span(0..4, 13), 0..12);
+    }
+
+    #[test]
+    fn json_and_url_decoding_resume_inside_an_escape() {
+        let raw = br#"a\u0041\uD83D\uDE00\/b%2Bc"#;
+        for split in 0..=raw.len() {
+            let mut out = Decoded::new(0);
+            let used = json_unescape(&raw[..split], 0, false, &mut out);
+            let rest = [&raw[used..split], &raw[split..]].concat();
+            json_unescape(&rest, used as u64, true, &mut out);
+            assert_eq!(out.bytes, "aA😀/b%2Bc".as_bytes(), "split {split}");
+            let mut url = Decoded::new(0);
+            let used = url_decode(&raw[..split], 0, false, &mut url);
+            let rest = [&raw[used..split], &raw[split..]].concat();
+            url_decode(&rest, used as u64, true, &mut url);
+            assert_eq!(url.bytes, br#"a\u0041\uD83D\uDE00\/b+c"#, "split {split}");
+        }
     }
 
     #[test]
     fn percent_escapes_map_back_to_raw() {
-        let v = url_decode(b"a%2Bb%zz+");
+        let v = decode_all(url_decode, b"a%2Bb%zz+");
         assert_eq!(v.bytes, b"a+b%zz+");
-        assert_eq!(v.raw_span(1..2), 1..4);
+        assert_eq!(v.raw_span(1..2, 9), 1..4);
     }
 
     #[test]
     fn base64_runs_decode_with_either_alphabet() {
         let raw = b"x dXNlcjpodW50ZXIyLXN1cGVyLXNlY3JldA== y";
-        let v = base64_runs(raw);
-        assert_eq!(v.len(), 1);
-        assert_eq!(v[0].bytes, b"user:hunter2-super-secret");
-        // "hunter2" is bytes 5..12 of the decoded text.
-        let span = v[0].raw_span(5..12);
-        assert!(span.start >= 2 && span.end <= raw.len() - 4, "{span:?}");
-        assert!(base64_runs(b"short dGVzdA==").is_empty());
+        let run = &raw[next_base64_run(raw, 0).unwrap()];
+        let decoded = base64_decode_run(run).unwrap();
+        assert_eq!(decoded, b"user:hunter2-super-secret");
+        // "hunter2" is bytes 5..12 of the decoded text: characters 6..16 of the run.
+        assert_eq!(base64_raw_span(5..12, run.len()), 6..16);
+        assert!(base64_decode_run(b"dGVzdA").is_none(), "too short");
+        let hex = b"0123456789abcdef0123456789abcdef";
+        assert!(base64_decode_run(hex).is_none(), "hex is not base64 text");
     }
 }

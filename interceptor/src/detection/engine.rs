@@ -67,18 +67,27 @@ pub struct Engine {
     holdback: usize,
 }
 
-/// Per-rule extent of the candidate ends Hyperscan reported during one scan.
+/// The candidate ends Hyperscan reported during one scan, per rule, grouped into clusters
+/// of ends less than the rule's width apart: each cluster is confirmed on one window, and a
+/// rule that matches at both ends of a large buffer does not make one window of all of it.
 #[derive(Default)]
 pub(super) struct Candidates {
+    /// Current cluster per rule: (first end, last end); (0, 0) when none.
     ends: Vec<(u64, u64)>,
+    widths: Vec<u64>,
     touched: Vec<u32>,
+    closed: Vec<(usize, u64, u64)>,
 }
 
 impl Candidates {
     pub(super) fn hit(&mut self, rule: u32, end: u64) {
-        let slot = &mut self.ends[rule as usize];
+        let r = rule as usize;
+        let slot = &mut self.ends[r];
         if slot.1 == 0 {
             self.touched.push(rule);
+            *slot = (end, end);
+        } else if end > slot.1 + self.widths[r] || end + self.widths[r] < slot.0 {
+            self.closed.push((r, slot.0, slot.1));
             *slot = (end, end);
         } else {
             slot.0 = slot.0.min(end);
@@ -86,13 +95,14 @@ impl Candidates {
         }
     }
 
-    /// (rule, first end, last end) for every rule hit since the last drain.
+    /// (rule, first end, last end) for every cluster since the last drain.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
         let ends = &mut self.ends;
-        self.touched.drain(..).map(move |r| {
+        let current = self.touched.drain(..).map(move |r| {
             let (lo, hi) = std::mem::take(&mut ends[r as usize]);
             (r as usize, lo, hi)
-        })
+        });
+        self.closed.drain(..).chain(current)
     }
 }
 
@@ -138,7 +148,9 @@ impl Engine {
     pub(super) fn candidates(&self) -> Candidates {
         Candidates {
             ends: vec![(0, 0); self.rules.len()],
+            widths: self.rules.iter().map(|r| r.width as u64).collect(),
             touched: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -151,7 +163,31 @@ impl Engine {
 
     /// Every confirmed secret in `data` (block mode), in order of position.
     pub fn find(&self, data: &[u8]) -> Result<Vec<Detection>, ScanError> {
-        let mut candidates = self.scan_block(data)?;
+        let scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| self.clone_scratch());
+        let found = self.find_with(data, &scratch, &mut self.candidates());
+        self.scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(scratch);
+        found
+    }
+
+    /// `find` with the caller's scratch space and candidate table.
+    pub(super) fn find_with(
+        &self,
+        data: &[u8],
+        scratch: &Scratch,
+        candidates: &mut Candidates,
+    ) -> Result<Vec<Detection>, ScanError> {
+        self.block.scan(data, scratch, |id, _, to, _| {
+            candidates.hit(id, to);
+            Matching::Continue
+        })?;
         let mut found = Vec::new();
         for (rule, first_end, last_end) in candidates.drain() {
             self.confirm(rule, data, 0, first_end, last_end, |secret, _| {
@@ -164,28 +200,13 @@ impl Engine {
 
     /// Rules whose Hyperscan pattern matches somewhere in `data` (unconfirmed).
     pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
-        let mut candidates = self.scan_block(data)?;
-        Ok(candidates.drain().map(|(rule, ..)| rule).collect())
-    }
-
-    fn scan_block(&self, data: &[u8]) -> Result<Candidates, ScanError> {
+        let scratch = self.clone_scratch();
         let mut candidates = self.candidates();
-        let scratch = self
-            .scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| self.clone_scratch());
-        let scanned = self.block.scan(data, &scratch, |id, _, to, _| {
+        self.block.scan(data, &scratch, |id, _, to, _| {
             candidates.hit(id, to);
             Matching::Continue
-        });
-        self.scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(scratch);
-        scanned?;
-        Ok(candidates)
+        })?;
+        Ok(candidates.drain().map(|(rule, ..)| rule).collect())
     }
 
     /// Confirms the candidates of `rule` that end in `first_end..=last_end` (absolute stream

@@ -5,29 +5,38 @@
 //! the last `Engine::holdback()` bytes are held back, so a secret split across any two chunks
 //! is still whole in the buffer when Hyperscan reports its end, and a body is never buffered
 //! whole. Masking keeps length: a short prefix stays readable and the rest becomes `*`.
+//! JSON-escaped and URL-encoded secrets are found by decoded views that run alongside; base64
+//! runs are decoded and scanned once each, when complete.
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use hyperscan::{Matching, Scratch, Stream};
+use hyperscan::Scratch;
 
 use super::decode;
 use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
+use super::stream::StreamScan;
+use super::views::{View, ViewFinding};
+
+/// The decoded views a masker may start.
+const VIEWS: [Encoding; 2] = [Encoding::JsonEscaped, Encoding::UrlEncoded];
 
 pub struct Masker {
     engine: Arc<Engine>,
     hasher: SecretHasher,
-    stream: Option<Stream>,
     scratch: Scratch,
+    raw: StreamScan,
+    views: Vec<View>,
+    /// Block-mode candidates for base64 runs.
     candidates: Candidates,
     /// Raw bytes not yet forwarded; `buf[0]` is at stream offset `base`.
     buf: Vec<u8>,
     base: u64,
+    /// Base64 runs before this stream offset have been scanned.
+    base64_done: u64,
     /// Stream ranges to mask when forwarded.
     masks: Vec<Range<u64>>,
-    /// Candidates whose match reached the end of the buffer: (rule, first end, last end).
-    deferred: Vec<(usize, u64, u64)>,
     /// Secrets already recorded whose bytes are not all forwarded yet, by rule.
     reported: Vec<(usize, Range<u64>)>,
     findings: Vec<Finding>,
@@ -35,18 +44,18 @@ pub struct Masker {
 
 impl Masker {
     pub fn new(engine: Arc<Engine>, hasher: SecretHasher) -> Result<Masker, ScanError> {
-        let stream = engine.stream.open_stream()?;
         Ok(Masker {
             scratch: engine.clone_scratch(),
+            raw: StreamScan::new(&engine)?,
             candidates: engine.candidates(),
-            stream: Some(stream),
             engine,
             hasher,
+            views: Vec::new(),
             buf: Vec::new(),
             base: 0,
+            base64_done: 0,
             masks: Vec::new(),
             reported: Vec::new(),
-            deferred: Vec::new(),
             findings: Vec::new(),
         })
     }
@@ -57,14 +66,7 @@ impl Masker {
             return Ok(());
         }
         self.buf.extend_from_slice(chunk);
-        if let Some(stream) = &self.stream {
-            let candidates = &mut self.candidates;
-            stream.scan(chunk, &self.scratch, |id, _, to, _| {
-                candidates.hit(id, to);
-                Matching::Continue
-            })?;
-        }
-        self.confirm(false)?;
+        self.scan(chunk.len(), false)?;
         let releasable = self.buf.len().saturating_sub(self.engine.holdback());
         self.release(releasable, out);
         Ok(())
@@ -73,7 +75,28 @@ impl Masker {
     /// Forwards the held tail as well, for a peer that waits for it. The stream goes on; a
     /// secret cut by this flush is still reported, with `forwarded_unmasked` set.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
-        self.confirm(true)?;
+        self.scan(0, true)?;
+        self.release(self.buf.len(), out);
+        Ok(())
+    }
+
+    /// End of stream: matches that only complete at the end, then everything held.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
+        let mut plain = Vec::new();
+        self.raw.finish(
+            &self.engine,
+            &self.scratch,
+            &self.buf,
+            self.base,
+            |rule, span| plain.push((rule, span)),
+        )?;
+        self.record_plain(plain);
+        let mut found = Vec::new();
+        for view in &mut self.views {
+            view.finish(&self.engine, &self.scratch, &mut found)?;
+        }
+        self.record_views(found);
+        self.scan_base64(true)?;
         self.release(self.buf.len(), out);
         Ok(())
     }
@@ -88,64 +111,118 @@ impl Masker {
         std::mem::take(&mut self.findings)
     }
 
-    /// End of stream: matches that only complete at the end, then everything held.
-    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
-        if let Some(stream) = self.stream.take() {
-            let candidates = &mut self.candidates;
-            stream.close(&self.scratch, |id, _, to, _| {
-                candidates.hit(id, to);
-                Matching::Continue
-            })?;
+    /// Scans the last `new` bytes of the buffer, raw and in every decoded view.
+    fn scan(&mut self, new: usize, at_end: bool) -> Result<(), ScanError> {
+        let mut plain = Vec::new();
+        self.raw.scan(
+            &self.engine,
+            &self.scratch,
+            &self.buf,
+            self.base,
+            new,
+            at_end,
+            |rule, span| plain.push((rule, span)),
+        )?;
+        self.record_plain(plain);
+        self.start_views(new)?;
+        let fresh = &self.buf[self.buf.len() - new..];
+        let mut found = Vec::new();
+        for view in &mut self.views {
+            view.push(&self.engine, &self.scratch, fresh, at_end, &mut found)?;
         }
-        self.flush(out)
+        self.record_views(found);
+        self.scan_base64(at_end)
     }
 
-    /// Confirms this scan's candidates in the buffer, plain and in decoded views. A match
-    /// that reaches the end of the buffer may still grow with the next chunk: unless this is
-    /// the end (`at_end`), it is confirmed again then.
-    fn confirm(&mut self, at_end: bool) -> Result<(), ScanError> {
-        for (rule, first_end, last_end) in std::mem::take(&mut self.deferred) {
-            self.candidates.hit(rule as u32, first_end);
-            self.candidates.hit(rule as u32, last_end);
-        }
-        let mut plain = Vec::new();
-        for (rule, first_end, last_end) in self.candidates.drain() {
-            let mut open = false;
-            self.engine
-                .confirm(rule, &self.buf, self.base, first_end, last_end, |s, end| {
-                    if end == self.buf.len() && !at_end {
-                        open = true;
-                    } else {
-                        plain.push((rule, s));
-                    }
-                });
-            if open {
-                self.deferred.push((rule, first_end, last_end));
-            }
-        }
-        for (rule, span) in plain {
-            let secret = self.buf[span.clone()].to_vec();
-            self.record(rule, span, Encoding::Plain, &secret);
-        }
-        for view in decode::views(&self.buf) {
-            // What the plain scan found already is recorded, and `record` skips repeats.
-            for d in self.engine.find(&view.bytes)? {
-                let raw = view.raw_span(d.secret.clone());
-                self.record(d.rule, raw, view.encoding, &view.bytes[d.secret]);
-            }
+    /// Starts a view when its escape first appears; it decodes everything still held.
+    fn start_views(&mut self, new: usize) -> Result<(), ScanError> {
+        // Two bytes more, for an escape split across chunks.
+        let recent = &self.buf[self.buf.len().saturating_sub(new + 2)..];
+        let wanted: Vec<Encoding> = VIEWS
+            .into_iter()
+            .filter(|&e| !self.views.iter().any(|v| v.encoding == e) && View::wanted(e, recent))
+            .collect();
+        for encoding in wanted {
+            let mut view = View::new(&self.engine, encoding, self.base)?;
+            let old = self.buf.len() - new;
+            let mut found = Vec::new();
+            // The held bytes before this chunk; the chunk itself follows with the others.
+            view.push(
+                &self.engine,
+                &self.scratch,
+                &self.buf[..old],
+                false,
+                &mut found,
+            )?;
+            self.record_views(found);
+            self.views.push(view);
         }
         Ok(())
     }
 
-    /// Records a secret at `span` of the buffer and schedules its masking.
-    fn record(&mut self, rule: usize, span: Range<usize>, encoding: Encoding, secret: &[u8]) {
-        let span = self.base + span.start as u64..self.base + span.end as u64;
+    /// Decodes and scans each base64 run once, when it is complete (or at the end).
+    fn scan_base64(&mut self, at_end: bool) -> Result<(), ScanError> {
+        let from = (self.base64_done.max(self.base) - self.base) as usize;
+        let mut next = decode::next_base64_run(&self.buf, from);
+        while let Some(Range { start: i, end }) = next {
+            if end == self.buf.len() && !at_end {
+                // The run may go on in the next chunk.
+                self.base64_done = self.base + i as u64;
+                return Ok(());
+            }
+            let run = &self.buf[i..end];
+            let at = self.base + i as u64;
+            let mut found = Vec::new();
+            if let Some(decoded) = decode::base64_decode_run(run) {
+                for d in self
+                    .engine
+                    .find_with(&decoded, &self.scratch, &mut self.candidates)?
+                {
+                    let raw = decode::base64_raw_span(d.secret.clone(), run.len());
+                    let span = at + raw.start as u64..at + raw.end as u64;
+                    found.push((d.rule, span, decoded[d.secret].to_vec(), Encoding::Base64));
+                }
+            }
+            self.record_views(found);
+            next = decode::next_base64_run(&self.buf, end);
+        }
+        // A short run at the end may still grow into one worth decoding.
+        let resume = if at_end {
+            self.buf.len()
+        } else {
+            decode::trailing_base64_start(&self.buf)
+        };
+        self.base64_done = self.base + resume.max(from) as u64;
+        Ok(())
+    }
+
+    fn record_plain(&mut self, found: Vec<(usize, Range<usize>)>) {
+        for (rule, span) in found {
+            let secret = self.buf[span.clone()].to_vec();
+            let at = self.base;
+            self.record(
+                rule,
+                at + span.start as u64..at + span.end as u64,
+                Encoding::Plain,
+                &secret,
+            );
+        }
+    }
+
+    fn record_views(&mut self, found: Vec<ViewFinding>) {
+        for (rule, span, secret, encoding) in found {
+            self.record(rule, span, encoding, &secret);
+        }
+    }
+
+    /// Records a secret at stream range `span` and schedules its masking; a secret already
+    /// recorded (seen again in a view, or grown) is not recorded twice.
+    fn record(&mut self, rule: usize, span: Range<u64>, encoding: Encoding, secret: &[u8]) {
         if let Some((_, seen)) = self
             .reported
             .iter_mut()
             .find(|(r, s)| *r == rule && s.start < span.end && span.start < s.end)
         {
-            // The same secret again, seen with more of it: mask the extension too.
             if span.end > seen.end {
                 self.masks.push(seen.end..span.end);
                 seen.end = span.end;
@@ -185,14 +262,18 @@ impl Masker {
         self.base = end;
         self.masks.retain(|m| m.end > end);
         self.reported.retain(|(_, s)| s.end > end);
+        for view in &mut self.views {
+            view.release(end);
+        }
     }
 }
 
 impl Drop for Masker {
     fn drop(&mut self) {
         // Hyperscan streams must be closed or their state leaks.
-        if let Some(stream) = self.stream.take() {
-            let _ = stream.close(&self.scratch, ());
+        self.raw.close(&self.scratch);
+        for view in &mut self.views {
+            view.close(&self.scratch);
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod engine;
 pub mod finding;
 pub mod masker;
 pub mod rules;
+mod stream;
+mod views;
 
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};

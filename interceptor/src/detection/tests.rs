@@ -338,3 +338,68 @@ fn block_find_reports_exact_spans() {
         b"no secrets here"
     );
 }
+
+#[test]
+fn encoded_secrets_split_at_every_point_are_masked() {
+    use base64::Engine as _;
+    let aws = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzQ8x3Lk2Vd";
+    let ghp = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    let json = aws.replace('+', r"\u002b").replace('/', r"\/");
+    let url = aws.replace('+', "%2B").replace('/', "%2F");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("token={ghp}\n"));
+    let cases = [
+        (
+            format!(r#"{{"aws_secret_access_key": "{json}"}}"#),
+            json.clone(),
+            "aws.secret-access-key",
+            Encoding::JsonEscaped,
+        ),
+        (
+            format!("GET /?aws_secret_access_key={url}&x=1 HTTP/1.1\r\n"),
+            url.clone(),
+            "aws.secret-access-key",
+            Encoding::UrlEncoded,
+        ),
+        (
+            format!("config: {b64}\n"),
+            b64.clone(),
+            "github.ghp",
+            Encoding::Base64,
+        ),
+    ];
+    for (text, written, rule, encoding) in cases {
+        let data = text.as_bytes();
+        for split in 0..=data.len() {
+            let (out, findings) = mask_chunks([&data[..split], &data[split..]]);
+            assert_eq!(out.len(), data.len());
+            assert!(
+                findings
+                    .iter()
+                    .any(|f| f.rule == rule && f.encoding == encoding),
+                "{rule} {encoding:?} split {split}: {findings:?}"
+            );
+            assert!(!contains(&out, written.as_bytes()), "{rule} split {split}");
+        }
+    }
+}
+
+#[test]
+fn block_find_reports_every_secret_of_a_large_buffer() {
+    let e = engine();
+    let key = |i: usize| format!("ghp_{i:04}{}", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY");
+    let mut data = String::new();
+    for i in 0..50 {
+        data.push_str(&format!("{{\"token\": \"{}\"}}\n", key(i)));
+        data.push_str(&"{\"id\": 1, \"name\": \"widget\"}\n".repeat(400));
+    }
+    let found: Vec<_> = e
+        .find(data.as_bytes())
+        .unwrap()
+        .into_iter()
+        .filter(|d| &*e.rules()[d.rule].id == "github.ghp")
+        .collect();
+    assert_eq!(found.len(), 50);
+    for (i, d) in found.iter().enumerate() {
+        assert_eq!(&data[d.secret.clone()], key(i));
+    }
+}

@@ -1,0 +1,108 @@
+//! One Hyperscan stream over a byte sequence whose recent bytes are held in a buffer, with
+//! the rules' regexes confirming candidates there. Used for the raw bytes and for each
+//! decoded view.
+
+use std::ops::Range;
+
+use hyperscan::{Matching, Scratch, Stream};
+
+use super::engine::{Candidates, Engine, ScanError};
+
+pub(super) struct StreamScan {
+    stream: Option<Stream>,
+    candidates: Candidates,
+    /// Candidates whose match reached the end of the buffer: (rule, first end, last end).
+    /// The next bytes may extend the match, so they are confirmed again with them.
+    deferred: Vec<(usize, u64, u64)>,
+}
+
+impl StreamScan {
+    pub(super) fn new(engine: &Engine) -> Result<StreamScan, ScanError> {
+        Ok(StreamScan {
+            stream: Some(engine.stream.open_stream()?),
+            candidates: engine.candidates(),
+            deferred: Vec::new(),
+        })
+    }
+
+    /// Scans the last `new` bytes of `buf` (whose first byte is at stream offset `base`) and
+    /// calls `found` with each confirmed secret's rule and span in `buf`. Unless `at_end`, a
+    /// match that reaches the end of `buf` waits for the next bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn scan(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        buf: &[u8],
+        base: u64,
+        new: usize,
+        at_end: bool,
+        found: impl FnMut(usize, Range<usize>),
+    ) -> Result<(), ScanError> {
+        if new > 0
+            && let Some(stream) = &self.stream
+        {
+            let candidates = &mut self.candidates;
+            stream.scan(&buf[buf.len() - new..], scratch, |id, _, to, _| {
+                candidates.hit(id, to);
+                Matching::Continue
+            })?;
+        }
+        self.confirm(engine, buf, base, at_end, found);
+        Ok(())
+    }
+
+    /// End of the sequence: matches that complete only at the end, then every candidate.
+    pub(super) fn finish(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        buf: &[u8],
+        base: u64,
+        found: impl FnMut(usize, Range<usize>),
+    ) -> Result<(), ScanError> {
+        if let Some(stream) = self.stream.take() {
+            let candidates = &mut self.candidates;
+            stream.close(scratch, |id, _, to, _| {
+                candidates.hit(id, to);
+                Matching::Continue
+            })?;
+        }
+        self.confirm(engine, buf, base, true, found);
+        Ok(())
+    }
+
+    fn confirm(
+        &mut self,
+        engine: &Engine,
+        buf: &[u8],
+        base: u64,
+        at_end: bool,
+        mut found: impl FnMut(usize, Range<usize>),
+    ) {
+        for (rule, first_end, last_end) in std::mem::take(&mut self.deferred) {
+            self.candidates.hit(rule as u32, first_end);
+            self.candidates.hit(rule as u32, last_end);
+        }
+        for (rule, first_end, last_end) in self.candidates.drain() {
+            let mut open = false;
+            engine.confirm(rule, buf, base, first_end, last_end, |span, end| {
+                if end == buf.len() && !at_end {
+                    open = true;
+                } else {
+                    found(rule, span);
+                }
+            });
+            if open {
+                self.deferred.push((rule, first_end, last_end));
+            }
+        }
+    }
+
+    /// Releases the Hyperscan stream (its state leaks otherwise).
+    pub(super) fn close(&mut self, scratch: &Scratch) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.close(scratch, ());
+        }
+    }
+}

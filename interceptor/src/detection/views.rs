@@ -1,0 +1,118 @@
+//! Decoded views of a stream (JSON-unescaped, URL-decoded), scanned as they flow with a
+//! Hyperscan stream of their own. A view starts the first time its escape shows up in the
+//! raw stream, from the bytes still held back then, so plain traffic costs nothing extra.
+
+use std::ops::Range;
+
+use hyperscan::Scratch;
+
+use super::decode::{self, Decoded};
+use super::engine::{Engine, ScanError};
+use super::finding::Encoding;
+use super::stream::StreamScan;
+
+/// A secret found in a view: rule, raw span (stream offsets), decoded secret, view.
+pub(super) type ViewFinding = (usize, Range<u64>, Vec<u8>, Encoding);
+
+pub(super) struct View {
+    pub encoding: Encoding,
+    scan: StreamScan,
+    /// Decoded bytes held, and the way back to raw offsets.
+    decoded: Decoded,
+    /// Raw bytes that end inside an escape, waiting for the rest; they start at `raw_next`.
+    pending: Vec<u8>,
+    raw_next: u64,
+}
+
+impl View {
+    /// Whether `raw` holds the escape that makes this view worth running.
+    pub fn wanted(encoding: Encoding, raw: &[u8]) -> bool {
+        match encoding {
+            Encoding::JsonEscaped => decode::has_json_escape(raw),
+            Encoding::UrlEncoded => decode::has_percent_escape(raw),
+            Encoding::Plain | Encoding::Base64 => false,
+        }
+    }
+
+    /// A view of the raw stream from offset `raw_at` on.
+    pub fn new(engine: &Engine, encoding: Encoding, raw_at: u64) -> Result<View, ScanError> {
+        Ok(View {
+            encoding,
+            scan: StreamScan::new(engine)?,
+            decoded: Decoded::new(raw_at),
+            pending: Vec::new(),
+            raw_next: raw_at,
+        })
+    }
+
+    /// Decodes and scans the next raw bytes; `at_end` also decodes an unfinished escape and
+    /// confirms matches that reach the end.
+    pub fn push(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        raw: &[u8],
+        at_end: bool,
+        found: &mut Vec<ViewFinding>,
+    ) -> Result<(), ScanError> {
+        let before = self.decoded.bytes.len();
+        let decode = match self.encoding {
+            Encoding::UrlEncoded => decode::url_decode,
+            _ => decode::json_unescape,
+        };
+        let joined;
+        let input = if self.pending.is_empty() {
+            raw
+        } else {
+            joined = [std::mem::take(&mut self.pending).as_slice(), raw].concat();
+            &joined
+        };
+        let used = decode(input, self.raw_next, at_end, &mut self.decoded);
+        self.pending = input[used..].to_vec();
+        self.raw_next += used as u64;
+        let new = self.decoded.bytes.len() - before;
+        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        self.scan.scan(
+            engine,
+            scratch,
+            &decoded.bytes,
+            self.decoded.base,
+            new,
+            at_end,
+            |rule, span| {
+                let secret = decoded.bytes[span.clone()].to_vec();
+                found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
+            },
+        )
+    }
+
+    /// End of stream.
+    pub fn finish(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        found: &mut Vec<ViewFinding>,
+    ) -> Result<(), ScanError> {
+        self.push(engine, scratch, &[], true, found)?;
+        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        self.scan.finish(
+            engine,
+            scratch,
+            &decoded.bytes,
+            self.decoded.base,
+            |rule, span| {
+                let secret = decoded.bytes[span.clone()].to_vec();
+                found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
+            },
+        )
+    }
+
+    /// Forgets decoded bytes whose raw bytes were forwarded (before raw offset `released`).
+    pub fn release(&mut self, released: u64) {
+        self.decoded.release_before(released);
+    }
+
+    pub fn close(&mut self, scratch: &Scratch) {
+        self.scan.close(scratch);
+    }
+}
