@@ -216,9 +216,10 @@ impl Connection {
             decision.body,
         );
         let mut req = Request::from_parts(head, body);
-        let client_upgrade = req
-            .headers()
-            .contains_key(http::header::UPGRADE)
+        // A CONNECT (the workload talks to an HTTP proxy) becomes a tunnel on a 2xx, an
+        // `Upgrade` (WebSocket) another protocol on a 101: either way, raw bytes follow.
+        let tunnel = req.method() == http::Method::CONNECT;
+        let client_upgrade = (tunnel || req.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut req));
         let sent = match &self.upstream {
             Upstream::Http1(sender) => {
@@ -237,9 +238,9 @@ impl Connection {
                 return answer(&exchange, StatusCode::BAD_GATEWAY, format!("upstream: {e}"));
             }
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (tunnel && resp.status().is_success());
+        if switched && let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let relay = tokio::spawn(relay_upgraded(
                 client_upgrade,
@@ -281,8 +282,8 @@ fn answer(exchange: &Exchange, status: StatusCode, reason: String) -> Response<H
     Response::from_parts(head, body)
 }
 
-/// After `101 Switching Protocols` both sides speak something else (WebSocket): relay the
-/// raw bytes and record how many went each way.
+/// After `101 Switching Protocols` (WebSocket) or a CONNECT's 2xx both sides speak something
+/// else: relay the raw bytes and record how many went each way.
 async fn relay_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,

@@ -63,14 +63,33 @@ impl Hook for TestHook {
     }
 }
 
-/// Upstream: `/echo` echoes the body, anything else answers with the `x-hooked` header.
+/// Upstream: `/echo` echoes the body, CONNECT opens an echo tunnel, anything else answers
+/// with the `x-hooked` header.
 async fn upstream_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let svc = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    if req.method() == http::Method::CONNECT {
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let mut io = TokioIo::new(upgrade.await.unwrap());
+                            let mut buf = [0u8; 64];
+                            let n = tokio::io::AsyncReadExt::read(&mut io, &mut buf)
+                                .await
+                                .unwrap();
+                            tokio::io::AsyncWriteExt::write_all(&mut io, &buf[..n])
+                                .await
+                                .unwrap();
+                        });
+                        return Ok::<_, Infallible>(Response::new(
+                            Full::new(Bytes::new())
+                                .map_err(|never: Infallible| match never {})
+                                .boxed_unsync(),
+                        ));
+                    }
                     let body: HttpBody = if req.uri().path() == "/echo" {
                         req.into_body().map_err(Into::into).boxed_unsync()
                     } else {
@@ -85,7 +104,7 @@ async fn upstream_server() -> SocketAddr {
                     Ok::<_, Infallible>(Response::new(body))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
                     .await;
             });
         }
@@ -200,4 +219,49 @@ async fn http1_keep_alive_through_hooks_and_records() {
 #[tokio::test]
 async fn http2_streams_through_hooks_and_records() {
     check(&run(Version::Http2).await, "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn connect_tunnels_are_relayed_and_counted() {
+    let upstream = upstream_server().await;
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let sink = records.clone();
+    let recorder: Recorder = Arc::new(move |x| sink.lock().unwrap().push(x));
+    let proxy = tokio::spawn(async move {
+        let (client, _) = front.accept().await.unwrap();
+        let up = TcpStream::connect(upstream).await.unwrap();
+        let info = ConnectionInfo {
+            session: 1,
+            destination: upstream,
+            sni: None,
+        };
+        HttpLayer::new(Duration::from_secs(5))
+            .serve(recorder, info, Version::Http1, client, up)
+            .await
+    });
+    let io = TokioIo::new(TcpStream::connect(front_addr).await.unwrap());
+    let (mut tx, conn) = client1::handshake(io).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::connect("example.test:443")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    tokio::io::AsyncWriteExt::write_all(&mut tunnel, b"inside the tunnel")
+        .await
+        .unwrap();
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tunnel, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, b"inside the tunnel");
+    drop(tunnel);
+    proxy.await.unwrap().unwrap();
+    let records = records.lock().unwrap();
+    assert_eq!(records[0].method, "CONNECT");
+    let upgraded = records[0].upgraded.unwrap();
+    assert_eq!((upgraded.up, upgraded.down), (17, 17));
 }
