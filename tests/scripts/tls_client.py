@@ -10,6 +10,9 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py badhttp HOST PORT          plain TCP, a request with a broken header line
   tls_client.py bighead HOST PORT          plain TCP, a request with a 1 MB header
   tls_client.py slowhead HOST PORT         plain TCP, half a request head, then silence
+  tls_client.py h2error HOST PORT          plain TCP, the h2c preface, then a DATA frame on
+                                           stream 0 (a connection error in HTTP/2)
+  tls_client.py parallel URL N             N urllib GETs at once, each on its own connection
 """
 import json
 import socket
@@ -116,6 +119,29 @@ def slowhead(host, port):
             "error": error}
 
 
+def h2error(host, port):
+    s = socket.create_connection((host, port), timeout=20)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    data_on_stream_0 = b"\x00\x00\x04\x00\x00\x00\x00\x00\x00abcd"
+    s.sendall(preface + settings + data_on_stream_0)
+    reply, error = read_all(s)
+    # Frame types the server sent back, in order (GOAWAY is 7).
+    types, at = [], 0
+    while at + 9 <= len(reply):
+        length = int.from_bytes(reply[at:at + 3], "big")
+        types.append(reply[at + 3])
+        at += 9 + length
+    return {"frame_types": types, "error": error}
+
+
+def parallel(url, n):
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(lambda _: urllib_get(url), range(n)))
+    return {"statuses": [r["status"] for r in results], "bodies": sorted({r["body"] for r in results})}
+
+
 def main():
     mode = sys.argv[1]
     if mode == "urllib":
@@ -132,6 +158,10 @@ def main():
         out = bighead(sys.argv[2], int(sys.argv[3]))
     elif mode == "slowhead":
         out = slowhead(sys.argv[2], int(sys.argv[3]))
+    elif mode == "h2error":
+        out = h2error(sys.argv[2], int(sys.argv[3]))
+    elif mode == "parallel":
+        out = parallel(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out))

@@ -559,3 +559,59 @@ fn oversized_and_stalled_request_heads_end_only_their_connection() -> Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn an_http2_protocol_error_ends_only_its_connection() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start_plain("127.0.0.3")?;
+    let d = daemon(&pki, &[])?;
+    let port = server.addr.port().to_string();
+    let r = py_client(&d, &["h2error", "127.0.0.3", &port])?;
+    ensure!(
+        r["frame_types"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == 7)),
+        "expected a GOAWAY: {r}"
+    );
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            &server.plain_url("/hello"),
+        ],
+    )?;
+    ensure!(stdout(&out) == "hello over HTTP/2.0", "{out:?}");
+    let failed = d.wait_for_matching(|s| s.outcome == "client_error", 1, SESSIONS)?;
+    let error = failed[0].error.clone().unwrap_or_default();
+    ensure!(error.starts_with("HTTP:"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn concurrent_tls_connections_each_get_their_own_session() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let r = py_client(&d, &["parallel", &server.url("/hello"), "40"])?;
+    let statuses = r["statuses"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        statuses.len() == 40 && statuses.iter().all(|s| s == 200),
+        "{r}"
+    );
+    ensure!(
+        r["bodies"] == serde_json::json!(["hello over HTTP/1.1"]),
+        "{r}"
+    );
+    let sessions = d.wait_for_matching(|s| s.outcome == "closed", 40, SESSIONS)?;
+    ensure!(sessions.len() == 40, "{}", sessions.len());
+    let all = sessions_json(&d)?;
+    ensure!(
+        all.iter().all(|s| exchanges(s).len() == 1),
+        "every session has its one exchange"
+    );
+    Ok(())
+}
