@@ -4,4 +4,5 @@
 pub mod approvals;
 pub mod detection;
 pub mod policy;
+pub mod relay_scan;
 pub mod vault;
