@@ -18,6 +18,7 @@ use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
 use crate::sessions::record::PolicyLoaded;
 use crate::sessions::{Event, Store, StoreWriter};
+use interceptor::approvals::{self, ApprovalEvent, Approvals, Approver};
 use interceptor::policy::{self, Policy};
 
 /// `SO_MARK` on the daemon's upstream sockets ("intc"); the kernel programs let marked
@@ -44,6 +45,7 @@ pub struct Daemon {
     enrollments: Mutex<Enrollments>,
     policy: policy::Current,
     policy_path: Option<PathBuf>,
+    approvals: Arc<Approvals>,
     proxy: Arc<Proxy>,
     proxy_port: u16,
 }
@@ -69,6 +71,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     .context("loading the eBPF programs")?;
     let policy = Arc::new(policy::load(config.policy.as_deref())?);
     record_policy(&store, &policy, "start");
+    let current_policy = policy::Current::new(policy.clone());
+    let approvals = open_approvals(&config.data_dir, &store)?;
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();
     let proxy = Arc::new(Proxy {
@@ -82,6 +86,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
             .context("setting up TLS interception")?,
         http: crate::http::HttpLayer::new(config.header_timeout),
+        gate: crate::gate::Gate {
+            policy: current_policy.clone(),
+            approvals: approvals.clone(),
+        },
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await
@@ -100,8 +108,9 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let _socket_file = SocketFile(config.socket.clone());
     let daemon = Arc::new(Daemon {
         enrollments: Mutex::new(enrollments),
-        policy: policy::Current::new(policy),
+        policy: current_policy,
         policy_path: config.policy.clone(),
+        approvals,
         proxy: proxy.clone(),
         proxy_port: config.proxy_port,
     });
@@ -130,6 +139,16 @@ async fn reload_on_sighup(daemon: Arc<Daemon>) -> anyhow::Result<()> {
         let _ = daemon.reload_policy("sighup").await;
     }
     Ok(())
+}
+
+/// Pending approvals and grants, kept in the data directory; every event goes to the store.
+fn open_approvals(data_dir: &std::path::Path, store: &Store) -> anyhow::Result<Arc<Approvals>> {
+    let store = store.clone();
+    let file = data_dir.join("approvals.json");
+    Approvals::open(&file, move |e: ApprovalEvent| {
+        store.append(Event::Approval(e))
+    })
+    .with_context(|| format!("reading {}", file.display()))
 }
 
 fn record_policy(store: &Store, policy: &Policy, trigger: &str) {
@@ -186,8 +205,46 @@ impl Daemon {
                 serde_json::to_value(session)?
             }
             Request::PolicyReload => serde_json::to_value(self.reload_policy("control").await?)?,
+            Request::Approvals(_) => {
+                bail!("approvals requests are served with the caller's credentials")
+            }
             Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
         })
+    }
+
+    /// An approvals request from the control socket, decided in the name of `peer_uid`.
+    pub async fn approvals_request(
+        &self,
+        request: crate::control::protocol::ApprovalsRequest,
+        peer_uid: u32,
+    ) -> Reply {
+        use crate::control::protocol::ApprovalsRequest as R;
+        let a = &self.approvals;
+        let approver = || Approver::of_uid(peer_uid);
+        let value = match request {
+            R::List => serde_json::to_value(a.pending()),
+            R::Grants => serde_json::to_value(a.grants()),
+            R::Decide {
+                id,
+                approve,
+                grant_for,
+                reason,
+            } => {
+                let verdict = match approve {
+                    true => approvals::Verdict::Approve { grant_for },
+                    false => approvals::Verdict::Deny,
+                };
+                match a.decide(id, &approver(), verdict, reason) {
+                    Ok(p) => serde_json::to_value(p),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            R::Revoke { id } => match a.revoke(id, &approver()) {
+                Ok(g) => serde_json::to_value(g),
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        value.map_err(|e| e.to_string())
     }
 
     /// Re-reads the policy file. A policy with an error is refused (the error names file,

@@ -195,6 +195,7 @@ impl Enrollments {
         };
         let live = Arc::new(EnrollmentLive {
             cgroup: cgroup.clone(),
+            name: saved.options.name.clone(),
             live: AtomicU64::new(0),
             total: AtomicU64::new(0),
         });

@@ -6,6 +6,7 @@ mod control;
 mod daemon;
 mod enrollment;
 mod errors;
+mod gate;
 mod identity;
 mod kernel;
 mod proxy;

@@ -30,6 +30,8 @@ use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
 /// What the proxy knows of a live enrollment.
 pub struct EnrollmentLive {
     pub cgroup: Cgroup,
+    /// The enrollment's name (`--name`), which policy rules can match.
+    pub name: Option<String>,
     pub live: AtomicU64,
     pub total: AtomicU64,
 }
@@ -47,6 +49,8 @@ pub struct Proxy {
     pub live: AtomicU64,
     pub tls: crate::tls::TlsLayer,
     pub http: crate::http::HttpLayer,
+    /// Policy decisions and approval holds before dialing.
+    pub gate: crate::gate::Gate,
 }
 
 impl Proxy {
@@ -70,6 +74,7 @@ impl Proxy {
             .identities
             .resolve(&info, enrollment.as_ref().map(|e| &e.cgroup));
         let id = self.store.next_session_id();
+        let gate_identity = identity.clone();
         tracing::debug!(session = id, pid = identity.pid, comm = %identity.comm, %dest, "intercepted");
         self.store.append(Event::Start(SessionStart {
             id,
@@ -80,6 +85,20 @@ impl Proxy {
         }));
 
         let _live = LiveGuard::new(&self.live, enrollment.as_deref());
+        let name = enrollment.as_ref().and_then(|e| e.name.as_deref());
+        if let Err(why) = self.gate.before_dial(id, &gate_identity, name, dest).await {
+            tracing::info!(session = id, %dest, %why, "connection refused by policy");
+            relay::reset(&client);
+            self.store.append(Event::End(SessionEnd {
+                id,
+                ended_at: SystemTime::now(),
+                bytes_up: 0,
+                bytes_down: 0,
+                outcome: Outcome::Denied,
+                error: Some(why),
+            }));
+            return;
+        }
         let traffic = Arc::new(Traffic::default());
         let (outcome, error) = match ns.connect(dest, self.mark, self.connect_timeout).await {
             Err(e) => {

@@ -32,6 +32,8 @@ pub struct Workload {
 /// What the proxy holds.
 #[derive(Clone, Debug)]
 pub struct HoldRequest {
+    /// The session (connection) held, to find it in the store.
+    pub session: u64,
     /// The approve rule's name and its approval settings.
     pub rule: String,
     pub approval: Approval,
@@ -50,6 +52,7 @@ pub struct HoldRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Pending {
     pub id: u64,
+    pub session: u64,
     pub rule: String,
     pub workload: Workload,
     pub destination: String,
@@ -306,6 +309,7 @@ impl Approvals {
             s.next_id += 1;
             let pending = Pending {
                 id,
+                session: req.session,
                 rule: req.rule,
                 workload: req.workload,
                 destination: req.destination,

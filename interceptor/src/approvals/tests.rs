@@ -25,6 +25,7 @@ fn workload(uid: u32) -> Workload {
 
 fn request(timeout_ms: u64) -> HoldRequest {
     HoldRequest {
+        session: 7,
         rule: "github-write".into(),
         approval: approval(timeout_ms, None),
         workload: workload(1000),

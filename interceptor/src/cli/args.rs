@@ -49,6 +49,9 @@ pub enum Command {
     /// Check, explain and reload the policy.
     #[command(subcommand)]
     Policy(super::policy::PolicyCommand),
+    /// Connections and requests held for approval, and grants.
+    #[command(subcommand)]
+    Approvals(super::approvals::ApprovalsCommand),
     /// The CA that signs the certificates workloads see (TLS interception).
     #[command(subcommand)]
     Ca(CaCommand),

@@ -1,6 +1,7 @@
 //! The command line: `run` starts the daemon; every other command talks to it over the
 //! control socket.
 
+mod approvals;
 pub mod args;
 mod ca;
 mod exec;
@@ -83,6 +84,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Exec(a) => exec::exec(socket, a),
         Command::Policy(cmd) => policy::run(socket, cmd),
+        Command::Approvals(cmd) => approvals::run(socket, cmd),
         Command::Ca(command) => ca::run(socket, command).map(|()| 0),
         Command::Rules(command) => secrets::run(command),
         Command::Sessions(SessionsCommand::List { json }) => {

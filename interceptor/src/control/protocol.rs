@@ -22,6 +22,8 @@ pub enum Request {
     },
     /// Re-read the policy file; a policy with an error is refused and the old one stays.
     PolicyReload,
+    /// Pending approvals and grants; the approver is the caller's peer credential.
+    Approvals(ApprovalsRequest),
     /// The PEM certificate of the CA that signs workload-facing certificates.
     CaCertificate,
 }
@@ -95,4 +97,24 @@ pub struct PolicyStatus {
     pub rules: usize,
     /// Destinations denied in the kernel for every enrollment (CIDR and ports).
     pub kernel_denies: Vec<CidrRule>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ApprovalsRequest {
+    /// Reply: the pending approvals.
+    List,
+    /// Reply: the grants in force.
+    Grants,
+    /// Reply: the approval decided.
+    Decide {
+        id: u64,
+        approve: bool,
+        /// With `approve`: also grant later matching traffic for this long.
+        #[serde(default, with = "humantime_serde")]
+        grant_for: Option<std::time::Duration>,
+        reason: Option<String>,
+    },
+    /// Reply: the grant revoked.
+    Revoke { id: u64 },
 }

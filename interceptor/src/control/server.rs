@@ -55,10 +55,13 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
+    // Who is asking: approvals are decided in the name of the peer's uid.
+    let peer_uid = stream.peer_cred()?.uid();
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
         let reply: Reply = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
             Ok(request) => daemon.handle(request).await,
             Err(e) => Err(format!("malformed request: {e}")),
         };

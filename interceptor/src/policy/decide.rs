@@ -45,7 +45,10 @@ pub struct Decision<'p> {
 /// How much is known when deciding.
 #[derive(Clone, Copy, Debug)]
 pub enum Stage<'r, 'a> {
-    /// A new connection: HTTP conditions are not known yet.
+    /// Before dialing upstream: neither the host name (SNI, Host) nor HTTP is known yet, so
+    /// their conditions count as met (see [`Policy::decide_before_dial`]).
+    Dial,
+    /// A new connection (with its SNI when it has one): HTTP conditions are not known yet.
     Connection,
     /// A connection that is not HTTP: rules with HTTP conditions cannot match.
     Opaque,
@@ -57,6 +60,15 @@ impl<'a> Stage<'_, 'a> {
         match self {
             Stage::Request(r) => Some(r),
             _ => None,
+        }
+    }
+
+    /// Whether conditions on `field` are left undecided at this stage.
+    pub fn skips(&self, field: GlobField) -> bool {
+        match field {
+            GlobField::Path => self.request().is_none(),
+            GlobField::Host => matches!(self, Stage::Dial),
+            _ => false,
         }
     }
 }
@@ -106,7 +118,7 @@ impl Rule {
             let request = stage.request();
             for field in GlobField::ALL {
                 let patterns = w.globs(field);
-                if patterns.is_empty() || (field == GlobField::Path && request.is_none()) {
+                if patterns.is_empty() || stage.skips(field) {
                     continue;
                 }
                 let hit = glob_values(field, c, request)
@@ -126,7 +138,7 @@ impl Rule {
             return None;
         }
         let r = match stage {
-            Stage::Connection => return None,
+            Stage::Dial | Stage::Connection => return None,
             Stage::Opaque => return Some(Condition::NotHttp),
             Stage::Request(r) => r,
         };
@@ -150,6 +162,17 @@ impl Policy {
     /// `facts.host` when it is known (after peeking at the ClientHello).
     pub fn decide_connection(&self, facts: &ConnectionFacts) -> Decision<'_> {
         self.decide(facts, Stage::Connection)
+    }
+
+    /// Decides a connection before it is dialed, when that decision cannot change once its
+    /// host name is known: None when the deciding rule has a host condition (decide again with
+    /// the SNI). A verdict of deny or approve is then final for the connection.
+    pub fn decide_before_dial(&self, facts: &ConnectionFacts) -> Option<Decision<'_>> {
+        let d = self.decide(facts, Stage::Dial);
+        let by_host = d
+            .rule
+            .is_some_and(|i| !self.rules[i].when.globs(GlobField::Host).is_empty());
+        (!by_host || facts.host.is_some()).then_some(d)
     }
 
     /// Decides one HTTP request of a connection.
@@ -187,7 +210,7 @@ impl Policy {
         };
         let rule = &self.rules[i];
         let o = &rule.outcome;
-        if matches!(stage, Stage::Connection) && rule.when.is_http() {
+        if matches!(stage, Stage::Dial | Stage::Connection) && rule.when.is_http() {
             return Decision {
                 verdict: Verdict::Inspect,
                 rule: Some(i),

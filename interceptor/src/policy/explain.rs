@@ -139,11 +139,11 @@ fn conditions(rule: &Rule) -> impl Iterator<Item = Condition> + '_ {
 
 /// Whether a condition's value is known at `stage` (HTTP ones only with a request).
 fn is_known(c: Condition, stage: Stage) -> bool {
-    let http = matches!(
-        c,
-        Condition::Method | Condition::Header(_) | Condition::Glob(super::model::GlobField::Path)
-    );
-    !http || stage.request().is_some()
+    match c {
+        Condition::Method | Condition::Header(_) => stage.request().is_some(),
+        Condition::Glob(field) => !stage.skips(field),
+        _ => true,
+    }
 }
 
 /// "exe \"/usr/bin/curl\" matches [...]" or "... does not match [...]".

@@ -103,8 +103,8 @@ impl Index {
             fill(&mut s.candidates, self.rules);
             let request = stage.request();
             for f in &self.fields {
-                // Without a request, path conditions are left to the rule check.
-                if f.field == GlobField::Path && request.is_none() {
+                // Conditions the stage leaves undecided are left to the rule check.
+                if stage.skips(f.field) {
                     continue;
                 }
                 // No candidate left has a condition on this field: nothing to match.

@@ -539,7 +539,7 @@ proptest! {
         let headers: Vec<(&str, &str)> = f.env.map(|v| ("x-env", v)).into_iter().collect();
         let headers = headers.as_slice();
         let req = RequestFacts { method: f.method, path: f.path, headers: &headers };
-        for stage in [Stage::Connection, Stage::Opaque, Stage::Request(&req)] {
+        for stage in [Stage::Dial, Stage::Connection, Stage::Opaque, Stage::Request(&req)] {
             let d = p.decide(&c, stage);
             let naive = p.rules().iter().position(|r| r.first_unmet(&c, stage, Globs::Check).is_none());
             prop_assert_eq!(d.rule, naive, "stage {:?}", stage);
@@ -549,7 +549,22 @@ proptest! {
                 Some(i) => prop_assert_eq!(d.name, p.rules()[i].name.as_str()),
                 None => prop_assert_eq!(d.verdict, Verdict::from(p.default_outcome().action)),
             }
-            prop_assert_eq!(d.verdict == Verdict::Inspect, matches!(stage, Stage::Connection) && d.rule.is_some_and(|i| p.rules()[i].when.is_http()));
+            prop_assert_eq!(d.verdict == Verdict::Inspect, matches!(stage, Stage::Dial | Stage::Connection) && d.rule.is_some_and(|i| p.rules()[i].when.is_http()));
+        }
+    }
+
+    /// A decision made before dialing is final: whatever host name the connection turns out
+    /// to have, deciding it again with that name gives the same rule.
+    #[test]
+    fn decisions_before_dial_hold_for_every_host(text in policy_text(), f in facts()) {
+        let p = parse(&text);
+        let mut c = f.conn();
+        c.host = None;
+        if let Some(d) = p.decide_before_dial(&c) {
+            for host in HOSTS.iter().copied().map(Some).chain([None]) {
+                let with_host = ConnectionFacts { host, ..c };
+                prop_assert_eq!(p.decide_connection(&with_host).rule, d.rule, "host {:?}", host);
+            }
         }
     }
 

@@ -41,6 +41,8 @@ pub enum Event {
     Http(HttpExchange),
     /// A policy was put in force (at start or on reload); a store event, in no session.
     PolicyLoaded(PolicyLoaded),
+    /// An approval was created, decided, expired or revoked; a store event.
+    Approval(interceptor::approvals::ApprovalEvent),
 }
 
 impl Event {
@@ -51,6 +53,7 @@ impl Event {
             Event::Tls(t) => t.id,
             Event::Http(h) => h.id,
             Event::PolicyLoaded(_) => 0,
+            Event::Approval(_) => 0,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Session {
             Event::Tls(tls) => self.tls = Some(tls),
             Event::Http(exchange) => self.http.push(exchange),
             Event::PolicyLoaded(_) => {}
+            Event::Approval(_) => {}
         }
     }
 

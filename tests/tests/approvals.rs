@@ -1,0 +1,208 @@
+//! Approvals end to end for raw TCP: a connection matching an approve rule is held before
+//! anything is dialed; `interceptor approvals approve|deny` (as root, through the control
+//! socket's peer credentials) lets it through or resets it; nobody deciding resets it after
+//! the rule's timeout; the workload's own user and users outside the approvers cannot
+//! decide; a grant (`--for`) lets the same workload through without waiting until revoked.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use interceptor_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+const POLICY: &str = r#"
+[[rule]]
+name = "hold-seven"
+action = "approve"
+reason = "needs a person"
+[rule.match]
+cidr = ["127.0.0.7/32"]
+[rule.approval]
+users = ["root"]
+timeout = "3s"
+
+[[rule]]
+name = "hold-eight"
+action = "approve"
+[rule.match]
+cidr = ["127.0.0.8/32"]
+[rule.approval]
+groups = ["no-such-approver-group"]
+timeout = "2s"
+
+[default]
+action = "allow"
+"#;
+
+/// A client connecting once to `addr` from `cgroup`, as `uid` (65534: nobody); killed by
+/// pid on drop.
+struct HeldClient(Option<Child>);
+
+impl HeldClient {
+    fn start(cgroup: &std::path::Path, uid: u32, addr: &str) -> Result<HeldClient> {
+        let argv = client_argv("connect", &["--connect".into(), addr.into()]);
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .args(&argv)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        in_cgroup(&mut cmd, cgroup)?;
+        Ok(HeldClient(Some(cmd.spawn()?)))
+    }
+
+    fn report(mut self) -> Result<ClientReport> {
+        let child = self.0.take().context("already waited")?;
+        parse_report(&child.wait_with_output()?)
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn pending(d: &Daemon) -> Result<Vec<Value>> {
+    d.cli_json(["approvals", "list", "--json"])
+}
+
+/// Waits for exactly one pending approval; returns it.
+fn one_pending(d: &Daemon) -> Result<Value> {
+    poll(
+        "a pending approval",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            let list = pending(d)?;
+            ensure!(list.len() <= 1, "more than one pending: {list:?}");
+            Ok(list.into_iter().next())
+        },
+    )
+}
+
+fn cli_err(d: &Daemon, args: &[&str]) -> Result<String> {
+    let out = d.cli(args)?;
+    ensure!(!out.status.success(), "`{args:?}` succeeded");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn reset(r: &ConnResult) -> bool {
+    r.error
+        .as_ref()
+        .is_some_and(|e| e.stage == "recv" && e.errno == Some(libc::ECONNRESET))
+}
+
+#[test]
+fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, POLICY)?;
+    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
+    let seven = Server::hash("127.0.0.7", 10, "a7")?;
+    let eight = Server::hash("127.0.0.8", 10, "a8")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+    let nobody = 65534;
+
+    // Approved: held (nothing dialed) until root approves, then relayed.
+    let client = HeldClient::start(cg.path(), nobody, &seven.addr())?;
+    let p = one_pending(&d)?;
+    assert_eq!(p["rule"], "hold-seven", "{p}");
+    assert_eq!(p["destination"], seven.addr(), "{p}");
+    assert_eq!(p["workload"]["uid"], nobody, "{p}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(seven.records()?.is_empty(), "dialed before approval");
+    let id = p["id"].to_string();
+    d.cli_ok(["approvals", "approve", &id, "--reason", "looks fine"])?;
+    let r = client.report()?;
+    let c = &r.results[0];
+    assert!(c.error.is_none() && c.eof && c.received == 10, "{c:?}");
+
+    // Denied: reset, recorded with the approver and the reason.
+    let client = HeldClient::start(cg.path(), nobody, &seven.addr())?;
+    let id = one_pending(&d)?["id"].to_string();
+    d.cli_ok(["approvals", "deny", &id, "--reason", "not now"])?;
+    let r = client.report()?;
+    assert!(reset(&r.results[0]), "{:?}", r.results[0]);
+    let s = d.wait_for_matching(|s| s.identity.pid == r.pid, 1, WAIT)?;
+    assert_eq!(s[0].outcome, "denied");
+    assert_eq!(
+        s[0].error.as_deref(),
+        Some("approval denied by root: not now")
+    );
+
+    // Nobody decides: reset after the rule's timeout (3 s).
+    let started = Instant::now();
+    let client = HeldClient::start(cg.path(), nobody, &seven.addr())?;
+    let r = client.report()?;
+    assert!(reset(&r.results[0]), "{:?}", r.results[0]);
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    let s = d.wait_for_matching(|s| s.identity.pid == r.pid, 1, WAIT)?;
+    assert_eq!(s[0].error.as_deref(), Some("timed out awaiting approval"));
+
+    // The workload's own user (root here) cannot approve its own connection.
+    let client = HeldClient::start(cg.path(), 0, &seven.addr())?;
+    let id = one_pending(&d)?["id"].to_string();
+    let e = cli_err(&d, &["approvals", "approve", &id])?;
+    assert!(e.contains("cannot approve or deny its own traffic"), "{e}");
+    assert!(reset(&client.report()?.results[0]), "self-approved");
+
+    // Root is not in the approver group of 127.0.0.8.
+    let client = HeldClient::start(cg.path(), nobody, &eight.addr())?;
+    let id = one_pending(&d)?["id"].to_string();
+    let e = cli_err(&d, &["approvals", "approve", &id])?;
+    assert!(e.contains("root is not among the approvers"), "{e}");
+    assert!(reset(&client.report()?.results[0]));
+    assert!(
+        eight.records()?.is_empty(),
+        "the unapproved server was reached"
+    );
+
+    // A grant lets the same workload through without waiting, until revoked.
+    let client = HeldClient::start(cg.path(), nobody, &seven.addr())?;
+    let id = one_pending(&d)?["id"].to_string();
+    d.cli_ok(["approvals", "approve", &id, "--for", "10m"])?;
+    client.report()?;
+    let started = Instant::now();
+    let r = HeldClient::start(cg.path(), nobody, &seven.addr())?.report()?;
+    assert!(
+        r.results[0].eof && r.results[0].received == 10,
+        "{:?}",
+        r.results[0]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "held despite the grant"
+    );
+    let grants: Vec<Value> = d.cli_json(["approvals", "grants", "--json"])?;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    d.cli_ok(["approvals", "revoke", &grants[0]["id"].to_string()])?;
+    let client = HeldClient::start(cg.path(), nobody, &seven.addr())?;
+    let id = one_pending(&d)?["id"].to_string();
+    d.cli_ok(["approvals", "deny", &id])?;
+    assert!(reset(&client.report()?.results[0]));
+
+    // Every step is in the session store.
+    let store = std::fs::read_dir(d.data_dir().join("sessions"))?
+        .map(|e| std::fs::read(e?.path()).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let store = String::from_utf8_lossy(&store);
+    for kind in ["created", "approved", "denied", "expired", "revoked"] {
+        if !store.contains(&format!("\"approval\":\"{kind}\"")) {
+            bail!("no {kind} approval event in the store");
+        }
+    }
+    Ok(())
+}
