@@ -28,7 +28,10 @@ pub async fn peek_until<T>(
 ) -> Result<T, PeekError> {
     let mut buf = vec![0u8; max];
     let mut want = 1;
-    let result = loop {
+    // Also when this future is dropped half-way (the upstream spoke first, a timeout): a
+    // low-water mark left behind would stall the relay that takes the socket next.
+    let _reset = LowWaterReset(tcp);
+    loop {
         set_rcvlowat(tcp, want)?;
         let ready = tcp.ready(Interest::READABLE).await?;
         match tcp.try_io(Interest::READABLE, || {
@@ -48,9 +51,15 @@ pub async fn peek_until<T>(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => break Err(e.into()),
         }
-    };
-    set_rcvlowat(tcp, 1)?;
-    result
+    }
+}
+
+struct LowWaterReset<'a>(&'a TcpStream);
+
+impl Drop for LowWaterReset<'_> {
+    fn drop(&mut self) {
+        let _ = set_rcvlowat(self.0, 1);
+    }
 }
 
 fn recv_peek(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
@@ -129,5 +138,21 @@ mod tests {
         w.write_all(&[7u8; 16]).await.unwrap();
         let e = peek_until(&r, 16, |_| None::<()>).await.unwrap_err();
         assert!(matches!(e, PeekError::TooLarge(16)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_peek_dropped_half_way_leaves_the_socket_readable_byte_by_byte() {
+        let (mut w, mut r) = pair().await;
+        w.write_all(b"GE").await.unwrap();
+        let peek = peek_until(&r, 64, |b| (b.len() > 4).then_some(()));
+        // Gives up while it waits for a third byte.
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), peek).await;
+        assert!(gave_up.is_err());
+        let mut got = [0u8; 2];
+        tokio::time::timeout(std::time::Duration::from_secs(2), r.read_exact(&mut got))
+            .await
+            .expect("readable again with fewer bytes than the old mark")
+            .unwrap();
+        assert_eq!(&got, b"GE");
     }
 }
