@@ -615,3 +615,26 @@ fn concurrent_tls_connections_each_get_their_own_session() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_client_that_refuses_the_minted_certificate_is_recorded_as_such() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    // A pinned client: it trusts only the server's own CA.
+    let ca = pki.ca_file.to_str().unwrap();
+    let out = exec(&d, &["curl", "-sS", "--cacert", ca, &server.url("/hello")])?;
+    ensure!(
+        !out.status.success(),
+        "curl accepted the minted certificate"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(s["outcome"] == "client_tls_error", "session: {s:#}");
+    let error = s["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("client handshake") && error.contains("UnknownCA"),
+        "session error: {error}"
+    );
+    Ok(())
+}
