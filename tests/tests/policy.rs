@@ -147,6 +147,65 @@ fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
     Ok(())
 }
 
+/// A deny rule the kernel cannot enforce (it names the program) is enforced by the proxy
+/// before dialing: the connection is reset, the upstream never reached, the session says why.
+#[test]
+fn proxy_deny_resets_raw_tcp() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"no-python-to-nine\"\naction = \"deny\"\nreason = \"not from scripts\"\n\
+         [rule.match]\nexe = [\"**/python3*\"]\ncidr = [\"127.0.0.9/32\"]\n\n[default]\naction = \"allow\"\n",
+    )?;
+    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8 path")?])?;
+    let nine = Server::hash("127.0.0.9", 10, "p9")?;
+    let two = Server::hash("127.0.0.2", 10, "p2")?;
+    let out = run_with_timeout(
+        &mut d.exec_command(
+            &["--include-loopback"],
+            &client_argv(
+                "connect",
+                &[
+                    "--connect".into(),
+                    nine.addr(),
+                    "--connect".into(),
+                    two.addr(),
+                ],
+            ),
+        ),
+        RUN,
+    )?;
+    let report = parse_report(&out)?;
+    let (denied, allowed) = (&report.results[0], &report.results[1]);
+    let e = denied
+        .error
+        .as_ref()
+        .context("the denied connection went through")?;
+    assert_eq!(
+        (e.stage.as_str(), e.errno),
+        ("recv", Some(libc::ECONNRESET)),
+        "{e:?}"
+    );
+    assert!(
+        allowed.error.is_none() && allowed.received == 10,
+        "{allowed:?}"
+    );
+    assert!(nine.records()?.is_empty(), "the denied server was reached");
+    let s = d.wait_for_matching(
+        |s| s.identity.pid == report.pid && s.destination == nine.addr(),
+        1,
+        WAIT,
+    )?;
+    assert_eq!(s[0].outcome, "denied");
+    assert_eq!(
+        s[0].error.as_deref(),
+        Some("denied by policy rule \"no-python-to-nine\": not from scripts")
+    );
+    Ok(())
+}
+
 #[test]
 fn policy_check_and_explain_cli() -> Result<()> {
     let dir = tempfile::tempdir()?;
