@@ -35,7 +35,7 @@ pub struct DaemonConfig {
     pub bpffs_dir: PathBuf,
     pub proxy_port: u16,
     pub connect_timeout: Duration,
-    pub sync_interval: Duration,
+    pub store: crate::sessions::store::StoreOptions,
     pub tls: crate::tls::TlsOptions,
     /// Longest time a workload may take to send an HTTP/1 request head.
     pub header_timeout: Duration,
@@ -60,7 +60,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.sync_interval)?;
+    let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.store)?;
     let mut kernel = Kernel::load(
         &config.bpffs_dir,
         interceptor_ebpf::Config {
@@ -209,6 +209,17 @@ impl Daemon {
                 bail!("approvals requests are served with the caller's credentials")
             }
             Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
+            Request::Tail(_) => bail!("a tail request is a stream, served by the control server"),
+            Request::Verify => {
+                let store = self.proxy.store.clone();
+                let end = *store.written().borrow();
+                serde_json::to_value(
+                    tokio::task::spawn_blocking(move || {
+                        crate::sessions::verify::verify(store.dir(), Some(end))
+                    })
+                    .await??,
+                )?
+            }
         })
     }
 
@@ -270,6 +281,10 @@ impl Daemon {
             rules: policy.rules().len(),
             kernel_denies: crate::enrollment::policy_denies(&policy, None),
         })
+    }
+
+    pub fn store(&self) -> &crate::sessions::Store {
+        &self.proxy.store
     }
 
     async fn sessions(&self) -> anyhow::Result<Vec<crate::sessions::Session>> {

@@ -49,6 +49,8 @@ fn main() -> ExitCode {
 
 fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::Result<()> {
     let config = daemon::DaemonConfig {
+        // Borrows `args`: before the fields that move out of it.
+        store: args.store_options(),
         policy: args.policy,
         data_dir: args.data_dir,
         socket,
@@ -56,7 +58,6 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         bpffs_dir: args.bpffs_dir,
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,
-        sync_interval: args.sync_interval,
         header_timeout: args.tls.header_timeout,
         tls: args.tls.into_options(),
     };

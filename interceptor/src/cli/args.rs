@@ -97,6 +97,15 @@ pub struct RunArgs {
     /// Longest time a session record waits in memory before it is fsynced.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub sync_interval: Duration,
+    /// Remove session segments whose newest record is older than this (default: keep all).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retain_age: Option<Duration>,
+    /// Remove the oldest session segments while the store is larger than this (bytes).
+    #[arg(long)]
+    pub retain_bytes: Option<u64>,
+    /// Size (bytes) at which a session segment is closed and the next one started.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Policy file (default: policies/default.toml under the working directory if there is
@@ -228,4 +237,76 @@ pub enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print recorded events, one line each; with -f, keep printing them as they happen.
+    Tail(TailArgs),
+    /// Play a session's events back with their original timing.
+    Replay {
+        id: String,
+        /// Faster (2) or slower (0.5) than it happened.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the records of a time range as NDJSON (for a SIEM or a log shipper).
+    Export {
+        /// RFC 3339 time, or a duration meaning that long ago (`10m`).
+        #[arg(long, value_parser = super::sessions::parse_time)]
+        since: Option<std::time::SystemTime>,
+        #[arg(long, value_parser = super::sessions::parse_time)]
+        until: Option<std::time::SystemTime>,
+    },
+    /// The store's own benchmark on one core: recording rate and event-to-tailer delay.
+    #[command(hide = true)]
+    Bench(BenchArgs),
+    /// Check every record's checksum and hash chain; names the first one that does not verify.
+    Verify {
+        /// Read this data directory (as `run --data-dir`) instead of asking the daemon.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Events appended for the recording rate.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Steady append rate (events/s) while the tail delay is measured.
+    #[arg(long, default_value_t = 100_000)]
+    pub rate: u64,
+    /// How long the tail delay is measured.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Where the benchmark's stores are made (and removed); default the temp directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    /// Keep printing new events as they are recorded.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start with the events from this time (RFC 3339, or a duration meaning that long ago);
+    /// default: new events only with -f, everything without.
+    #[arg(long, value_parser = super::sessions::parse_time)]
+    pub since: Option<std::time::SystemTime>,
+    /// Only this session.
+    #[arg(long)]
+    pub session: Option<u64>,
+    /// Only sessions of this container (id or prefix).
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only sessions of this executable (path, file name or process name).
+    #[arg(long)]
+    pub exe: Option<String>,
+    /// Only sessions to this host (address, SNI or HTTP authority).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// One JSON record per line (NDJSON).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -9,6 +9,8 @@ mod policy;
 mod print;
 mod rules;
 mod secrets;
+mod sessions;
+mod sessions_bench;
 
 use std::path::{Path, PathBuf};
 
@@ -95,6 +97,17 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
                 print::sessions(&sessions);
             }
             Ok(0)
+        }
+        Command::Sessions(SessionsCommand::Tail(a)) => sessions::tail(socket, a),
+        Command::Sessions(SessionsCommand::Bench(a)) => sessions_bench::run(a),
+        Command::Sessions(SessionsCommand::Replay { id, speed, json }) => {
+            sessions::replay(socket, &id, speed, json)
+        }
+        Command::Sessions(SessionsCommand::Export { since, until }) => {
+            sessions::export(socket, since, until)
+        }
+        Command::Sessions(SessionsCommand::Verify { data_dir, json }) => {
+            sessions::verify(socket, data_dir, json)
         }
         Command::Sessions(SessionsCommand::Show { id, json }) => {
             let session: Session = client::call(socket, &Request::Session { id })?;

@@ -26,6 +26,12 @@ pub enum Request {
     Approvals(ApprovalsRequest),
     /// The PEM certificate of the CA that signs workload-facing certificates.
     CaCertificate,
+    /// Stream session records as JSON lines (`sessions tail`, `replay`, `export`): the reply
+    /// line `{"Ok":null}` comes first, then one record per line until the end (or, when
+    /// following, until the client goes away).
+    Tail(crate::sessions::tail::TailRequest),
+    /// Check the store's checksums and hash chain.
+    Verify,
 }
 
 pub type Reply = Result<serde_json::Value, String>;

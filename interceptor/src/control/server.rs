@@ -10,6 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
+use crate::sessions::tail;
 
 /// Longest request line accepted; anything longer is not a request of ours.
 const MAX_REQUEST: u64 = 1 << 20;
@@ -61,6 +62,15 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
         let reply: Reply = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Tail(request)) => {
+                tracing::debug!(?request, "tail started");
+                tx.write_all(b"{\"Ok\":null}\n").await?;
+                // Streams until done, or until the client closes its end.
+                return tokio::select! {
+                    done = tail::stream(daemon.store(), request, &mut tx) => done,
+                    _ = lines.next_line() => Ok(()),
+                };
+            }
             Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
             Ok(request) => daemon.handle(request).await,
             Err(e) => Err(format!("malformed request: {e}")),

@@ -1,9 +1,15 @@
 //! Session records: every intercepted connection, durably stored.
 
+pub mod chain;
 pub mod record;
+pub mod retention;
+pub mod segment;
 pub mod store;
+pub mod tail;
+pub mod verify;
 
 pub use record::{
-    Event, HttpExchange, Outcome, Session, SessionEnd, SessionStart, TlsInfo, TlsMode, UpgradedBytes,
+    Event, HttpExchange, Outcome, Session, SessionEnd, SessionStart, TlsInfo, TlsMode,
+    UpgradedBytes,
 };
 pub use store::{Store, StoreWriter};

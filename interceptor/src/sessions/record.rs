@@ -39,6 +39,8 @@ pub enum Event {
     Tls(TlsInfo),
     /// One HTTP request and its response.
     Http(HttpExchange),
+    /// Retention removed old segments (a store event, in no session).
+    Retention(super::retention::Retention),
     /// A policy was put in force (at start or on reload); a store event, in no session.
     PolicyLoaded(PolicyLoaded),
     /// An approval was created, decided, expired or revoked; a store event.
@@ -52,6 +54,8 @@ impl Event {
             Event::End(e) => e.id,
             Event::Tls(t) => t.id,
             Event::Http(h) => h.id,
+            // Store events belong to no session; session ids start at 1.
+            Event::Retention(_) => 0,
             Event::PolicyLoaded(_) => 0,
             Event::Approval(_) => 0,
         }
@@ -194,6 +198,7 @@ impl Session {
             Event::End(end) => self.apply_end(end),
             Event::Tls(tls) => self.tls = Some(tls),
             Event::Http(exchange) => self.http.push(exchange),
+            Event::Retention(_) => {}
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
         }

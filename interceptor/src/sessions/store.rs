@@ -1,34 +1,47 @@
-//! Durable, append-only event store.
+//! Durable, append-only, hash-chained event store.
 //!
-//! Events are appended to segment files (`segment-<n>.log`) as frames
-//! `[len: u32 LE][crc32: u32 LE][JSON payload]`, so a torn write at the tail (power loss,
-//! `kill -9`) is detected and cut off on the next start, and every frame before it is kept.
-//! One writer thread owns the files: the proxy hands it events through a channel and never
-//! waits on the disk.
+//! Events are appended as [`Record`]s (sequence number, time, hash of the previous record,
+//! event) to segment files in frames that detect a torn write (see [`super::segment`]). One
+//! writer thread owns the files: the proxy hands it events through an unbounded channel and
+//! never waits on the disk. The writer fsyncs at the sync interval and after every batch that
+//! ends a session, rolls segments at a size limit, applies retention, and publishes how far
+//! the store is written so tailers can follow it without being in the proxy's way.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
 use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::watch;
+
+use super::chain::{Hash, Link, Record, RecordRef};
 use super::record::{Event, Session};
+use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
+use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
 
-const FRAME_HEADER: usize = 8;
-const SEGMENT_LIMIT: u64 = 64 << 20;
 /// How long the writer lets events gather after a write.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
-/// A frame larger than this is corruption, not data.
-const MAX_FRAME: usize = 16 << 20;
+/// Largest batch written at once.
+const BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("session store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "session store {path}: record at offset {offset} is not in the chained format ({source}); \
+         stores written before tamper evidence (issue 6) are not read: move the directory away"
+    )]
+    Format {
+        path: PathBuf,
+        offset: usize,
+        source: serde_json::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -38,12 +51,32 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// Handle for appending events; cheap to clone.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Longest time a written record waits for fsync.
+    pub sync_interval: Duration,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    pub retention: RetentionPolicy,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_interval: Duration::from_secs(1),
+            segment_bytes: 64 << 20,
+            retention: RetentionPolicy::default(),
+        }
+    }
+}
+
+/// Handle for appending events and following the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<(SystemTime, Event)>,
     next_id: Arc<AtomicU64>,
+    written: watch::Receiver<Position>,
 }
 
 /// The writer thread; `finish` drains every queued event to disk and syncs.
@@ -52,37 +85,23 @@ pub struct StoreWriter {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, repairs a torn tail, and starts the writer.
-    pub fn open(dir: &Path, sync_interval: Duration) -> Result<(Store, StoreWriter), StoreError> {
+    /// Opens (or creates) the store in `dir`, cuts a torn tail, and starts the writer.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, StoreWriter), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let segments = segment_paths(dir)?;
-        let mut max_id = 0;
-        for (i, path) in segments.iter().enumerate() {
-            let bytes = fs::read(path).map_err(io_err(path))?;
-            let (events, good_len) = decode_frames(&bytes);
-            max_id = events.iter().map(Event::session_id).fold(max_id, u64::max);
-            if good_len < bytes.len() {
-                tracing::warn!(segment = %path.display(), kept = good_len, dropped = bytes.len() - good_len,
-                    "truncating torn tail of session segment");
-                if i + 1 == segments.len() {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(io_err(path))?;
-                    file.set_len(good_len as u64).map_err(io_err(path))?;
-                }
-            }
-        }
+        let state = recover(dir)?;
+        let max_id = state.max_session_id;
+        let (written_tx, written) = watch::channel(state.end());
+        let writer = Writer::start(dir, options, state, written_tx)?;
         let (tx, rx) = mpsc::channel();
-        let writer = SegmentWriter::open(dir, segments.last().cloned())?;
         let thread = std::thread::Builder::new()
             .name("session-store".into())
-            .spawn(move || writer.run(rx, sync_interval))
+            .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
         let store = Store {
             dir: dir.to_owned(),
             tx,
             next_id: Arc::new(AtomicU64::new(max_id + 1)),
+            written,
         };
         Ok((store, StoreWriter { thread }))
     }
@@ -91,9 +110,9 @@ impl Store {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues an event; never blocks.
+    /// Queues an event, stamped with the current time; never blocks.
     pub fn append(&self, event: Event) {
-        if self.tx.send(event).is_err() {
+        if self.tx.send((SystemTime::now(), event)).is_err() {
             tracing::error!("session store writer has stopped; event lost");
         }
     }
@@ -101,6 +120,15 @@ impl Store {
     /// Every session in the store, oldest first.
     pub fn sessions(&self) -> Result<Vec<Session>, StoreError> {
         read_sessions(&self.dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How far the store is written; changes after every write.
+    pub fn written(&self) -> watch::Receiver<Position> {
+        self.written.clone()
     }
 }
 
@@ -114,11 +142,18 @@ impl StoreWriter {
 /// Folds the events of every segment into sessions, oldest first.
 pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
     let mut sessions: Vec<Session> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for path in segment_paths(dir)? {
+    let mut index = HashMap::new();
+    for path in segment_paths(dir).map_err(io_err(dir))? {
         let bytes = fs::read(&path).map_err(io_err(&path))?;
-        for event in decode_frames(&bytes).0 {
-            match event {
+        for (_, payload) in Frames::new(&bytes) {
+            let record: Record = match serde_json::from_slice(payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping a record this version cannot read");
+                    continue;
+                }
+            };
+            match record.event {
                 Event::Start(start) => {
                     index.insert(start.id, sessions.len());
                     sessions.push(Session::from_start(start));
@@ -134,147 +169,239 @@ pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
     Ok(sessions)
 }
 
-fn segment_paths(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| segment_number(p).is_some())
-        .collect();
-    paths.sort_by_key(|p| segment_number(p));
-    Ok(paths)
+/// What a scan of the segments on open finds.
+struct Recovered {
+    closed: VecDeque<SegmentMeta>,
+    current: SegmentMeta,
+    next_seq: u64,
+    max_session_id: u64,
 }
 
-fn segment_number(path: &Path) -> Option<u64> {
-    path.file_name()?
-        .to_str()?
-        .strip_prefix("segment-")?
-        .strip_suffix(".log")?
-        .parse()
-        .ok()
-}
-
-fn segment_name(n: u64) -> String {
-    format!("segment-{n:08}.log")
-}
-
-/// Decodes frames until the end or the first frame that is torn or corrupt; returns the
-/// events and the length of the intact prefix.
-fn decode_frames(bytes: &[u8]) -> (Vec<Event>, usize) {
-    let mut events = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        let body = at + FRAME_HEADER;
-        if len > MAX_FRAME || bytes.len() - body < len {
-            break;
+impl Recovered {
+    fn end(&self) -> Position {
+        Position {
+            segment: self.current.number,
+            offset: self.current.bytes,
         }
-        let payload = &bytes[body..body + len];
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice(payload) {
-            Ok(event) => events.push(event),
-            // An intact frame of a kind this version does not know: skip it, keep going.
-            Err(e) => tracing::debug!(error = %e, "skipping unknown session event"),
-        }
-        at = body + len;
     }
-    (events, at)
 }
 
-fn encode_frame(event: &Event, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; FRAME_HEADER]);
-    serde_json::to_writer(&mut *out, event).expect("events always serialize");
-    let payload = &out[start + FRAME_HEADER..];
-    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-struct SegmentWriter {
-    dir: PathBuf,
-    number: u64,
-    file: File,
-    len: u64,
-}
-
-impl SegmentWriter {
-    fn open(dir: &Path, last: Option<PathBuf>) -> Result<SegmentWriter, StoreError> {
-        let number = last.as_deref().and_then(segment_number).unwrap_or(1);
-        let path = dir.join(segment_name(number));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        Ok(SegmentWriter {
-            dir: dir.to_owned(),
+/// Scans every segment: the chain head, the next sequence number, the highest session id,
+/// and each segment's extent; cuts a damaged tail off the last segment (keeping the cut bytes
+/// beside it in `<segment>.torn`).
+fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+    let paths = segment_paths(dir).map_err(io_err(dir))?;
+    let mut metas = VecDeque::new();
+    let (mut head, mut next_seq, mut max_id) = (Hash::GENESIS, 0, 0);
+    for (i, path) in paths.iter().enumerate() {
+        let bytes = fs::read(path).map_err(io_err(path))?;
+        let number = segment_number(path).expect("listed as a segment");
+        let mut meta = SegmentMeta {
             number,
+            bytes: 0,
+            seqs: None,
+            last_hash: head,
+            newest: None,
+        };
+        let mut frames = Frames::new(&bytes);
+        for (offset, payload) in frames.by_ref() {
+            let link: Link =
+                serde_json::from_slice(payload).map_err(|source| StoreError::Format {
+                    path: path.clone(),
+                    offset,
+                    source,
+                })?;
+            head = Hash::of(payload);
+            next_seq = link.seq + 1;
+            max_id = max_id.max(link.event.id.unwrap_or(0));
+            meta.seqs = Some((meta.seqs.map_or(link.seq, |s| s.0), link.seq));
+            meta.last_hash = head;
+            meta.newest = Some(link.at);
+        }
+        meta.bytes = frames.offset as u64;
+        if let Some(damage) = frames.damage {
+            let cut = &bytes[frames.offset..];
+            if i + 1 == paths.len() {
+                tracing::warn!(segment = %path.display(), kept = frames.offset, cut = cut.len(), ?damage,
+                    "cutting the damaged tail of the last session segment (kept in .torn)");
+                save_and_truncate(path, cut, frames.offset as u64)?;
+            } else {
+                tracing::error!(segment = %path.display(), offset = frames.offset, ?damage,
+                    "damaged session segment; `interceptor sessions verify` reports it");
+            }
+        }
+        metas.push_back(meta);
+    }
+    let current = metas.pop_back().unwrap_or(SegmentMeta {
+        number: 1,
+        bytes: 0,
+        seqs: None,
+        last_hash: Hash::GENESIS,
+        newest: None,
+    });
+    Ok(Recovered {
+        closed: metas,
+        current,
+        next_seq,
+        max_session_id: max_id,
+    })
+}
+
+fn save_and_truncate(path: &Path, cut: &[u8], keep: u64) -> Result<(), StoreError> {
+    let mut torn_name = path.as_os_str().to_owned();
+    torn_name.push(".torn");
+    let torn = PathBuf::from(torn_name);
+    let mut saved = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&torn)
+        .map_err(io_err(&torn))?;
+    saved
+        .write_all(cut)
+        .and_then(|()| saved.sync_data())
+        .map_err(io_err(&torn))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.set_len(keep)
+        .and_then(|()| file.sync_data())
+        .map_err(io_err(path))
+}
+
+struct Writer {
+    dir: PathBuf,
+    options: StoreOptions,
+    file: File,
+    current: SegmentMeta,
+    closed: VecDeque<SegmentMeta>,
+    next_seq: u64,
+    head: Hash,
+    written: watch::Sender<Position>,
+    buf: Vec<u8>,
+    /// First sequence number and newest time in `buf`.
+    batch: Option<(u64, SystemTime)>,
+    ends_session: bool,
+    dirty: bool,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn start(
+        dir: &Path,
+        options: StoreOptions,
+        state: Recovered,
+        written: watch::Sender<Position>,
+    ) -> Result<Writer, StoreError> {
+        let file = open_segment(dir, state.current.number)?;
+        Ok(Writer {
+            dir: dir.to_owned(),
+            options,
             file,
-            len,
+            head: state.current.last_hash,
+            current: state.current,
+            closed: state.closed,
+            next_seq: state.next_seq,
+            written,
+            buf: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            batch: None,
+            ends_session: false,
+            dirty: false,
+            last_sync: Instant::now(),
         })
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Event>, sync_interval: Duration) {
-        let mut buf = Vec::with_capacity(64 << 10);
-        let mut last_sync = Instant::now();
-        let mut dirty = false;
+    fn run(mut self, rx: mpsc::Receiver<(SystemTime, Event)>) {
         loop {
-            // Wake at least once per sync interval so a quiet store still reaches the disk.
-            let first = match rx.recv_timeout(sync_interval) {
-                Ok(e) => Some(e),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            buf.clear();
-            if let Some(e) = first {
-                encode_frame(&e, &mut buf);
-                while buf.len() < (1 << 20) {
-                    match rx.try_recv() {
-                        Ok(e) => encode_frame(&e, &mut buf),
-                        Err(_) => break,
+            // Wake at least once per sync interval so a quiet store still reaches the disk
+            // and old segments still expire.
+            match rx.recv_timeout(self.options.sync_interval) {
+                Ok((at, event)) => {
+                    self.encode(at, &event);
+                    while self.buf.len() < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok((at, event)) => self.encode(at, &event),
+                            Err(_) => break,
+                        }
                     }
+                    self.write_batch();
+                    // Let the next events gather: under load the proxy then wakes this thread
+                    // once per window instead of once per event.
+                    std::thread::sleep(BATCH_WINDOW);
                 }
-                self.write(&buf);
-                dirty = true;
-                // Let the next events gather: under load the proxy then wakes this thread once
-                // per window instead of once per event, which on a small host costs latency.
-                std::thread::sleep(BATCH_WINDOW);
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if dirty && last_sync.elapsed() >= sync_interval {
+            if self.dirty
+                && (self.ends_session || self.last_sync.elapsed() >= self.options.sync_interval)
+            {
                 self.sync();
-                dirty = false;
-                last_sync = Instant::now();
             }
+            self.apply_retention();
         }
         self.sync();
     }
 
-    fn write(&mut self, frames: &[u8]) {
-        if self.len >= SEGMENT_LIMIT {
+    fn encode(&mut self, at: SystemTime, event: &Event) {
+        let record = RecordRef {
+            seq: self.next_seq,
+            at,
+            prev: self.head,
+            event,
+        };
+        let payload = encode_frame(&mut self.buf, |out| {
+            serde_json::to_writer(out, &record).expect("records always serialize")
+        });
+        self.head = Hash::of(&self.buf[payload]);
+        let first = self.batch.map_or(self.next_seq, |b| b.0);
+        self.batch = Some((first, at));
+        self.next_seq += 1;
+        self.ends_session |= matches!(event, Event::End(_));
+    }
+
+    fn write_batch(&mut self) {
+        let Some((first, newest)) = self.batch.take() else {
+            return;
+        };
+        if self.current.bytes >= self.options.segment_bytes {
             self.roll();
         }
-        match self.file.write_all(frames) {
-            Ok(()) => self.len += frames.len() as u64,
-            Err(e) => tracing::error!(error = %e, "writing session segment failed; events lost"),
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // The chain now has a gap the next records cannot hide: verify will name it.
+            tracing::error!(error = %e, "writing session segment failed; events lost");
+            self.buf.clear();
+            return;
         }
+        let meta = &mut self.current;
+        meta.bytes += self.buf.len() as u64;
+        meta.seqs = Some((meta.seqs.map_or(first, |s| s.0), self.next_seq - 1));
+        meta.last_hash = self.head;
+        meta.newest = Some(newest);
+        self.buf.clear();
+        self.dirty = true;
+        self.written.send_replace(Position {
+            segment: meta.number,
+            offset: meta.bytes,
+        });
     }
 
     fn roll(&mut self) {
         self.sync();
-        let path = self.dir.join(segment_name(self.number + 1));
-        match OpenOptions::new().create(true).append(true).open(&path) {
+        let number = self.current.number + 1;
+        match open_segment(&self.dir, number) {
             Ok(file) => {
                 self.file = file;
-                self.number += 1;
-                self.len = 0;
+                let next = SegmentMeta {
+                    number,
+                    bytes: 0,
+                    seqs: None,
+                    last_hash: self.current.last_hash,
+                    newest: None,
+                };
+                self.closed
+                    .push_back(std::mem::replace(&mut self.current, next));
             }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot start a new session segment")
-            }
+            Err(e) => tracing::error!(error = %e, "cannot start a new session segment"),
         }
     }
 
@@ -282,17 +409,59 @@ impl SegmentWriter {
         if let Err(e) = self.file.sync_data() {
             tracing::error!(error = %e, "fsync of session segment failed");
         }
+        self.dirty = false;
+        self.ends_session = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// Removes what the policy says, after recording (and syncing) that it does.
+    fn apply_retention(&mut self) {
+        let closed = self.closed.make_contiguous();
+        let Some((n, reason)) =
+            self.options
+                .retention
+                .select(closed, self.current.bytes, SystemTime::now())
+        else {
+            return;
+        };
+        let removed: Vec<SegmentMeta> = self.closed.drain(..n).collect();
+        let event = Event::Retention(Retention {
+            reason: reason.to_owned(),
+            removed: removed.iter().map(RemovedSegment::from_meta).collect(),
+        });
+        self.encode(SystemTime::now(), &event);
+        self.write_batch();
+        self.sync();
+        for meta in removed {
+            let path = self.dir.join(segment_name(meta.number));
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(segment = %path.display(), reason, "retention removed a session segment")
+                }
+                Err(e) => {
+                    tracing::error!(segment = %path.display(), error = %e, "retention could not remove a session segment")
+                }
+            }
+        }
     }
 }
 
+fn open_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
+    let path = dir.join(segment_name(number));
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(&path))
+}
+
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::sessions::{Outcome, SessionEnd, SessionStart};
-    use std::time::SystemTime;
 
-    fn start(id: u64) -> Event {
+    pub fn start(id: u64) -> Event {
         Event::Start(SessionStart {
             id,
             enrollment: 1,
@@ -306,7 +475,7 @@ mod tests {
         })
     }
 
-    fn end(id: u64, up: u64) -> Event {
+    pub fn end(id: u64, up: u64) -> Event {
         Event::End(SessionEnd {
             id,
             ended_at: SystemTime::now(),
@@ -317,8 +486,8 @@ mod tests {
         })
     }
 
-    fn write_all(dir: &Path, events: Vec<Event>) {
-        let (store, writer) = Store::open(dir, Duration::from_millis(10)).unwrap();
+    pub fn write_all(dir: &Path, options: StoreOptions, events: Vec<Event>) {
+        let (store, writer) = Store::open(dir, options).unwrap();
         for e in events {
             store.append(e);
         }
@@ -326,10 +495,17 @@ mod tests {
         writer.finish();
     }
 
+    fn quick() -> StoreOptions {
+        StoreOptions {
+            sync_interval: Duration::from_millis(10),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn sessions_fold_start_and_end_and_ids_continue_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        write_all(dir.path(), vec![start(1), start(2), end(1, 100)]);
+        write_all(dir.path(), quick(), vec![start(1), start(2), end(1, 100)]);
         let sessions = read_sessions(dir.path()).unwrap();
         assert_eq!(sessions.len(), 2);
         assert_eq!(
@@ -337,24 +513,24 @@ mod tests {
             (Outcome::Closed, 100)
         );
         assert_eq!(sessions[1].outcome, Outcome::Open);
-        let (store, writer) = Store::open(dir.path(), Duration::from_millis(10)).unwrap();
+        let (store, writer) = Store::open(dir.path(), quick()).unwrap();
         assert_eq!(store.next_session_id(), 3);
         drop(store);
         writer.finish();
     }
 
     #[test]
-    fn torn_tail_is_cut_and_everything_before_it_kept() {
+    fn torn_tail_is_cut_kept_aside_and_everything_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
-        write_all(dir.path(), vec![start(1), end(1, 5)]);
+        write_all(dir.path(), quick(), vec![start(1), end(1, 5)]);
         let seg = segment_paths(dir.path()).unwrap().pop().unwrap();
         let two_frames = fs::metadata(&seg).unwrap().len() as usize;
-        write_all(dir.path(), vec![start(2)]);
+        write_all(dir.path(), quick(), vec![start(2)]);
         let full = fs::read(&seg).unwrap();
         // Every possible torn length of the last frame.
         for cut in two_frames..full.len() {
             fs::write(&seg, &full[..cut]).unwrap();
-            let (store, writer) = Store::open(dir.path(), Duration::from_millis(10)).unwrap();
+            let (store, writer) = Store::open(dir.path(), quick()).unwrap();
             store.append(start(9));
             drop(store);
             writer.finish();
@@ -365,16 +541,83 @@ mod tests {
                 .collect();
             assert_eq!(ids, vec![1, 9], "cut at {cut}");
         }
+        let torn = fs::metadata(dir.path().join("segment-00000001.log.torn")).unwrap();
+        assert!(torn.len() > 0);
     }
 
     #[test]
-    fn corrupt_byte_stops_decoding_at_that_frame() {
+    fn segments_roll_and_retention_removes_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            sync_interval: Duration::from_millis(10),
+            segment_bytes: 1,
+            retention: RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(2000),
+            },
+        };
+        // One event per batch (the writer sleeps between batches), so one segment each.
+        let (store, writer) = Store::open(dir.path(), options).unwrap();
+        for id in 1..=20 {
+            store.append(start(id));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(store);
+        writer.finish();
+        let segments = segment_paths(dir.path()).unwrap();
+        assert!(
+            segment_number(&segments[0]).unwrap() > 1,
+            "oldest segment still there: {segments:?}"
+        );
+        let mut removed = 0;
+        for path in &segments {
+            let bytes = fs::read(path).unwrap();
+            for (_, payload) in Frames::new(&bytes) {
+                let record: Record = serde_json::from_slice(payload).unwrap();
+                if let Event::Retention(r) = record.event {
+                    assert_eq!(r.reason, "size");
+                    removed += r.removed.len();
+                }
+            }
+        }
+        assert!(removed > 0, "no retention event found");
+        let report = super::super::verify::verify(dir.path(), None).unwrap();
+        assert!(report.problem.is_none(), "{report:?}");
+    }
+
+    #[test]
+    fn pre_chain_store_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
-        encode_frame(&start(1), &mut buf);
-        let first = buf.len();
-        encode_frame(&start(2), &mut buf);
-        buf[first + 12] ^= 0xff;
-        let (events, good) = decode_frames(&buf);
-        assert_eq!((events.len(), good), (1, first));
+        encode_frame(&mut buf, |o| serde_json::to_writer(o, &start(1)).unwrap());
+        fs::write(dir.path().join(segment_name(1)), buf).unwrap();
+        let err = Store::open(dir.path(), quick()).err().unwrap();
+        assert!(err.to_string().contains("chained format"), "{err}");
+    }
+
+    #[test]
+    fn written_position_follows_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = Store::open(dir.path(), quick()).unwrap();
+        let mut written = store.written();
+        assert_eq!(
+            *written.borrow_and_update(),
+            Position {
+                segment: 1,
+                offset: 0
+            }
+        );
+        store.append(start(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !written.has_changed().unwrap() {
+            assert!(Instant::now() < deadline, "position never moved");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let len = fs::metadata(dir.path().join(segment_name(1)))
+            .unwrap()
+            .len();
+        assert_eq!(written.borrow().offset, len);
+        drop(store);
+        writer.finish();
     }
 }
