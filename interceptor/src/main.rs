@@ -7,13 +7,13 @@ mod daemon;
 mod enrollment;
 mod errors;
 mod gate;
+mod http;
 mod identity;
 mod kernel;
 mod proxy;
 mod redirect;
 mod relay;
 mod sessions;
-mod http;
 mod tls;
 
 use std::process::ExitCode;
