@@ -272,7 +272,8 @@ fn save_and_truncate(path: &Path, cut: &[u8], keep: u64) -> Result<(), StoreErro
 struct Writer {
     dir: PathBuf,
     options: StoreOptions,
-    file: File,
+    file: Arc<File>,
+    syncer: Syncer,
     current: SegmentMeta,
     closed: VecDeque<SegmentMeta>,
     next_seq: u64,
@@ -293,11 +294,12 @@ impl Writer {
         state: Recovered,
         written: watch::Sender<Position>,
     ) -> Result<Writer, StoreError> {
-        let file = open_segment(dir, state.current.number)?;
+        let file = Arc::new(open_segment(dir, state.current.number)?);
         Ok(Writer {
             dir: dir.to_owned(),
             options,
             file,
+            syncer: Syncer::start().map_err(io_err(dir))?,
             head: state.current.last_hash,
             current: state.current,
             closed: state.closed,
@@ -324,10 +326,14 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    let full = self.buf.len() >= BATCH_BYTES;
                     self.write_batch();
                     // Let the next events gather: under load the proxy then wakes this thread
-                    // once per window instead of once per event.
-                    std::thread::sleep(BATCH_WINDOW);
+                    // once per window instead of once per event. A full batch means more are
+                    // already waiting.
+                    if !full {
+                        std::thread::sleep(BATCH_WINDOW);
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -339,7 +345,7 @@ impl Writer {
             }
             self.apply_retention();
         }
-        self.sync();
+        self.sync_now();
     }
 
     fn encode(&mut self, at: SystemTime, event: &Event) {
@@ -366,7 +372,7 @@ impl Writer {
         if self.current.bytes >= self.options.segment_bytes {
             self.roll();
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = (&*self.file).write_all(&self.buf) {
             // The chain now has a gap the next records cannot hide: verify will name it.
             tracing::error!(error = %e, "writing session segment failed; events lost");
             self.buf.clear();
@@ -390,7 +396,7 @@ impl Writer {
         let number = self.current.number + 1;
         match open_segment(&self.dir, number) {
             Ok(file) => {
-                self.file = file;
+                self.file = Arc::new(file);
                 let next = SegmentMeta {
                     number,
                     bytes: 0,
@@ -405,10 +411,17 @@ impl Writer {
         }
     }
 
+    /// Has what is written fsynced, without waiting for it.
     fn sync(&mut self) {
-        if let Err(e) = self.file.sync_data() {
-            tracing::error!(error = %e, "fsync of session segment failed");
-        }
+        self.syncer.request(&self.file);
+        self.dirty = false;
+        self.ends_session = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// Fsyncs what is written before going on.
+    fn sync_now(&mut self) {
+        sync_file(&self.file);
         self.dirty = false;
         self.ends_session = false;
         self.last_sync = Instant::now();
@@ -431,7 +444,7 @@ impl Writer {
         });
         self.encode(SystemTime::now(), &event);
         self.write_batch();
-        self.sync();
+        self.sync_now();
         for meta in removed {
             let path = self.dir.join(segment_name(meta.number));
             match fs::remove_file(&path) {
@@ -443,6 +456,55 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// Fsyncs segment files on a thread of its own, so the writer never waits for the disk.
+/// Requests that pile up during one fsync are served by the next.
+struct Syncer {
+    tx: Option<mpsc::Sender<Arc<File>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start() -> io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<Arc<File>>();
+        let thread = std::thread::Builder::new()
+            .name("session-fsync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut files = vec![first];
+                    files.extend(rx.try_iter());
+                    files.dedup_by(|a, b| Arc::ptr_eq(a, b));
+                    files.iter().for_each(|f| sync_file(f));
+                }
+            })?;
+        Ok(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn request(&self, file: &Arc<File>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(file.clone());
+        }
+    }
+}
+
+impl Drop for Syncer {
+    /// Serves the requests still queued, then stops.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sync_file(file: &File) {
+    if let Err(e) = file.sync_data() {
+        tracing::error!(error = %e, "fsync of session segment failed");
     }
 }
 
