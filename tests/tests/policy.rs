@@ -233,8 +233,25 @@ fn policy_check_and_explain_cli() -> Result<()> {
         "{stderr}"
     );
 
+    // Secret rule ids are checked against the rules directory.
+    let rules = workspace_root().join("policies/rules");
+    let rules = rules.to_str().unwrap();
+    let typo = "[settings]\nsecrets_report = [\"aws.access-key-id\", \"aws.acces-key-id\"]\n";
+    std::fs::write(&file, format!("{typo}{}", deny_policy("169.254.169.254")))?;
+    let out = policy(&["check", "--rules", rules, file.to_str().unwrap()])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1),
+        "check with an unknown rule id: {out:?}"
+    );
+    let want = format!(
+        "{}:2:40: unknown secret rule id \"aws.acces-key-id\"",
+        file.display()
+    );
+    ensure!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+
     std::fs::write(&file, deny_policy("169.254.169.254"))?;
-    let out = policy(&["check", file.to_str().unwrap()])?;
+    let out = policy(&["check", "--rules", rules, file.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "{out:?}");
     ensure!(stdout.contains("denied in the kernel"), "{stdout}");

@@ -358,8 +358,12 @@ fn shipped_policies_compile() {
         files.push(entry.unwrap().path());
     }
     assert!(files.len() >= 4, "{files:?}");
+    let rules = crate::detection::load_dir(&root.join("rules")).unwrap();
+    let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
     for f in files {
-        Policy::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let p = Policy::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        p.check_references(ReferenceKind::SecretRule, &ids)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let p = Policy::load(&root.join("default.toml")).unwrap();
     let d = p.decide_connection(&conn("/usr/bin/curl", "169.254.169.254", 80));
