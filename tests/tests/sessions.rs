@@ -333,11 +333,26 @@ fn kill_9_during_50_transfers_keeps_every_completed_session() -> Result<()> {
             );
         }
     }
+    // What was in flight is closed as interrupted by the restarted daemon (or ended just
+    // before the kill).
+    let in_flight: Vec<&Session> = before.iter().filter(|x| x.outcome == "open").collect();
+    ensure!(!in_flight.is_empty(), "nothing was in flight at the kill");
+    let interrupted = after.iter().filter(|x| x.outcome == "interrupted").count();
     ensure!(
-        before.iter().filter(|x| x.outcome == "open").count() > 0,
-        "nothing was in flight at the kill"
+        after.iter().all(|x| x.outcome != "open") && interrupted > 0,
+        "sessions left open after the restart:\n{}",
+        open_or_interrupted(&after)
     );
     Ok(())
+}
+
+fn open_or_interrupted(sessions: &[Session]) -> String {
+    sessions
+        .iter()
+        .filter(|x| x.outcome == "open" || x.outcome == "interrupted")
+        .map(Session::brief)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn wait_child(child: &mut Child, timeout: Duration) -> Result<()> {

@@ -26,6 +26,9 @@ pub enum Outcome {
     /// The upstream's TLS handshake failed, its certificate did not verify among them; the
     /// workload was sent an alert and never saw a certificate.
     UpstreamTlsError,
+    /// The daemon stopped (crash, kill, shutdown) before the session ended; recorded when it
+    /// next starts. Byte counts are unknown (0).
+    Interrupted,
 }
 
 /// A stored event. Sessions are built from these, so later kinds of events (HTTP exchanges,

@@ -7,7 +7,7 @@
 //! ends a session, rolls segments at a size limit, applies retention, and publishes how far
 //! the store is written so tailers can follow it without being in the proxy's way.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::chain::{Hash, Link, Record, RecordRef};
-use super::record::{Event, Session};
+use super::record::{Event, Outcome, Session, SessionEnd};
 use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
 use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
 
@@ -91,6 +91,7 @@ impl Store {
         let state = recover(dir)?;
         let max_id = state.max_session_id;
         let (written_tx, written) = watch::channel(state.end());
+        let interrupted = interrupted_ends(&state);
         let writer = Writer::start(dir, options, state, written_tx)?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -103,6 +104,13 @@ impl Store {
             next_id: Arc::new(AtomicU64::new(max_id + 1)),
             written,
         };
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                sessions = interrupted.len(),
+                "recording sessions the previous daemon left open as interrupted"
+            );
+        }
+        interrupted.into_iter().for_each(|end| store.append(end));
         Ok((store, StoreWriter { thread }))
     }
 
@@ -175,6 +183,31 @@ struct Recovered {
     current: SegmentMeta,
     next_seq: u64,
     max_session_id: u64,
+    /// Sessions with a start and no end: the daemon stopped under them.
+    open_sessions: BTreeSet<u64>,
+}
+
+/// End events for the sessions a previous daemon left open, dated at its last record.
+fn interrupted_ends(state: &Recovered) -> Vec<Event> {
+    let last = state
+        .current
+        .newest
+        .or(state.closed.back().and_then(|m| m.newest));
+    let ended_at = last.unwrap_or_else(SystemTime::now);
+    state
+        .open_sessions
+        .iter()
+        .map(|&id| {
+            Event::End(SessionEnd {
+                id,
+                ended_at,
+                bytes_up: 0,
+                bytes_down: 0,
+                outcome: Outcome::Interrupted,
+                error: Some("the daemon stopped before the session ended".into()),
+            })
+        })
+        .collect()
 }
 
 impl Recovered {
@@ -193,6 +226,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
     let paths = segment_paths(dir).map_err(io_err(dir))?;
     let mut metas = VecDeque::new();
     let (mut head, mut next_seq, mut max_id) = (Hash::GENESIS, 0, 0);
+    let mut open = BTreeSet::new();
     for (i, path) in paths.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_err(path))?;
         let number = segment_number(path).expect("listed as a segment");
@@ -214,6 +248,15 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             head = Hash::of(payload);
             next_seq = link.seq + 1;
             max_id = max_id.max(link.event.id.unwrap_or(0));
+            match (link.event.kind.as_str(), link.event.id) {
+                ("start", Some(id)) => {
+                    open.insert(id);
+                }
+                ("end", Some(id)) => {
+                    open.remove(&id);
+                }
+                _ => {}
+            }
             meta.seqs = Some((meta.seqs.map_or(link.seq, |s| s.0), link.seq));
             meta.last_hash = head;
             meta.newest = Some(link.at);
@@ -244,6 +287,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         current,
         next_seq,
         max_session_id: max_id,
+        open_sessions: open,
     })
 }
 
@@ -521,7 +565,7 @@ fn open_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
 pub mod tests {
     use super::*;
     use crate::identity::Identity;
-    use crate::sessions::{Outcome, SessionEnd, SessionStart};
+    use crate::sessions::SessionStart;
 
     pub fn start(id: u64) -> Event {
         Event::Start(SessionStart {
@@ -579,6 +623,21 @@ pub mod tests {
         assert_eq!(store.next_session_id(), 3);
         drop(store);
         writer.finish();
+    }
+
+    #[test]
+    fn sessions_left_open_are_ended_as_interrupted_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        write_all(dir.path(), quick(), vec![start(1), start(2), end(1, 5)]);
+        write_all(dir.path(), quick(), vec![]);
+        let sessions = read_sessions(dir.path()).unwrap();
+        let outcomes: Vec<_> = sessions.iter().map(|s| s.outcome).collect();
+        assert_eq!(outcomes, vec![Outcome::Closed, Outcome::Interrupted]);
+        // Once recorded, a later start does not record it again.
+        write_all(dir.path(), quick(), vec![]);
+        assert_eq!(read_sessions(dir.path()).unwrap().len(), 2);
+        let report = super::super::verify::verify(dir.path(), None).unwrap();
+        assert_eq!((report.records, report.problem.is_none()), (4, true));
     }
 
     #[test]
