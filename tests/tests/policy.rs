@@ -183,9 +183,9 @@ fn proxy_deny_resets_raw_tcp() -> Result<()> {
         .error
         .as_ref()
         .context("the denied connection went through")?;
-    assert_eq!(
-        (e.stage.as_str(), e.errno),
-        ("recv", Some(libc::ECONNRESET)),
+    // The reset can win the race with the end of connect() on loopback.
+    assert!(
+        matches!(e.stage.as_str(), "connect" | "recv") && e.errno == Some(libc::ECONNRESET),
         "{e:?}"
     );
     assert!(
