@@ -4,6 +4,8 @@
 //! the rule's timeout; the workload's own user and users outside the approvers cannot
 //! decide; a grant (`--for`) lets the same workload through without waiting until revoked.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,7 +45,11 @@ struct HeldClient(Option<Child>);
 
 impl HeldClient {
     fn start(cgroup: &std::path::Path, uid: u32, addr: &str) -> Result<HeldClient> {
-        let argv = client_argv("connect", &["--connect".into(), addr.into()]);
+        HeldClient::run(cgroup, uid, "connect", &["--connect".into(), addr.into()])
+    }
+
+    fn run(cgroup: &std::path::Path, uid: u32, mode: &str, args: &[String]) -> Result<HeldClient> {
+        let argv = client_argv(mode, args);
         let mut cmd = Command::new("setpriv");
         cmd.args([
             format!("--reuid={uid}"),
@@ -204,5 +210,123 @@ fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
             bail!("no {kind} approval event in the store");
         }
     }
+    Ok(())
+}
+
+/// Reads HTTP requests on `listener` and answers 200; returns the JSON bodies of `n` POSTs.
+fn webhook_bodies(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Result<Vec<Value>>> {
+    std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        listener.set_nonblocking(true)?;
+        while bodies.len() < n {
+            let mut conn = match listener.accept() {
+                Ok((conn, _)) => conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ensure!(
+                        Instant::now() < deadline,
+                        "only {} webhooks arrived",
+                        bodies.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            conn.set_nonblocking(false)?;
+            conn.set_read_timeout(Some(WAIT))?;
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let body = loop {
+                let got = conn.read(&mut chunk)?;
+                ensure!(got > 0, "webhook connection closed early");
+                buf.extend_from_slice(&chunk[..got]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let l = l.to_ascii_lowercase();
+                            l.strip_prefix("content-length:").map(|v| v.trim().parse())
+                        })
+                        .context("no content-length")??;
+                    if body.len() >= len {
+                        ensure!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
+                        break body.to_string();
+                    }
+                }
+            };
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+            bodies.push(serde_json::from_str(&body)?);
+        }
+        Ok(bodies)
+    })
+}
+
+/// 100 connections held at once, each announced by the webhook, all approved in one command;
+/// every one then completes its echo exchange.
+#[test]
+fn hundred_held_connections_approved_in_one_go_with_webhooks() -> Result<()> {
+    require_root();
+    let hook = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", hook.local_addr()?);
+    let hooks = webhook_bodies(hook, 100);
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[rule]]\nname = \"hold-seven\"\naction = \"approve\"\n[rule.match]\n\
+             cidr = [\"127.0.0.7/32\"]\n[rule.approval]\nusers = [\"root\"]\ntimeout = \"60s\"\n\
+             webhook = \"{url}\"\n\n[default]\naction = \"allow\"\n"
+        ),
+    )?;
+    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
+    let echo = Server::echo("127.0.0.7")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+    let args: Vec<String> = [
+        "--connect",
+        &echo.addr(),
+        "--conns",
+        "100",
+        "--bytes",
+        "2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let client = HeldClient::run(cg.path(), 65534, "echo-many", &args)?;
+    let held = poll(
+        "100 pending approvals",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let list = pending(&d)?;
+            Ok((list.len() == 100).then_some(list))
+        },
+    )?;
+    let mut approve = vec!["approvals".to_string(), "approve".into()];
+    approve.extend(held.iter().map(|p| p["id"].to_string()));
+    d.cli_ok(&approve)?;
+    let report = client.report()?;
+    assert_eq!(report.results.len(), 100);
+    for r in &report.results {
+        assert!(r.error.is_none() && r.r#match == Some(true), "{r:?}");
+    }
+    let bodies = hooks.join().expect("webhook thread")?;
+    let mut ids: Vec<u64> = bodies
+        .iter()
+        .map(|b| b["id"].as_u64().unwrap_or(0))
+        .collect();
+    ids.sort_unstable();
+    let mut want: Vec<u64> = held.iter().map(|p| p["id"].as_u64().unwrap_or(0)).collect();
+    want.sort_unstable();
+    assert_eq!(ids, want, "one webhook per held connection");
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b["rule"] == "hold-seven" && b["workload"]["uid"] == 65534)
+    );
     Ok(())
 }

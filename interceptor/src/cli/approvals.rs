@@ -25,9 +25,10 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Let a held connection or request through.
+    /// Let held connections or requests through.
     Approve {
-        id: u64,
+        #[arg(required = true)]
+        ids: Vec<u64>,
         /// Also let later matching traffic of the same workload and rule through for this
         /// long (e.g. 30m).
         #[arg(long = "for", value_parser = humantime::parse_duration)]
@@ -35,9 +36,10 @@ pub enum ApprovalsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Refuse a held connection or request (HTTP: 403 with the reason; TCP: reset).
+    /// Refuse held connections or requests (HTTP: 403 with the reason; TCP: reset).
     Deny {
-        id: u64,
+        #[arg(required = true)]
+        ids: Vec<u64>,
         #[arg(long)]
         reason: Option<String>,
     },
@@ -89,33 +91,37 @@ pub fn run(socket: &Path, cmd: ApprovalsCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         ApprovalsCommand::Approve {
-            id,
+            ids,
             grant_for,
             reason,
         } => {
-            call(ApprovalsRequest::Decide {
-                id,
-                approve: true,
-                grant_for,
-                reason,
-            })?;
-            match grant_for {
-                Some(d) => println!(
-                    "approved {id}, and granted for {}",
-                    humantime::format_duration(d)
-                ),
-                None => println!("approved {id}"),
+            for id in ids {
+                call(ApprovalsRequest::Decide {
+                    id,
+                    approve: true,
+                    grant_for,
+                    reason: reason.clone(),
+                })?;
+                match grant_for {
+                    Some(d) => println!(
+                        "approved {id}, and granted for {}",
+                        humantime::format_duration(d)
+                    ),
+                    None => println!("approved {id}"),
+                }
             }
             Ok(0)
         }
-        ApprovalsCommand::Deny { id, reason } => {
-            call(ApprovalsRequest::Decide {
-                id,
-                approve: false,
-                grant_for: None,
-                reason,
-            })?;
-            println!("denied {id}");
+        ApprovalsCommand::Deny { ids, reason } => {
+            for id in ids {
+                call(ApprovalsRequest::Decide {
+                    id,
+                    approve: false,
+                    grant_for: None,
+                    reason: reason.clone(),
+                })?;
+                println!("denied {id}");
+            }
             Ok(0)
         }
         ApprovalsCommand::Revoke { id } => {
