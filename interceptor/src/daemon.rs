@@ -193,6 +193,7 @@ impl Daemon {
                 proxy_port: self.proxy_port,
                 live_connections: self.proxy.live.load(Ordering::Relaxed),
                 enrollments: self.enrollments.lock().await.status(),
+                store: self.proxy.store.status(),
             })?,
             Request::Sessions => serde_json::to_value(self.sessions().await?)?,
             Request::Session { id } => {

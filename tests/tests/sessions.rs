@@ -387,6 +387,15 @@ fn tailer_started_before_traffic_sees_every_event_in_order() -> Result<()> {
         seqs(&stored)
     );
     check_consecutive(&live)?;
+    let status: Value = d.cli_json(["status", "--json"])?;
+    let store = &status["store"];
+    ensure!(
+        store["recorded"].as_u64() >= Some(stored.len() as u64)
+            && store["lost"] == 0
+            && store["queued"] == 0
+            && store["bytes"].as_u64() > Some(0),
+        "status: {store}"
+    );
     let events = session_events(&live, &ids);
     ensure!(
         events.len() == 60,

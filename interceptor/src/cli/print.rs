@@ -8,6 +8,10 @@ pub fn status(s: &Status) {
         "daemon pid {}  proxy port {}  live connections {}",
         s.daemon_pid, s.proxy_port, s.live_connections
     );
+    println!(
+        "session store: {} records written, {} queued, {} lost, {} bytes",
+        s.store.recorded, s.store.queued, s.store.lost, s.store.bytes
+    );
     if s.enrollments.is_empty() {
         println!("no enrollments");
     }

@@ -93,6 +93,9 @@ pub struct Status {
     pub proxy_port: u16,
     pub live_connections: u64,
     pub enrollments: Vec<EnrollmentStatus>,
+    /// The session store's counters.
+    #[serde(default)]
+    pub store: crate::sessions::store::StoreStatus,
 }
 
 /// The policy in force (reply to `PolicyReload`).

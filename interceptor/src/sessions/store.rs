@@ -77,6 +77,29 @@ pub struct Store {
     tx: mpsc::Sender<(SystemTime, Event)>,
     next_id: Arc<AtomicU64>,
     written: watch::Receiver<Position>,
+    counters: Arc<Counters>,
+}
+
+/// What `interceptor status` shows of the store.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StoreStatus {
+    /// Records written since the daemon started.
+    pub recorded: u64,
+    /// Handed to the store, not yet written.
+    pub queued: u64,
+    /// Lost because the writer had stopped or a write failed (never because of load).
+    pub lost: u64,
+    /// Size of the segments on disk.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    appended: AtomicU64,
+    written: AtomicU64,
+    send_lost: AtomicU64,
+    write_lost: AtomicU64,
+    bytes: AtomicU64,
 }
 
 /// The writer thread; `finish` drains every queued event to disk and syncs.
@@ -92,7 +115,10 @@ impl Store {
         let max_id = state.max_session_id;
         let (written_tx, written) = watch::channel(state.end());
         let interrupted = interrupted_ends(&state);
-        let writer = Writer::start(dir, options, state, written_tx)?;
+        let counters = Arc::new(Counters::default());
+        let on_disk = state.closed.iter().map(|m| m.bytes).sum::<u64>() + state.current.bytes;
+        counters.bytes.store(on_disk, Ordering::Relaxed);
+        let writer = Writer::start(dir, options, state, written_tx, counters.clone())?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("session-store".into())
@@ -103,6 +129,7 @@ impl Store {
             tx,
             next_id: Arc::new(AtomicU64::new(max_id + 1)),
             written,
+            counters,
         };
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -120,8 +147,23 @@ impl Store {
 
     /// Queues an event, stamped with the current time; never blocks.
     pub fn append(&self, event: Event) {
-        if self.tx.send((SystemTime::now(), event)).is_err() {
+        if self.tx.send((SystemTime::now(), event)).is_ok() {
+            self.counters.appended.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.send_lost.fetch_add(1, Ordering::Relaxed);
             tracing::error!("session store writer has stopped; event lost");
+        }
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let c = &self.counters;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let (written, write_lost) = (get(&c.written), get(&c.write_lost));
+        StoreStatus {
+            recorded: written,
+            queued: get(&c.appended).saturating_sub(written + write_lost),
+            lost: write_lost + get(&c.send_lost),
+            bytes: get(&c.bytes),
         }
     }
 
@@ -323,6 +365,7 @@ struct Writer {
     next_seq: u64,
     head: Hash,
     written: watch::Sender<Position>,
+    counters: Arc<Counters>,
     buf: Vec<u8>,
     /// First sequence number and newest time in `buf`.
     batch: Option<(u64, SystemTime)>,
@@ -337,6 +380,7 @@ impl Writer {
         options: StoreOptions,
         state: Recovered,
         written: watch::Sender<Position>,
+        counters: Arc<Counters>,
     ) -> Result<Writer, StoreError> {
         let file = Arc::new(open_segment(dir, state.current.number)?);
         Ok(Writer {
@@ -349,6 +393,7 @@ impl Writer {
             closed: state.closed,
             next_seq: state.next_seq,
             written,
+            counters,
             buf: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
             batch: None,
             ends_session: false,
@@ -416,12 +461,20 @@ impl Writer {
         if self.current.bytes >= self.options.segment_bytes {
             self.roll();
         }
+        let records = self.next_seq - first;
         if let Err(e) = (&*self.file).write_all(&self.buf) {
             // The chain now has a gap the next records cannot hide: verify will name it.
             tracing::error!(error = %e, "writing session segment failed; events lost");
+            self.counters
+                .write_lost
+                .fetch_add(records, Ordering::Relaxed);
             self.buf.clear();
             return;
         }
+        self.counters.written.fetch_add(records, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         let meta = &mut self.current;
         meta.bytes += self.buf.len() as u64;
         meta.seqs = Some((meta.seqs.map_or(first, |s| s.0), self.next_seq - 1));
@@ -486,6 +539,7 @@ impl Writer {
             reason: reason.to_owned(),
             removed: removed.iter().map(RemovedSegment::from_meta).collect(),
         });
+        self.counters.appended.fetch_add(1, Ordering::Relaxed);
         self.encode(SystemTime::now(), &event);
         self.write_batch();
         self.sync_now();
@@ -493,6 +547,7 @@ impl Writer {
             let path = self.dir.join(segment_name(meta.number));
             match fs::remove_file(&path) {
                 Ok(()) => {
+                    self.counters.bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
                     tracing::info!(segment = %path.display(), reason, "retention removed a session segment")
                 }
                 Err(e) => {
