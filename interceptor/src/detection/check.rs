@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::engine::Engine;
 use super::finding::SecretHasher;
-use super::masker::Masker;
+use super::masker::mask_buffer;
 use super::rules::{Rule, RulesError, load_dir};
 
 #[derive(Debug, Default)]
@@ -129,11 +129,7 @@ fn check_negative(engine: &Engine, rule: usize, text: &str) -> Result<(), String
 
 /// `data` through a masker in one piece.
 pub fn mask_all(engine: &Arc<Engine>, data: &[u8]) -> Result<Vec<u8>, super::engine::ScanError> {
-    let mut masker = Masker::new(engine.clone(), SecretHasher::with_salt([0; 16]))?;
-    let mut out = Vec::with_capacity(data.len());
-    masker.push(data, &mut out)?;
-    masker.finish(&mut out)?;
-    Ok(out)
+    mask_buffer(engine, &SecretHasher::with_salt([0; 16]), data).map(|(out, _)| out)
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {

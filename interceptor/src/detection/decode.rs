@@ -20,6 +20,9 @@ pub struct Decoded {
     pub base: u64,
     /// (decoded offset, raw offset), ascending.
     anchors: Vec<(u64, u64)>,
+    /// Raw offset the next decoded byte has if it continues the current one-to-one stretch
+    /// (`u64::MAX` after an escape).
+    linear_next: u64,
 }
 
 impl Decoded {
@@ -29,6 +32,7 @@ impl Decoded {
             bytes: Vec::new(),
             base: 0,
             anchors: vec![(0, raw_at)],
+            linear_next: raw_at,
         }
     }
 
@@ -37,17 +41,14 @@ impl Decoded {
         self.base + self.bytes.len() as u64
     }
 
-    fn anchor(&mut self, raw_at: u64) {
-        let here = self.end();
-        if self.raw_at(here) != raw_at {
-            self.anchors.push((here, raw_at));
-        }
-    }
-
     /// Plain bytes, copied as they are.
     fn plain(&mut self, bytes: &[u8], raw_at: u64) {
-        self.anchor(raw_at);
+        if raw_at != self.linear_next {
+            let here = self.end();
+            self.anchors.push((here, raw_at));
+        }
         self.bytes.extend_from_slice(bytes);
+        self.linear_next = raw_at + bytes.len() as u64;
     }
 
     /// A byte an escape at `raw_at` produced.
@@ -55,6 +56,7 @@ impl Decoded {
         let here = self.end();
         self.anchors.push((here, raw_at));
         self.bytes.push(byte);
+        self.linear_next = u64::MAX;
     }
 
     /// Raw offset where the byte at decoded offset `d` starts.
@@ -100,14 +102,15 @@ impl Decoded {
 
 /// A `\/` or `\u` escape: worth a decoded view.
 pub fn has_json_escape(raw: &[u8]) -> bool {
-    raw.windows(2)
-        .any(|w| w[0] == b'\\' && matches!(w[1], b'/' | b'u'))
+    memchr::memchr_iter(b'\\', raw).any(|i| matches!(raw.get(i + 1), Some(b'/' | b'u')))
 }
 
 /// A `%XX` escape: worth a decoded view.
 pub fn has_percent_escape(raw: &[u8]) -> bool {
-    raw.windows(3)
-        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+    memchr::memchr_iter(b'%', raw).any(|i| {
+        raw.get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// Appends `raw` (starting at raw offset `at`) with JSON string escapes decoded; anything
@@ -116,7 +119,7 @@ pub fn has_percent_escape(raw: &[u8]) -> bool {
 pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
     while i < raw.len() {
-        let Some(n) = raw[i..].iter().position(|&b| b == b'\\') else {
+        let Some(n) = memchr::memchr(b'\\', &raw[i..]) else {
             out.plain(&raw[i..], at + i as u64);
             break;
         };
@@ -194,7 +197,7 @@ fn unicode_escape(raw: &[u8]) -> Option<(char, usize)> {
 pub fn url_decode(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
     while i < raw.len() {
-        let Some(n) = raw[i..].iter().position(|&b| b == b'%') else {
+        let Some(n) = memchr::memchr(b'%', &raw[i..]) else {
             out.plain(&raw[i..], at + i as u64);
             break;
         };
@@ -233,19 +236,32 @@ const BASE64_CHARS: [bool; 256] = {
     table
 };
 
-/// The next run of at least `MIN_BASE64_RUN` base64 characters in `raw` from `from` on
-/// (a run that starts before `from` counts from `from`).
+/// The next run of at least `MIN_BASE64_RUN` base64 characters in `raw` that starts at or
+/// after `from` (`from` is at a run boundary).
 pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
-    let mut start = from;
-    for (i, &b) in raw.iter().enumerate().skip(from) {
-        if !BASE64_CHARS[b as usize] {
-            if i - start >= MIN_BASE64_RUN {
-                return Some(start..i);
-            }
-            start = i + 1;
+    let is = |i: usize| BASE64_CHARS[raw[i] as usize];
+    // A long enough run covers every MIN_BASE64_RUN-th position: look only there, and
+    // around the positions that are base64.
+    let mut probe = from + MIN_BASE64_RUN - 1;
+    while probe < raw.len() {
+        if !is(probe) {
+            probe += MIN_BASE64_RUN;
+            continue;
         }
+        let mut start = probe;
+        while start > from && is(start - 1) {
+            start -= 1;
+        }
+        let mut end = probe + 1;
+        while end < raw.len() && is(end) {
+            end += 1;
+        }
+        if end - start >= MIN_BASE64_RUN {
+            return Some(start..end);
+        }
+        probe = end + MIN_BASE64_RUN;
     }
-    (raw.len() - start.min(raw.len()) >= MIN_BASE64_RUN).then_some(start..raw.len())
+    None
 }
 
 /// Where the run of base64 characters that ends `raw` starts (`raw.len()` if none does).

@@ -1,11 +1,11 @@
 //! What a detection leaves in the session record: never the secret, only a salted hash so
 //! repeats of one secret can be correlated.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// How the secret was written in the traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     Plain,
@@ -14,7 +14,7 @@ pub enum Encoding {
     Base64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub rule: String,
     /// Offset of the secret in the stream or buffer (as written, so in encoded bytes).

@@ -268,6 +268,20 @@ impl Masker {
     }
 }
 
+/// Masks a whole value (a header, a small body) in one go: the masked bytes, same length,
+/// and what was found.
+pub fn mask_buffer(
+    engine: &Arc<Engine>,
+    hasher: &SecretHasher,
+    data: &[u8],
+) -> Result<(Vec<u8>, Vec<Finding>), ScanError> {
+    let mut masker = Masker::new(engine.clone(), hasher.clone())?;
+    let mut out = Vec::with_capacity(data.len());
+    masker.push(data, &mut out)?;
+    masker.finish(&mut out)?;
+    Ok((out, masker.take_findings()))
+}
+
 impl Drop for Masker {
     fn drop(&mut self) {
         // Hyperscan streams must be closed or their state leaks.

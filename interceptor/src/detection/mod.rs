@@ -8,7 +8,7 @@
 //! let mut masker = Masker::new(engine.clone(), hasher.clone())?; // per direction or body
 //! masker.push(chunk, &mut out)?;    // forward `out`, record masker.take_findings()
 //! masker.finish(&mut out)?;         // at end of stream
-//! let found = engine.find(header_value)?; // whole values (headers): block mode
+//! let (masked, found) = mask_buffer(&engine, &hasher, header_value)?; // whole values
 //! ```
 
 pub mod check;
@@ -23,7 +23,7 @@ mod views;
 
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};
-pub use masker::Masker;
+pub use masker::{Masker, mask_buffer};
 pub use rules::{Rule, RulesError, load_dir};
 
 #[cfg(test)]
