@@ -46,6 +46,13 @@ impl Headers for &[(&str, &str)] {
     }
 }
 
+/// The HTTP layer's headers (hyper's `HeaderMap`), looked up without copying.
+impl Headers for http::HeaderMap {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| pred(v.as_bytes()))
+    }
+}
+
 /// One HTTP request on a connection.
 #[derive(Clone, Copy)]
 pub struct RequestFacts<'a> {

@@ -122,6 +122,27 @@ fn http_rules_make_connections_inspected_and_decide_requests() {
 }
 
 #[test]
+fn header_conditions_read_hyper_header_maps() {
+    let p = parse(AGENT);
+    let mut c = conn("/usr/bin/curl", "140.82.112.6", 443);
+    c.host = Some("api.github.com");
+    let mut headers = http::HeaderMap::new();
+    headers.append("accept", "*/*".parse().unwrap());
+    headers.append("authorization", "Basic x".parse().unwrap());
+    let decide = |headers: &http::HeaderMap| {
+        let post = RequestFacts {
+            method: "POST",
+            path: "/repos/a/b",
+            headers,
+        };
+        p.decide_request(&c, &post).name.to_string()
+    };
+    assert_eq!(decide(&headers), "default");
+    headers.append("authorization", "Bearer abc".parse().unwrap());
+    assert_eq!(decide(&headers), "github-write");
+}
+
+#[test]
 fn settings_layer_builtin_then_policy_then_rule() {
     let p = parse(
         r#"
