@@ -1,6 +1,7 @@
 //! Session records: every intercepted connection, durably stored.
 
 pub mod chain;
+pub mod index;
 pub mod record;
 pub mod retention;
 pub mod segment;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::chain::{Hash, Link, Record, RecordRef};
+use super::index::StartIndex;
 use super::record::{Event, Outcome, Session, SessionEnd};
 use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
 use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
@@ -78,6 +79,7 @@ pub struct Store {
     next_id: Arc<AtomicU64>,
     written: watch::Receiver<Position>,
     counters: Arc<Counters>,
+    starts: StartIndex,
 }
 
 /// What `interceptor status` shows of the store.
@@ -118,6 +120,7 @@ impl Store {
         let counters = Arc::new(Counters::default());
         let on_disk = state.closed.iter().map(|m| m.bytes).sum::<u64>() + state.current.bytes;
         counters.bytes.store(on_disk, Ordering::Relaxed);
+        let starts = state.starts.clone();
         let writer = Writer::start(dir, options, state, written_tx, counters.clone())?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -130,6 +133,7 @@ impl Store {
             next_id: Arc::new(AtomicU64::new(max_id + 1)),
             written,
             counters,
+            starts,
         };
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -174,6 +178,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where each session's records begin.
+    pub fn starts(&self) -> &StartIndex {
+        &self.starts
     }
 
     /// How far the store is written; changes after every write.
@@ -227,6 +236,7 @@ struct Recovered {
     max_session_id: u64,
     /// Sessions with a start and no end: the daemon stopped under them.
     open_sessions: BTreeSet<u64>,
+    starts: StartIndex,
 }
 
 /// End events for the sessions a previous daemon left open, dated at its last record.
@@ -269,6 +279,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
     let mut metas = VecDeque::new();
     let (mut head, mut next_seq, mut max_id) = (Hash::GENESIS, 0, 0);
     let mut open = BTreeSet::new();
+    let starts = StartIndex::default();
     for (i, path) in paths.iter().enumerate() {
         let bytes = fs::read(path).map_err(io_err(path))?;
         let number = segment_number(path).expect("listed as a segment");
@@ -293,6 +304,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             match (link.event.kind.as_str(), link.event.id) {
                 ("start", Some(id)) => {
                     open.insert(id);
+                    starts.note(number, id);
                 }
                 ("end", Some(id)) => {
                     open.remove(&id);
@@ -330,6 +342,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         next_seq,
         max_session_id: max_id,
         open_sessions: open,
+        starts,
     })
 }
 
@@ -369,6 +382,9 @@ struct Writer {
     buf: Vec<u8>,
     /// First sequence number and newest time in `buf`.
     batch: Option<(u64, SystemTime)>,
+    /// Sessions started in `buf`.
+    batch_starts: Vec<u64>,
+    starts: StartIndex,
     ends_session: bool,
     dirty: bool,
     last_sync: Instant,
@@ -396,6 +412,8 @@ impl Writer {
             counters,
             buf: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
             batch: None,
+            batch_starts: Vec::new(),
+            starts: state.starts,
             ends_session: false,
             dirty: false,
             last_sync: Instant::now(),
@@ -452,6 +470,9 @@ impl Writer {
         self.batch = Some((first, at));
         self.next_seq += 1;
         self.ends_session |= matches!(event, Event::End(_));
+        if let Event::Start(s) = event {
+            self.batch_starts.push(s.id);
+        }
     }
 
     fn write_batch(&mut self) {
@@ -469,9 +490,13 @@ impl Writer {
                 .write_lost
                 .fetch_add(records, Ordering::Relaxed);
             self.buf.clear();
+            self.batch_starts.clear();
             return;
         }
         self.counters.written.fetch_add(records, Ordering::Relaxed);
+        for id in self.batch_starts.drain(..) {
+            self.starts.note(self.current.number, id);
+        }
         self.counters
             .bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
@@ -548,6 +573,7 @@ impl Writer {
             match fs::remove_file(&path) {
                 Ok(()) => {
                     self.counters.bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
+                    self.starts.remove(meta.number);
                     tracing::info!(segment = %path.display(), reason, "retention removed a session segment")
                 }
                 Err(e) => {
@@ -693,6 +719,33 @@ pub mod tests {
         assert_eq!(read_sessions(dir.path()).unwrap().len(), 2);
         let report = super::super::verify::verify(dir.path(), None).unwrap();
         assert_eq!((report.records, report.problem.is_none()), (4, true));
+    }
+
+    #[test]
+    fn the_start_index_points_at_each_sessions_segment_also_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            segment_bytes: 1,
+            ..quick()
+        };
+        let (store, writer) = Store::open(dir.path(), options).unwrap();
+        for id in 1..=3 {
+            store.append(start(id));
+            // One batch, and so one segment, each.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let found = |s: &Store| {
+            (1..=4)
+                .map(|id| s.starts().find(id).map(|p| p.segment))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found(&store), vec![Some(1), Some(2), Some(3), None]);
+        drop(store);
+        writer.finish();
+        let (store, writer) = Store::open(dir.path(), options).unwrap();
+        assert_eq!(found(&store)[..3], [Some(1), Some(2), Some(3)]);
+        drop(store);
+        writer.finish();
     }
 
     #[test]

@@ -209,15 +209,21 @@ pub async fn stream<W: AsyncWrite + Unpin>(
     let dir = store.dir().to_owned();
     let mut written = store.written();
     let mut end = *written.borrow_and_update();
-    let mut pos = match (request.since, request.follow) {
-        (Some(since), _) => {
+    let session = request.filter.session;
+    let mut pos = match (request.since, session, request.follow) {
+        (Some(since), ..) => {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || start_for(&dir, since))
                 .await
                 .map_err(io::Error::other)??
         }
-        (None, true) => end,
-        (None, false) => Position::default(),
+        (None, Some(id), follow) => match store.starts().find(id) {
+            Some(start) => start,
+            None if follow => end,
+            None => return Ok(()),
+        },
+        (None, None, true) => end,
+        (None, None, false) => Position::default(),
     };
     let mut matcher = Matcher {
         filter: request.filter,
@@ -247,6 +253,11 @@ pub async fn stream<W: AsyncWrite + Unpin>(
                 if matcher.matches(&payload) {
                     lines.extend_from_slice(&payload);
                     lines.push(b'\n');
+                    // One session, not following: its end is the end of the stream.
+                    if session.is_some() && !request.follow && is_end(&payload) {
+                        out.write_all(&lines).await?;
+                        return out.flush().await;
+                    }
                 }
             }
             out.write_all(&lines).await?;
@@ -257,6 +268,10 @@ pub async fn stream<W: AsyncWrite + Unpin>(
         }
         end = *written.borrow_and_update();
     }
+}
+
+fn is_end(payload: &[u8]) -> bool {
+    serde_json::from_slice::<Link>(payload).is_ok_and(|l| l.event.kind == "end")
 }
 
 async fn read_step(dir: &Path, pos: Position, end: Position) -> io::Result<(Payloads, Position)> {
