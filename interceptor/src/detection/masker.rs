@@ -2,7 +2,8 @@
 //!
 //! Bytes are scanned in Hyperscan stream mode as they arrive; every byte that can no longer
 //! be the start of a secret not yet seen is forwarded (masked where a secret was found). Only
-//! the last `Engine::holdback()` bytes are held back, so a secret split across any two chunks
+//! the last `Engine::holdback()` bytes are held back (and as many forwarded ones kept as
+//! context), so a secret split across any two chunks
 //! is still whole in the buffer when Hyperscan reports its end, and a body is never buffered
 //! whole. Masking keeps length: a short prefix stays readable and the rest becomes `*`.
 //! JSON-escaped and URL-encoded secrets are found by decoded views that run alongside; base64
@@ -30,9 +31,11 @@ pub struct Masker {
     views: Vec<View>,
     /// Block-mode candidates for base64 runs.
     candidates: Candidates,
-    /// Raw bytes not yet forwarded; `buf[0]` is at stream offset `base`.
+    /// Raw bytes from stream offset `base` on: up to `holdback` already forwarded (context
+    /// for matches that a flush cut), then those not forwarded yet, from offset `sent` on.
     buf: Vec<u8>,
     base: u64,
+    sent: u64,
     /// Base64 runs before this stream offset have been scanned.
     base64_done: u64,
     /// Stream ranges to mask when forwarded.
@@ -53,6 +56,7 @@ impl Masker {
             views: Vec::new(),
             buf: Vec::new(),
             base: 0,
+            sent: 0,
             base64_done: 0,
             masks: Vec::new(),
             reported: Vec::new(),
@@ -67,7 +71,7 @@ impl Masker {
         }
         self.buf.extend_from_slice(chunk);
         self.scan(chunk.len(), false)?;
-        let releasable = self.buf.len().saturating_sub(self.engine.holdback());
+        let releasable = self.held().saturating_sub(self.engine.holdback());
         self.release(releasable, out);
         Ok(())
     }
@@ -76,7 +80,7 @@ impl Masker {
     /// secret cut by this flush is still reported, with `forwarded_unmasked` set.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
         self.scan(0, true)?;
-        self.release(self.buf.len(), out);
+        self.release(self.held(), out);
         Ok(())
     }
 
@@ -97,13 +101,13 @@ impl Masker {
         }
         self.record_views(found);
         self.scan_base64(true)?;
-        self.release(self.buf.len(), out);
+        self.release(self.held(), out);
         Ok(())
     }
 
     /// Bytes currently held back.
     pub fn held(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - (self.sent - self.base) as usize
     }
 
     /// Findings since the last call.
@@ -238,32 +242,37 @@ impl Masker {
             length: len as u32,
             encoding,
             hash: self.hasher.hash(secret),
-            forwarded_unmasked: self.base.saturating_sub(span.start).min(len) as u32,
+            forwarded_unmasked: self.sent.saturating_sub(span.start).min(len) as u32,
         });
         self.reported.push((rule, span));
     }
 
-    /// Appends the first `n` held bytes to `out`, masked, and drops them from the buffer.
+    /// Appends the next `n` held bytes to `out`, masked; keeps up to `holdback` forwarded
+    /// bytes as context and drops the rest.
     fn release(&mut self, n: usize, out: &mut Vec<u8>) {
         if n == 0 {
             return;
         }
         let at = out.len();
-        out.extend_from_slice(&self.buf[..n]);
-        let end = self.base + n as u64;
+        let from = (self.sent - self.base) as usize;
+        out.extend_from_slice(&self.buf[from..from + n]);
+        let end = self.sent + n as u64;
         for m in &self.masks {
-            let (lo, hi) = (m.start.max(self.base), m.end.min(end));
+            let (lo, hi) = (m.start.max(self.sent), m.end.min(end));
             if lo < hi {
-                let (lo, hi) = ((lo - self.base) as usize, (hi - self.base) as usize);
+                let (lo, hi) = ((lo - self.sent) as usize, (hi - self.sent) as usize);
                 out[at + lo..at + hi].fill(MASK_BYTE);
             }
         }
-        self.buf.drain(..n);
-        self.base = end;
+        self.sent = end;
         self.masks.retain(|m| m.end > end);
-        self.reported.retain(|(_, s)| s.end > end);
+        let drop = (self.sent - self.base).saturating_sub(self.engine.holdback() as u64);
+        self.buf.drain(..drop as usize);
+        self.base += drop;
+        let base = self.base;
+        self.reported.retain(|(_, s)| s.end > base);
         for view in &mut self.views {
-            view.release(end);
+            view.release(base);
         }
     }
 }

@@ -403,3 +403,59 @@ fn block_find_reports_every_secret_of_a_large_buffer() {
         assert_eq!(&data[d.secret.clone()], key(i));
     }
 }
+
+#[test]
+fn arbitrary_bytes_in_arbitrary_chunks_never_panic_and_keep_length() {
+    // Bytes biased toward what the decoders and rules react to: escapes, base64, prefixes.
+    const ALPHABET: &[u8] = b"\\u00%2Bf/=+-_AaZz09\"': \r\nghp_sk-AKIAeyJ.xoxb-";
+    let mut seed = 0x2545_f491_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..30 {
+        let len = 2000 + (next() % 40_000) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|_| match next() % 4 {
+                0 => next() as u8,
+                _ => ALPHABET[(next() % ALPHABET.len() as u64) as usize],
+            })
+            .collect();
+        let mut m = masker();
+        let mut out = Vec::new();
+        let mut rest = data.as_slice();
+        while !rest.is_empty() {
+            let n = (1 + next() % 5000).min(rest.len() as u64) as usize;
+            let (chunk, tail) = rest.split_at(n);
+            m.push(chunk, &mut out).unwrap();
+            if next() % 7 == 0 {
+                m.flush(&mut out).unwrap();
+            }
+            rest = tail;
+        }
+        m.finish(&mut out).unwrap();
+        assert_eq!(out.len(), data.len(), "round {round}");
+    }
+}
+
+#[test]
+fn a_flush_that_cuts_a_secret_is_reported_as_partly_forwarded() {
+    let token = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    let mut m = masker();
+    let mut out = Vec::new();
+    m.push(format!("auth {}", &token[..10]).as_bytes(), &mut out)
+        .unwrap();
+    // The peer went quiet: everything held is forwarded.
+    m.flush(&mut out).unwrap();
+    assert_eq!(out, format!("auth {}", &token[..10]).as_bytes());
+    m.push(format!("{}\n", &token[10..]).as_bytes(), &mut out)
+        .unwrap();
+    m.finish(&mut out).unwrap();
+    let findings = m.take_findings();
+    let f = findings.iter().find(|f| f.rule == "github.ghp").unwrap();
+    assert_eq!((f.offset, f.forwarded_unmasked), (5, 10));
+    // What was still held is masked.
+    assert!(out[15..45].iter().all(|&b| b == b'*'));
+}
