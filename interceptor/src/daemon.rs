@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub tls: crate::tls::TlsOptions,
     /// Longest time a workload may take to send an HTTP/1 request head.
     pub header_timeout: Duration,
+    /// Secret rules directory (None: no masking) and vault (None: no injection).
+    pub rules: Option<PathBuf>,
+    pub vault: Option<PathBuf>,
 }
 
 pub struct Daemon {
@@ -75,6 +78,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let approvals = open_approvals(&config.data_dir, &store)?;
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();
+    let hooks = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
     let proxy = Arc::new(Proxy {
         original: kernel.original_dst(),
         identities: IdentityResolver::default(),
@@ -85,7 +89,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         live: AtomicU64::new(0),
         tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
             .context("setting up TLS interception")?,
-        http: crate::http::HttpLayer::new(config.header_timeout),
+        http: crate::http::HttpLayer::new(hooks, config.header_timeout),
         gate: crate::gate::Gate {
             policy: current_policy.clone(),
             approvals: approvals.clone(),

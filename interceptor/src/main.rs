@@ -13,6 +13,7 @@ mod kernel;
 mod proxy;
 mod redirect;
 mod relay;
+mod secrets;
 mod sessions;
 mod tls;
 
@@ -59,6 +60,11 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,
         header_timeout: args.tls.header_timeout,
+        rules: args.rules.or_else(|| {
+            let default = std::path::Path::new("policies/rules");
+            default.is_dir().then(|| std::path::absolute(default).unwrap_or_default())
+        }),
+        vault: args.vault,
         tls: args.tls.into_options(),
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -74,7 +74,7 @@ impl Proxy {
             .identities
             .resolve(&info, enrollment.as_ref().map(|e| &e.cgroup));
         let id = self.store.next_session_id();
-        let gate_identity = identity.clone();
+        let gate_identity = Arc::new(identity.clone());
         tracing::debug!(session = id, pid = identity.pid, comm = %identity.comm, %dest, "intercepted");
         self.store.append(Event::Start(SessionStart {
             id,
@@ -110,7 +110,7 @@ impl Proxy {
                 )
             }
             Ok(upstream) => {
-                self.dispatch(id, client, upstream, dest, traffic.clone())
+                self.dispatch(id, gate_identity, client, upstream, dest, traffic.clone())
                     .await
             }
         };

@@ -21,7 +21,7 @@ use crate::detection::{Engine, Finding, Masker, ScanError, SecretHasher};
 const READ_SIZE: usize = 16 * 1024;
 
 /// Which way bytes went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Workload → upstream.

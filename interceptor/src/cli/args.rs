@@ -113,6 +113,14 @@ pub struct RunArgs {
     /// and `policy reload`.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Secret rules directory (*.yaml); secrets found in HTTP traffic are masked (default:
+    /// policies/rules under the working directory if there is one, else no masking).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Vault file or directory (mode 0600) of placeholders and the credentials they stand
+    /// for, injected into requests from allowed identities to allowed destinations.
+    #[arg(long)]
+    pub vault: Option<PathBuf>,
 }
 
 /// TLS re-termination and the HTTP layer (`run`).

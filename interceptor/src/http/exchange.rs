@@ -82,6 +82,13 @@ impl Exchange {
         }
     }
 
+    /// The request head again, after the hooks rewrote it (masked secrets).
+    pub fn rewritten(&self, head: &http::request::Parts) {
+        let mut r = self.record.lock().unwrap();
+        r.path = head.uri.path().to_owned();
+        r.request_headers = selected(&head.headers, REQUEST_HEADERS);
+    }
+
     pub fn responded(&self, head: &http::response::Parts) {
         let mut r = self.record.lock().unwrap();
         r.status = Some(head.status.as_u16());
@@ -242,10 +249,10 @@ impl Body for Metered {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.transform {
+        match &self.transform {
             // A transform may change the length.
-            Some(_) => SizeHint::default(),
-            None => self.inner.size_hint(),
+            Some(t) if !t.keeps_length() => SizeHint::default(),
+            _ => self.inner.size_hint(),
         }
     }
 }

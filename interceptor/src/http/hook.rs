@@ -16,13 +16,6 @@ pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Decision> + Send + 'a>>;
 
 /// What the hook knows about the exchange besides its head.
 #[derive(Clone, Debug)]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "read by the hooks of later issues (policy, approvals)"
-    )
-)]
 pub struct ExchangeInfo {
     /// The session (connection) id.
     pub session: u64,
@@ -31,6 +24,8 @@ pub struct ExchangeInfo {
     pub destination: SocketAddr,
     /// SNI when the connection was TLS.
     pub sni: Option<String>,
+    /// The process that made the connection.
+    pub identity: std::sync::Arc<crate::identity::Identity>,
 }
 
 pub trait Hook: Send + Sync {
@@ -61,13 +56,6 @@ pub struct Decision {
 pub enum Verdict {
     #[default]
     Forward,
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "made by the hooks of later issues (policy, approvals)"
-        )
-    )]
     /// Answer the workload with `status` and `reason` (as the body); on a request, nothing
     /// goes upstream; on a response, the upstream's response is dropped.
     Refuse { status: StatusCode, reason: String },
@@ -79,6 +67,10 @@ pub trait BodyTransform: Send {
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError>;
     /// End of body: whatever was held back.
     fn finish(&mut self) -> Result<Bytes, BoxError>;
+    /// Whether the output has exactly the input's length (then `Content-Length` stays).
+    fn keeps_length(&self) -> bool {
+        false
+    }
 }
 
 /// The hooks in force, run in order; the first refusal wins, transforms chain.
@@ -86,7 +78,6 @@ pub trait BodyTransform: Send {
 pub struct Hooks(Vec<std::sync::Arc<dyn Hook>>);
 
 impl Hooks {
-    #[cfg(test)]
     pub fn new(hooks: Vec<std::sync::Arc<dyn Hook>>) -> Self {
         Hooks(hooks)
     }
@@ -157,5 +148,9 @@ impl BodyTransform for Chain {
             tail = out.into();
         }
         Ok(tail)
+    }
+
+    fn keeps_length(&self) -> bool {
+        self.0.iter().all(|t| t.keeps_length())
     }
 }

@@ -5,6 +5,8 @@
 
 mod exchange;
 pub mod hook;
+pub mod masking;
+pub mod tokenize;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,6 +62,7 @@ struct Connection {
     session: u64,
     destination: SocketAddr,
     sni: Option<String>,
+    identity: Arc<crate::identity::Identity>,
     next_seq: AtomicU64,
     upstream: Upstream,
     /// Relays of upgraded (WebSocket) streams, awaited before the session ends.
@@ -77,12 +80,13 @@ pub struct ConnectionInfo {
     pub session: u64,
     pub destination: SocketAddr,
     pub sni: Option<String>,
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 impl HttpLayer {
-    pub fn new(header_timeout: Duration) -> Self {
+    pub fn new(hooks: Hooks, header_timeout: Duration) -> Self {
         HttpLayer {
-            hooks: Hooks::default(),
+            hooks,
             header_timeout,
         }
     }
@@ -133,6 +137,7 @@ impl HttpLayer {
             session: info.session,
             destination: info.destination,
             sni: info.sni,
+            identity: info.identity,
             next_seq: AtomicU64::new(0),
             upstream: sender,
             upgrades: Mutex::new(Vec::new()),
@@ -198,15 +203,18 @@ impl Connection {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             destination: self.destination,
             sni: self.sni.clone(),
+            identity: self.identity.clone(),
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));
         let decision = self.hooks.on_request(&info, &mut head).await;
+        // Recorded as the hooks left it (secrets masked).
+        exchange.rewritten(&head);
         if let Verdict::Refuse { status, reason } = decision.verdict {
             exchange.fail(format_args!("refused: {reason}"));
             return answer(&exchange, status, reason);
         }
-        if decision.body.is_some() {
+        if decision.body.as_ref().is_some_and(|t| !t.keeps_length()) {
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
         let body = Metered::new(
@@ -250,13 +258,13 @@ impl Connection {
             self.upgrades.lock().unwrap().push(relay);
         }
         let (mut head, body) = resp.into_parts();
-        exchange.responded(&head);
         let decision = self.hooks.on_response(&info, &mut head).await;
+        exchange.responded(&head);
         if let Verdict::Refuse { status, reason } = decision.verdict {
             exchange.fail(format_args!("response refused: {reason}"));
             return answer(&exchange, status, reason);
         }
-        if decision.body.is_some() {
+        if decision.body.as_ref().is_some_and(|t| !t.keeps_length()) {
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
         let body = Metered::new(

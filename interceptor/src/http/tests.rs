@@ -130,6 +130,7 @@ async fn run(version: Version) -> Vec<HttpExchange> {
             session: 7,
             destination: upstream,
             sni: None,
+            identity: Default::default(),
         };
         layer.serve(recorder, info, version, client, up).await
     });
@@ -236,8 +237,9 @@ async fn connect_tunnels_are_relayed_and_counted() {
             session: 1,
             destination: upstream,
             sni: None,
+            identity: Default::default(),
         };
-        HttpLayer::new(Duration::from_secs(5))
+        HttpLayer::new(Hooks::default(), Duration::from_secs(5))
             .serve(recorder, info, Version::Http1, client, up)
             .await
     });

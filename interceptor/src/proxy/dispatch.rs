@@ -15,6 +15,7 @@ use super::peek::peek_until;
 use super::prefixed::Prefixed;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
+use crate::identity::Identity;
 use crate::relay::{self, Side, Traffic};
 use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
@@ -28,6 +29,7 @@ impl Proxy {
     pub(super) async fn dispatch(
         &self,
         id: u64,
+        identity: Arc<Identity>,
         client: TcpStream,
         upstream: TcpStream,
         dest: SocketAddr,
@@ -42,7 +44,7 @@ impl Proxy {
         let version = match protocol {
             Protocol::Tls => {
                 return self
-                    .terminate_tls(id, client, upstream, dest, traffic)
+                    .terminate_tls(id, identity, client, upstream, dest, traffic)
                     .await;
             }
             Protocol::Other => return splice(client, upstream, &traffic).await,
@@ -53,6 +55,7 @@ impl Proxy {
             session: id,
             destination: dest,
             sni: None,
+            identity,
         };
         let client = Counted::client(client, traffic.clone());
         let upstream = Counted::upstream(upstream, traffic);
@@ -62,6 +65,7 @@ impl Proxy {
     async fn terminate_tls(
         &self,
         id: u64,
+        identity: Arc<Identity>,
         mut client: TcpStream,
         upstream: TcpStream,
         dest: SocketAddr,
@@ -153,6 +157,7 @@ impl Proxy {
             session: id,
             destination: dest,
             sni,
+            identity,
         };
         match alpn.as_deref() {
             Some(b"h2") => {

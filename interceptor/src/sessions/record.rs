@@ -48,6 +48,8 @@ pub enum Event {
     PolicyLoaded(PolicyLoaded),
     /// An approval was created, decided, expired or revoked; a store event.
     Approval(interceptor::approvals::ApprovalEvent),
+    /// A secret was found (and masked) in the session's traffic.
+    Secret(SecretFinding),
 }
 
 impl Event {
@@ -61,6 +63,7 @@ impl Event {
             Event::Retention(_) => 0,
             Event::PolicyLoaded(_) => 0,
             Event::Approval(_) => 0,
+            Event::Secret(s) => s.id,
         }
     }
 }
@@ -121,6 +124,20 @@ pub struct UpgradedBytes {
     pub down: u64,
 }
 
+/// A secret in a session's traffic: where it was and a salted hash to correlate repeats,
+/// never the secret itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SecretFinding {
+    pub id: u64,
+    /// The HTTP exchange (its `seq`); absent on raw streams.
+    pub seq: Option<u64>,
+    pub direction: interceptor::relay_scan::Direction,
+    /// `header:NAME`, `uri` or `body`.
+    pub location: String,
+    #[serde(flatten)]
+    pub finding: interceptor::detection::Finding,
+}
+
 /// The policy in force from `at` on, identified by the SHA-256 of its text.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyLoaded {
@@ -174,6 +191,8 @@ pub struct Session {
     pub tls: Option<TlsInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpExchange>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretFinding>,
 }
 
 impl Session {
@@ -191,6 +210,7 @@ impl Session {
             error: None,
             tls: None,
             http: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -204,6 +224,7 @@ impl Session {
             Event::Retention(_) => {}
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
+            Event::Secret(s) => self.secrets.push(s),
         }
     }
 

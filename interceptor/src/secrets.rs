@@ -1,0 +1,96 @@
+//! Secret masking and credential injection in the daemon: the rules (`run --rules`) and the
+//! vault's echo rules compiled into one engine, the HTTP hooks that use it, and the vault
+//! (`run --vault`) reloaded when its files change.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use interceptor::detection::{Engine, Rule, SecretHasher, load_dir};
+use interceptor::vault::SharedVault;
+
+use crate::http::hook::{Hook, Hooks};
+use crate::http::masking::Masking;
+use crate::http::tokenize::Tokenizer;
+use crate::sessions::{Event, Store};
+
+/// How often the vault's files are checked for changes.
+const VAULT_POLL: Duration = Duration::from_secs(2);
+
+/// The HTTP hooks for these rules and vault: injection first (so the credential it puts in
+/// is not masked on its way up), then masking. None without rules or vault.
+pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyhow::Result<Hooks> {
+    let vault = vault
+        .map(|p| SharedVault::open(p).with_context(|| format!("loading the vault {}", p.display())))
+        .transpose()?;
+    let rules = match rules {
+        Some(dir) => {
+            load_dir(dir).with_context(|| format!("loading secret rules from {}", dir.display()))?
+        }
+        None => {
+            tracing::warn!("no secret rules (--rules): traffic is not scanned for secrets");
+            Vec::new()
+        }
+    };
+    let Some(engine) = compile(&rules, vault.as_ref())? else {
+        return Ok(Hooks::default());
+    };
+    tracing::info!(
+        rules = engine.rules().len(),
+        vault = vault.is_some(),
+        "secret masking on"
+    );
+    let store = store.clone();
+    let masking = Arc::new(Masking::new(
+        engine,
+        SecretHasher::random().map_err(|e| anyhow::anyhow!("salting secret hashes: {e}"))?,
+        Arc::new(move |finding| store.append(Event::Secret(finding))),
+    ));
+    let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
+    if let Some(vault) = vault {
+        tokio::spawn(reload_vault(vault.clone(), rules, masking.clone()));
+        hooks.push(Arc::new(Tokenizer { vault }));
+    }
+    hooks.push(masking);
+    Ok(Hooks::new(hooks))
+}
+
+/// The rules plus one echo rule per vault credential; None when that is no rule at all.
+fn compile(rules: &[Rule], vault: Option<&SharedVault>) -> anyhow::Result<Option<Arc<Engine>>> {
+    let mut all = rules.to_vec();
+    all.extend(vault.map(|v| v.current().echo_rules()).unwrap_or_default());
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let engine = Engine::compile(&all).context("compiling the secret rules")?;
+    Ok(Some(Arc::new(engine)))
+}
+
+/// Reloads the vault when a file of it changes, with the engine its echo rules need; a vault
+/// that does not load leaves the running one in force.
+async fn reload_vault(vault: SharedVault, rules: Vec<Rule>, masking: Arc<Masking>) {
+    let mut tick = tokio::time::interval(VAULT_POLL);
+    loop {
+        tick.tick().await;
+        let (v, r) = (vault.clone(), rules.clone());
+        let reloaded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if !v.reload_if_changed()? {
+                return Ok(None);
+            }
+            compile(&r, Some(&v))
+        })
+        .await;
+        match reloaded {
+            Ok(Ok(Some(engine))) => {
+                masking.set_engine(engine);
+                tracing::info!("vault reloaded");
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "vault not reloaded; the running one stays")
+            }
+            Err(e) => tracing::warn!(error = %e, "vault reload task"),
+        }
+    }
+}

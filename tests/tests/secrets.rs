@@ -1,0 +1,475 @@
+//! Secret masking and credential injection, end to end: the real daemon with `--rules` (and
+//! `--vault`), curl under `interceptor exec`, and an HTTPS server on 127.0.0.2 that records
+//! exactly what reached it. Afterwards the daemon's data directory and log are searched for
+//! every planted secret.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use interceptor_tests::https::TestPki;
+use interceptor_tests::*;
+use serde_json::Value;
+
+const RUN: Duration = Duration::from_secs(60);
+const SESSIONS: Duration = Duration::from_secs(30);
+
+/// Secrets that match shipped rules (aws, github, slack).
+const BODY_SECRET: &str = "AKIAQYLPMN5HHHFPZAM2";
+const HEADER_SECRET: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+const RESPONSE_SECRET: &str = "xoxb-983227406196-9740026249223-5hMAac3c0tfFVXPcWdPxLbH0";
+/// The vault's credential and its placeholder.
+const REAL: &str = "real-credential-Zq81vX2mK7pL0wN4";
+const PLACEHOLDER: &str = "itk_live_test_7f3a9c51";
+
+/// What the server received.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTPS server on 127.0.0.2 that records every request. `/leak` answers with
+/// [`RESPONSE_SECRET`] in the body, `/v1/echo-auth` with the Authorization header it got,
+/// anything else with `ok`. Drop stops it.
+struct RecordingServer {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingServer {
+    fn start(pki: &TestPki) -> Result<RecordingServer> {
+        let config = pki.server_config(&["127.0.0.2", "api.test", "other.test"])?;
+        let listener = std::net::TcpListener::bind("127.0.0.2:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let sink = received.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let serve = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (acceptor, sink) = (acceptor.clone(), sink.clone());
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let service =
+                                hyper::service::service_fn(move |req| record(req, sink.clone()));
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(tls), service)
+                                    .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(RecordingServer {
+            port,
+            received,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.port)
+    }
+
+    fn resolve(&self, host: &str) -> String {
+        format!("{host}:{}:127.0.0.2", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn record(
+    req: Request<Incoming>,
+    sink: Arc<Mutex<Vec<Received>>>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (head, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    let headers: Vec<(String, String)> = head
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let reply = match head.uri.path() {
+        "/leak" => format!("{{\"slack_token\": \"{RESPONSE_SECRET}\", \"n\": 1}}"),
+        "/v1/echo-auth" => format!(
+            "you sent: {}",
+            head.headers
+                .get("authorization")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        ),
+        _ => "ok".into(),
+    };
+    sink.lock().unwrap().push(Received {
+        path: head.uri.path().to_owned(),
+        headers,
+        body,
+    });
+    Ok(Response::new(Full::new(Bytes::from(reply))))
+}
+
+fn rules_dir() -> PathBuf {
+    workspace_root().join("policies/rules")
+}
+
+/// A daemon that masks with the shipped rules and trusts `pki` upstream.
+fn daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
+    let (ca, rules) = (pki.ca_file.to_str().unwrap(), rules_dir());
+    let mut args = vec!["--upstream-ca", ca, "--rules", rules.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Daemon::start_with(&args)
+}
+
+/// Runs curl (or `program`) under `interceptor exec --include-loopback`.
+fn exec(d: &Daemon, program: &[&str]) -> Result<Output> {
+    run_with_timeout(&mut d.exec_command(&["--include-loopback"], program), RUN)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// curl over HTTP/1.1 or HTTP/2 to `url` (resolving `host` to the server), with `args`.
+fn curl(
+    d: &Daemon,
+    server: &RecordingServer,
+    host: &str,
+    path: &str,
+    args: &[&str],
+) -> Result<Output> {
+    curl_as(d, "curl", server, host, path, args)
+}
+
+fn curl_as(
+    d: &Daemon,
+    program: &str,
+    server: &RecordingServer,
+    host: &str,
+    path: &str,
+    args: &[&str],
+) -> Result<Output> {
+    let (resolve, url) = (server.resolve(host), server.url(host, path));
+    let mut argv = vec![program, "-sS", "--resolve", &resolve];
+    argv.extend_from_slice(args);
+    argv.push(&url);
+    let out = exec(d, &argv)?;
+    ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// Waits for `n` ended sessions to the server; returns every session's findings.
+fn findings(d: &Daemon, server: &RecordingServer, n: usize) -> Result<Vec<Value>> {
+    let suffix = format!(":{}", server.port);
+    d.wait_for_matching(
+        |s| s.destination.ends_with(&suffix) && s.outcome != "open",
+        n,
+        SESSIONS,
+    )?;
+    let sessions: Vec<Value> = d.cli_json(["sessions", "list", "--json"])?;
+    Ok(sessions
+        .iter()
+        .flat_map(|s| s["secrets"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// A finding of `rule` at `location` in `direction`, with a hash and not the secret.
+fn ensure_finding(all: &[Value], rule: &str, direction: &str, location: &str) -> Result<()> {
+    let f = all
+        .iter()
+        .find(|f| f["rule"] == rule && f["direction"] == direction && f["location"] == location)
+        .with_context(|| format!("no {rule} finding {direction} in {location}: {all:#?}"))?;
+    ensure!(
+        f["hash"].as_str().is_some_and(|h| h.len() == 32),
+        "finding without a hash: {f}"
+    );
+    Ok(())
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files_under(&path, out)?;
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    Ok(())
+}
+
+/// Neither the session store (nor anything else in the data directory) nor the daemon log
+/// holds any of `secrets`.
+fn ensure_nothing_at_rest(d: &Daemon, secrets: &[&str]) -> Result<()> {
+    let mut files = Vec::new();
+    files_under(d.data_dir(), &mut files)?;
+    ensure!(
+        files
+            .iter()
+            .any(|(p, _)| p.starts_with(d.data_dir().join("sessions"))),
+        "no session store under {}",
+        d.data_dir().display()
+    );
+    files.push((PathBuf::from("daemon log"), d.log().into_bytes()));
+    for (path, bytes) in &files {
+        for secret in secrets {
+            ensure!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the planted secret {secret:?}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn secret_in_a_request_body_is_masked_before_the_server() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let d = daemon(&pki, &[])?;
+    let body = format!("{{\"aws_access_key_id\": \"{BODY_SECRET}\", \"note\": \"hi\"}}");
+    // From a file: a command line is recorded with the session's identity.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    // HTTP/1.1 with Content-Length (kept: masking keeps length), then HTTP/2.
+    for version in ["--http1.1", "--http2"] {
+        curl(
+            &d,
+            &server,
+            "api.test",
+            "/upload",
+            &[version, "--data-binary", &data],
+        )?;
+    }
+    let got = server.received();
+    ensure!(got.len() == 2, "server got {got:#?}");
+    for r in &got {
+        let text = String::from_utf8_lossy(&r.body);
+        ensure!(!text.contains(BODY_SECRET), "server got the secret: {text}");
+        ensure!(text.contains("AKIA****"), "not masked in place: {text}");
+        ensure!(r.body.len() == body.len(), "length changed: {text}");
+    }
+    ensure!(
+        got[0].header("content-length") == Some(body.len().to_string().as_str()),
+        "content-length not kept: {:?}",
+        got[0].headers
+    );
+    let all = findings(&d, &server, 2)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "body")?;
+    ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
+#[test]
+fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let d = daemon(&pki, &[])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("headers");
+    std::fs::write(&file, format!("X-Token: {HEADER_SECRET}\n"))?;
+    let header = format!("@{}", file.display());
+    curl(&d, &server, "api.test", "/hello", &["-H", &header])?;
+    let got = server.received();
+    let value = got
+        .first()
+        .and_then(|r| r.header("x-token"))
+        .context("no request")?;
+    ensure!(value != HEADER_SECRET, "server got the secret");
+    ensure!(
+        value.starts_with("ghp_") && value.ends_with("****") && value.len() == HEADER_SECRET.len(),
+        "masked as {value}"
+    );
+    let all = findings(&d, &server, 1)?;
+    ensure_finding(&all, "github.ghp", "up", "header:x-token")?;
+    ensure_nothing_at_rest(&d, &[HEADER_SECRET])
+}
+
+#[test]
+fn secret_in_a_response_body_is_masked_before_the_client() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let d = daemon(&pki, &[])?;
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(&d, &server, "api.test", "/leak", &[version])?;
+        let text = stdout(&out);
+        ensure!(
+            !text.contains(RESPONSE_SECRET),
+            "client got the secret: {text}"
+        );
+        ensure!(text.contains("\"xoxb****"), "not masked in place: {text}");
+    }
+    let all = findings(&d, &server, 2)?;
+    ensure_finding(&all, "slack.bot-token", "down", "body")?;
+    ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
+}
+
+/// A vault (0600) allowing `/usr/bin/curl` to send [`REAL`] to api.test under /v1/.
+fn vault(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("vault.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "credentials:\n  - name: test-api\n    placeholder: {PLACEHOLDER}\n    secret: {REAL}\n    \
+             identities: [{{exe: {}}}]\n    destinations: [{{host: api.test, path_prefix: /v1/}}]\n",
+            which_real("curl")?.display()
+        ),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+#[test]
+fn vault_swaps_in_the_real_credential_for_the_allowed_identity_and_masks_its_echo() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let vault = vault(dir.path())?;
+    let d = daemon(&pki, &["--vault", vault.to_str().unwrap()])?;
+    let auth = format!("Authorization: Bearer {PLACEHOLDER}");
+    for version in ["--http1.1", "--http2"] {
+        let out = curl(
+            &d,
+            &server,
+            "api.test",
+            "/v1/echo-auth",
+            &[version, "-H", &auth],
+        )?;
+        let text = stdout(&out);
+        // The server got the real value and echoed it; the workload sees it masked.
+        ensure!(
+            !text.contains(REAL),
+            "workload got the real credential: {text}"
+        );
+        ensure!(
+            text.starts_with("you sent: Bearer real****"),
+            "echo: {text}"
+        );
+    }
+    let got = server.received();
+    ensure!(got.len() == 2, "server got {got:#?}");
+    for r in &got {
+        ensure!(
+            r.path == "/v1/echo-auth"
+                && r.header("authorization") == Some(format!("Bearer {REAL}").as_str()),
+            "server got {:?}",
+            r.headers
+        );
+    }
+    let all = findings(&d, &server, 2)?;
+    ensure_finding(&all, "vault.test-api", "down", "body")?;
+    ensure_nothing_at_rest(&d, &[REAL])
+}
+
+#[test]
+fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let vault = vault(dir.path())?;
+    let d = daemon(&pki, &["--vault", vault.to_str().unwrap()])?;
+    let auth = format!("Authorization: Bearer {PLACEHOLDER}");
+    let status = ["-w", "\n%{http_code}", "-H", &auth];
+
+    // Another executable: a copy of curl.
+    let other = dir.path().join("other-curl");
+    std::fs::copy(which_real("curl")?, &other)?;
+    let out = curl_as(
+        &d,
+        other.to_str().unwrap(),
+        &server,
+        "api.test",
+        "/v1/echo-auth",
+        &status,
+    )?;
+    let text = stdout(&out);
+    ensure!(
+        text.ends_with("\n403") && text.contains("not allowed for this identity"),
+        "another identity: {text}"
+    );
+    // The allowed executable toward another host, and outside the allowed path.
+    let out = curl(&d, &server, "other.test", "/v1/echo-auth", &status)?;
+    let text = stdout(&out);
+    ensure!(
+        text.ends_with("\n403") && text.contains("not allowed toward other.test/v1/echo-auth"),
+        "another host: {text}"
+    );
+    let out = curl(&d, &server, "api.test", "/v2/echo-auth", &status)?;
+    ensure!(
+        stdout(&out).ends_with("\n403"),
+        "another path: {}",
+        stdout(&out)
+    );
+
+    ensure!(
+        server.received().is_empty(),
+        "reached the server: {:#?}",
+        server.received()
+    );
+    findings(&d, &server, 3)?;
+    ensure_nothing_at_rest(&d, &[REAL])
+}
