@@ -690,3 +690,34 @@ fn retention_removes_old_segments_and_records_it() -> Result<()> {
     ensure!(human.contains("retention removed"), "{human}");
     Ok(())
 }
+
+#[test]
+fn tail_filters_by_host_and_by_session() -> Result<()> {
+    require_root();
+    let d = Daemon::start()?;
+    let a = Server::echo("127.0.0.2")?;
+    let b = Server::echo("127.0.0.3")?;
+    let to_a = pings(&d, &a, 3)?;
+    let to_b = pings(&d, &b, 2)?;
+    closed_from(&d, to_a.pid, 3)?;
+    let b_ids: Vec<String> = closed_from(&d, to_b.pid, 2)?
+        .iter()
+        .map(Session::id_str)
+        .collect();
+    let only_b = ndjson(&d, &["sessions", "tail", "--json", "--host", "127.0.0.3"])?;
+    ensure!(
+        session_events(&only_b, &b_ids).len() == 4 && only_b.len() == 4,
+        "--host 127.0.0.3: {only_b:#?}"
+    );
+    let one = ndjson(&d, &["sessions", "tail", "--json", "--session", &b_ids[1]])?;
+    let kinds: Vec<&str> = one
+        .iter()
+        .map(|r| r["event"]["event"].as_str().unwrap_or(""))
+        .collect();
+    ensure!(
+        kinds == ["start", "end"],
+        "--session {}: {one:#?}",
+        b_ids[1]
+    );
+    Ok(())
+}
