@@ -17,11 +17,10 @@ use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderValue};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use interceptor::detection::compression::{ContentEncoding, Decoder, Encoder};
-use interceptor::detection::finding::{MASK_BYTE, kept_prefix};
-use interceptor::detection::{Encoding, Engine, Finding, Masker, ScanError, SecretHasher};
+use interceptor::detection::{Engine, Finding, Masker, ScanError, SecretHasher, mask_buffer};
 use interceptor::relay_scan::Direction;
 
 use super::hook::{BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, Verdict};
@@ -71,97 +70,70 @@ impl Masking {
         }
     }
 
-    /// Masks the headers (all but `skip`) in place.
-    fn mask_headers(
+    /// Masks the request target (if any) and the headers (all but `skip`) in place. They
+    /// are scanned as one buffer, a `name: value` line each, so rules that anchor on a header
+    /// name ("Authorization: Bearer ...") match, with one masker per head.
+    fn mask_head(
         &self,
-        engine: &Engine,
+        engine: &Arc<Engine>,
+        uri: Option<&mut Uri>,
         headers: &mut HeaderMap,
-        skip: &[http::HeaderName],
+        skip: &[HeaderName],
         reporter: &Reporter,
-    ) {
+    ) -> Result<(), ScanError> {
+        let mut text = Vec::new();
+        let mut values: Vec<(String, Range<usize>)> = Vec::new();
+        let mut line = |location: String, prefix: &[u8], value: &[u8]| {
+            text.extend_from_slice(prefix);
+            values.push((location, text.len()..text.len() + value.len()));
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\n");
+        };
+        let target = uri.as_ref().and_then(|u| u.path_and_query()).cloned();
+        if let Some(target) = &target {
+            line("uri".into(), b"", target.as_str().as_bytes());
+        }
+        for (name, value) in headers.iter().filter(|(n, _)| !skip.contains(n)) {
+            let prefix = format!("{name}: ");
+            line(
+                format!("header:{name}"),
+                prefix.as_bytes(),
+                value.as_bytes(),
+            );
+        }
+        let (masked, found) = mask_buffer(engine, &self.hasher, &text)?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        for mut finding in found {
+            let at = finding.offset as usize;
+            let Some((location, range)) = values.iter().rev().find(|(_, r)| r.start <= at) else {
+                continue;
+            };
+            finding.offset = (at - range.start) as u64;
+            reporter.report(location.clone(), finding);
+        }
+        let mut masked_values = values.iter().map(|(_, r)| &masked[r.clone()]);
+        if let (Some(uri), Some(_)) = (uri, &target) {
+            let value = masked_values.next().expect("one per line");
+            let mut parts = uri.clone().into_parts();
+            // Only `*` was written into a valid target: it stays valid.
+            parts.path_and_query = http::uri::PathAndQuery::try_from(value).ok();
+            *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        }
         for (name, value) in headers.iter_mut() {
             if skip.contains(name) {
                 continue;
             }
-            // Rules may anchor on the header name ("Authorization: Bearer ...").
-            let prefix = format!("{name}: ");
-            let mut text = prefix.clone().into_bytes();
-            text.extend_from_slice(value.as_bytes());
-            let Some(spans) = self.scan(engine, &text, prefix.len(), reporter, || {
-                format!("header:{name}")
-            }) else {
-                continue;
-            };
-            let mut masked = value.as_bytes().to_vec();
-            spans.into_iter().for_each(|s| mask(&mut masked, s));
-            match HeaderValue::from_bytes(&masked) {
-                Ok(mut v) => {
-                    v.set_sensitive(value.is_sensitive());
-                    *value = v;
-                }
-                // Only `*` was written into a valid value: cannot happen, but never forward
-                // the secret if it did.
-                Err(_) => *value = HeaderValue::from_static("*"),
+            let masked = masked_values.next().expect("one per line");
+            if masked != value.as_bytes() {
+                let mut v = HeaderValue::from_bytes(masked)
+                    .unwrap_or_else(|_| HeaderValue::from_static("*"));
+                v.set_sensitive(value.is_sensitive());
+                *value = v;
             }
         }
-    }
-
-    /// Masks the path and query of a request target.
-    fn mask_uri(&self, engine: &Engine, uri: &mut Uri, reporter: &Reporter) {
-        let Some(target) = uri.path_and_query() else {
-            return;
-        };
-        let text = target.as_str().as_bytes().to_vec();
-        let Some(spans) = self.scan(engine, &text, 0, reporter, || "uri".into()) else {
-            return;
-        };
-        let mut masked = text;
-        spans.into_iter().for_each(|s| mask(&mut masked, s));
-        let mut parts = uri.clone().into_parts();
-        parts.path_and_query = http::uri::PathAndQuery::try_from(masked).ok();
-        if let Ok(rewritten) = Uri::from_parts(parts) {
-            *uri = rewritten;
-        }
-    }
-
-    /// Secrets in `text` past `from`, reported; their spans relative to `from`. `None` when
-    /// there are none.
-    fn scan(
-        &self,
-        engine: &Engine,
-        text: &[u8],
-        from: usize,
-        reporter: &Reporter,
-        location: impl Fn() -> String,
-    ) -> Option<Vec<Range<usize>>> {
-        let found = match engine.find(text) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(session = reporter.session, error = %e, "scanning a header");
-                return None;
-            }
-        };
-        let spans: Vec<Range<usize>> = found
-            .into_iter()
-            .filter(|d| d.secret.start >= from)
-            .map(|d| {
-                let secret = &text[d.secret.clone()];
-                let span = d.secret.start - from..d.secret.end - from;
-                reporter.report(
-                    location(),
-                    Finding {
-                        rule: engine.rules()[d.rule].id.to_string(),
-                        offset: span.start as u64,
-                        length: secret.len() as u32,
-                        encoding: Encoding::Plain,
-                        hash: self.hasher.hash(secret),
-                        forwarded_unmasked: 0,
-                    },
-                );
-                span
-            })
-            .collect();
-        (!spans.is_empty()).then_some(spans)
+        Ok(())
     }
 
     /// The body transform for a head with these headers, or a refusal.
@@ -226,12 +198,6 @@ fn refuse(status: StatusCode, reason: String) -> Decision {
     }
 }
 
-/// Same-length masking of one secret: a short prefix stays readable.
-fn mask(bytes: &mut [u8], span: Range<usize>) {
-    let keep = kept_prefix(span.len());
-    bytes[span.start + keep..span.end].fill(MASK_BYTE);
-}
-
 impl Hook for Masking {
     fn on_request<'a>(
         &'a self,
@@ -247,8 +213,16 @@ impl Hook for Masking {
                 .get::<Tokenized>()
                 .map(|t| t.0.clone())
                 .unwrap_or_default();
-            self.mask_uri(&engine, &mut head.uri, &reporter);
-            self.mask_headers(&engine, &mut head.headers, &skip, &reporter);
+            let masked = self.mask_head(
+                &engine,
+                Some(&mut head.uri),
+                &mut head.headers,
+                &skip,
+                &reporter,
+            );
+            if let Err(e) = masked {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
             self.body(
                 engine,
                 &head.headers,
@@ -266,7 +240,9 @@ impl Hook for Masking {
         Box::pin(async move {
             let engine = self.engine();
             let reporter = self.reporter(info, Direction::Down);
-            self.mask_headers(&engine, &mut head.headers, &[], &reporter);
+            if let Err(e) = self.mask_head(&engine, None, &mut head.headers, &[], &reporter) {
+                return refuse(StatusCode::BAD_GATEWAY, e.to_string());
+            }
             self.body(engine, &head.headers, reporter, StatusCode::BAD_GATEWAY)
         })
     }
@@ -373,5 +349,154 @@ impl BodyTransform for MaskBody {
 
     fn keeps_length(&self) -> bool {
         self.codec.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::*;
+
+    const KEY: &str = "AKIAQYLPMN5HHHFPZAM2";
+
+    fn masking() -> (Masking, Arc<Mutex<Vec<SecretFinding>>>) {
+        static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+        let engine = ENGINE.get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/rules");
+            let rules = interceptor::detection::load_dir(&dir).unwrap();
+            Arc::new(Engine::compile(&rules).unwrap())
+        });
+        let found = Arc::new(Mutex::new(Vec::new()));
+        let sink = found.clone();
+        let masking = Masking::new(
+            engine.clone(),
+            SecretHasher::with_salt([1; 16]),
+            Arc::new(move |f| sink.lock().unwrap().push(f)),
+        );
+        (masking, found)
+    }
+
+    fn info() -> ExchangeInfo {
+        ExchangeInfo {
+            session: 9,
+            seq: 0,
+            destination: "127.0.0.2:443".parse().unwrap(),
+            sni: None,
+            identity: Default::default(),
+        }
+    }
+
+    fn response(encoding: Option<&str>) -> http::response::Parts {
+        let mut b = http::Response::builder();
+        if let Some(e) = encoding {
+            b = b.header(CONTENT_ENCODING, e);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    /// Runs `body` through the transform in chunks of `size`.
+    fn stream(t: &mut dyn BodyTransform, body: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in body.chunks(size) {
+            out.extend_from_slice(&t.chunk(Bytes::copy_from_slice(chunk)).unwrap());
+        }
+        out.extend_from_slice(&t.finish().unwrap());
+        out
+    }
+
+    #[tokio::test]
+    async fn a_gzip_body_is_decoded_masked_and_encoded_again() {
+        let (masking, found) = masking();
+        let plain = format!("{}key={KEY}\n{}", "x".repeat(5000), "y".repeat(5000));
+        let mut encoder = Encoder::new(ContentEncoding::Gzip).unwrap();
+        let mut gzip = encoder.push(plain.as_bytes()).unwrap();
+        gzip.extend(encoder.finish().unwrap());
+        let mut head = response(Some("gzip"));
+        let decision = masking.on_response(&info(), &mut head).await;
+        let mut t = decision.body.expect("a transform");
+        assert!(!t.keeps_length());
+        let out = stream(t.as_mut(), &gzip, 7);
+        let mut decoder = Decoder::new(ContentEncoding::Gzip, 1 << 20).unwrap();
+        let mut decoded = decoder.push(&out).unwrap();
+        decoded.extend(decoder.finish().unwrap());
+        let decoded = String::from_utf8(decoded).unwrap();
+        assert_eq!(decoded.len(), plain.len());
+        assert!(!decoded.contains(KEY) && decoded.contains("key=AKIA****"));
+        let found = found.lock().unwrap();
+        assert_eq!(found[0].finding.rule, "aws.access-key-id");
+        assert_eq!(
+            (found[0].location.as_str(), found[0].finding.offset),
+            ("body", 5004)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_body_keeps_its_length_and_unknown_codings_are_refused() {
+        let (masking, _) = masking();
+        let mut head = response(None);
+        let mut t = masking.on_response(&info(), &mut head).await.body.unwrap();
+        assert!(t.keeps_length());
+        let body = format!("{{\"k\": \"{KEY}\"}}");
+        let out = stream(t.as_mut(), body.as_bytes(), 3);
+        assert_eq!(out.len(), body.len());
+        assert!(!String::from_utf8(out).unwrap().contains(KEY));
+        let mut head = response(Some("compress"));
+        let refused = masking.on_response(&info(), &mut head).await.verdict;
+        assert!(
+            matches!(&refused, Verdict::Refuse { status, reason }
+                if *status == StatusCode::BAD_GATEWAY && reason.contains("\"compress\"")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compression_bomb_ends_the_body_with_a_clear_error() {
+        let (masking, _) = masking();
+        let mut encoder = Encoder::new(ContentEncoding::Zstd).unwrap();
+        let mut bomb = Vec::new();
+        for _ in 0..(MAX_DECODED_BODY / (1 << 20) + 1) {
+            bomb.extend(encoder.push(&[0u8; 1 << 20]).unwrap());
+        }
+        bomb.extend(encoder.finish().unwrap());
+        let mut head = response(Some("zstd"));
+        let mut t = masking.on_response(&info(), &mut head).await.body.unwrap();
+        let err = bomb
+            .chunks(4096)
+            .map(|c| t.chunk(Bytes::copy_from_slice(c)))
+            .find_map(Result::err)
+            .expect("the cap is hit");
+        assert!(err.to_string().contains("exceeds the cap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn headers_and_the_target_are_masked_and_tokenized_ones_skipped() {
+        let (masking, found) = masking();
+        let mut head = http::Request::builder()
+            .uri(format!("/x?key={KEY}"))
+            .header("x-aws", KEY)
+            .header("x-real", KEY)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        head.extensions
+            .insert(Tokenized(vec![HeaderName::from_static("x-real")]));
+        let decision = masking.on_request(&info(), &mut head).await;
+        assert_eq!(decision.verdict, Verdict::Forward);
+        assert_eq!(head.uri.query(), Some("key=AKIA****************"));
+        assert_eq!(head.headers["x-aws"], "AKIA****************");
+        assert_eq!(head.headers["x-real"], KEY);
+        let locations: Vec<_> = found
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| (f.location.clone(), f.finding.offset))
+            .collect();
+        assert_eq!(
+            locations,
+            [("uri".to_string(), 7), ("header:x-aws".to_string(), 0)]
+        );
     }
 }
