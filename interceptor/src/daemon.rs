@@ -78,7 +78,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let approvals = open_approvals(&config.data_dir, &store)?;
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();
-    let hooks = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
+    let gate = crate::gate::Gate {
+        policy: current_policy.clone(),
+        approvals: approvals.clone(),
+    };
+    let hooks = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?
+        .with_first(Arc::new(crate::http::policy_hook::PolicyHook { gate: gate.clone() }));
     let proxy = Arc::new(Proxy {
         original: kernel.original_dst(),
         identities: IdentityResolver::default(),
@@ -90,10 +95,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
             .context("setting up TLS interception")?,
         http: crate::http::HttpLayer::new(hooks, config.header_timeout),
-        gate: crate::gate::Gate {
-            policy: current_policy.clone(),
-            approvals: approvals.clone(),
-        },
+        gate,
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await

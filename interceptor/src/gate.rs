@@ -2,19 +2,29 @@
 //! decides it when it can without the host name (see `Policy::decide_before_dial`). A deny
 //! refuses the connection (reset); an approve holds it until a person decides, and nothing
 //! reaches the upstream meanwhile. Everything else goes on to the TLS/HTTP layers, which
-//! decide again with the SNI and per request.
+//! decide again with the SNI ([`Gate::on_connection`]) and per request (`http::policy_hook`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use interceptor::approvals::{Approvals, HoldRequest, Outcome, Workload};
-use interceptor::policy::{self, ConnectionFacts, Verdict};
+use interceptor::policy::{self, ConnectionFacts, Decision, Policy, TlsMode, Verdict};
 
 use crate::identity::Identity;
 
+#[derive(Clone)]
 pub struct Gate {
     pub policy: policy::Current,
     pub approvals: Arc<Approvals>,
+}
+
+/// What the TLS layer does with a connection the policy let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// HTTP rules decide its requests: it must be decrypted whatever `--passthrough` says.
+    Inspect,
+    Intercept,
+    Passthrough,
 }
 
 impl Gate {
@@ -27,46 +37,75 @@ impl Gate {
         dest: SocketAddr,
     ) -> Result<(), String> {
         let policy = self.policy.get();
-        let facts = ConnectionFacts {
-            cgroup: identity.cgroup.as_deref(),
-            container_id: identity.container.as_ref().map(|c| c.id.as_str()),
-            container_name: None,
-            exe: identity.exe.as_deref(),
-            comm: &identity.comm,
-            uid: identity.uid,
-            user: identity.user.as_deref(),
-            enrollment,
-            host: None,
-            ip: Some(dest.ip()),
-            port: dest.port(),
-        };
+        let facts = facts(identity, enrollment, None, dest);
         let d = match policy.decide_before_dial(&facts) {
             Some(d) if matches!(d.verdict, Verdict::Deny | Verdict::Approve) => d,
             _ => return Ok(()),
         };
-        let because = d.reason.map(|r| format!(": {r}")).unwrap_or_default();
-        let approval = match (d.verdict, d.approval) {
-            (Verdict::Approve, Some(approval)) => approval.clone(),
-            _ => return Err(format!("denied by policy rule {:?}{because}", d.name)),
-        };
-        let hold = HoldRequest {
-            session,
-            rule: d.name.to_string(),
-            approval,
-            workload: Workload {
-                uid: identity.uid,
-                user: identity.user.clone(),
-                exe: identity.exe.clone(),
-                comm: identity.comm.clone(),
-                cgroup: identity.cgroup.clone(),
-            },
-            destination: dest.to_string(),
-            request_line: None,
-            headers: Vec::new(),
-            body_preview: None,
-        };
+        let hold = held(&d, session, identity, dest.to_string())?;
         // The policy snapshot is not kept across the wait: reloads go on meanwhile.
         drop(policy);
+        self.hold(hold).await
+    }
+
+    /// A connection with its host name (the SNI) known, before anything is sent upstream:
+    /// Err(why) to refuse it; an approve holds it here. Ok says how to treat its TLS.
+    pub async fn on_connection(
+        &self,
+        session: u64,
+        identity: &Identity,
+        enrollment: Option<&str>,
+        host: Option<&str>,
+        dest: SocketAddr,
+    ) -> Result<Tls, String> {
+        let policy = self.policy.get();
+        let facts = facts(identity, enrollment, host, dest);
+        let d = policy.decide_connection(&facts);
+        let tls = match (d.verdict, d.settings.tls) {
+            (Verdict::Inspect, _) => Tls::Inspect,
+            (_, TlsMode::Intercept) => Tls::Intercept,
+            (_, TlsMode::Passthrough) => Tls::Passthrough,
+        };
+        if !matches!(d.verdict, Verdict::Deny | Verdict::Approve)
+            || settled_before_dial(&policy, &facts)
+        {
+            return Ok(tls);
+        }
+        let hold = held(&d, session, identity, destination(host, dest))?;
+        drop(policy);
+        self.hold(hold).await.map(|()| tls)
+    }
+
+    /// A stream that is not HTTP (raw TCP, or decrypted but not HTTP): Err(why) to refuse
+    /// it; an approve holds it here. `decided`: [`Gate::on_connection`] already enforced the
+    /// connection's decision, so only one that was left to HTTP rules is decided here.
+    pub async fn on_opaque(
+        &self,
+        session: u64,
+        identity: &Identity,
+        enrollment: Option<&str>,
+        host: Option<&str>,
+        dest: SocketAddr,
+        decided: bool,
+    ) -> Result<(), String> {
+        let policy = self.policy.get();
+        let facts = facts(identity, enrollment, host, dest);
+        if settled_before_dial(&policy, &facts)
+            || decided && policy.decide_connection(&facts).verdict != Verdict::Inspect
+        {
+            return Ok(());
+        }
+        let d = policy.decide_opaque(&facts);
+        if d.verdict == Verdict::Allow {
+            return Ok(());
+        }
+        let hold = held(&d, session, identity, destination(host, dest))?;
+        drop(policy);
+        self.hold(hold).await
+    }
+
+    /// Waits for a person (or a grant); Err(why) unless approved.
+    pub async fn hold(&self, hold: HoldRequest) -> Result<(), String> {
         match self.approvals.hold(hold).await {
             Outcome::Granted { .. } | Outcome::Approved { .. } => Ok(()),
             Outcome::Denied { by, reason } => Err(format!(
@@ -77,4 +116,78 @@ impl Gate {
             Outcome::Expired => Err("timed out awaiting approval".into()),
         }
     }
+}
+
+/// The policy's view of a connection.
+pub fn facts<'a>(
+    identity: &'a Identity,
+    enrollment: Option<&'a str>,
+    host: Option<&'a str>,
+    dest: SocketAddr,
+) -> ConnectionFacts<'a> {
+    ConnectionFacts {
+        cgroup: identity.cgroup.as_deref(),
+        container_id: identity.container.as_ref().map(|c| c.id.as_str()),
+        container_name: None,
+        exe: identity.exe.as_deref(),
+        comm: &identity.comm,
+        uid: identity.uid,
+        user: identity.user.as_deref(),
+        enrollment,
+        host,
+        ip: Some(dest.ip()),
+        port: dest.port(),
+    }
+}
+
+/// Whether `before_dial` already enforced this connection's decision (a deny or an
+/// approve that no host name or request can change): later stages must not hold it again.
+pub fn settled_before_dial(policy: &Policy, facts: &ConnectionFacts) -> bool {
+    let facts = ConnectionFacts {
+        host: None,
+        ..*facts
+    };
+    policy
+        .decide_before_dial(&facts)
+        .is_some_and(|d| matches!(d.verdict, Verdict::Deny | Verdict::Approve))
+}
+
+/// `host:port` when the host name is known, else `ip:port`.
+pub fn destination(host: Option<&str>, dest: SocketAddr) -> String {
+    host.map_or_else(|| dest.to_string(), |h| format!("{h}:{}", dest.port()))
+}
+
+/// Why a deny decision refuses: the rule and its reason.
+pub fn denial(d: &Decision) -> String {
+    let because = d.reason.map(|r| format!(": {r}")).unwrap_or_default();
+    format!("denied by policy rule {:?}{because}", d.name)
+}
+
+/// The hold for an approve decision; Err(why) for a deny.
+pub fn held(
+    d: &Decision,
+    session: u64,
+    identity: &Identity,
+    destination: String,
+) -> Result<HoldRequest, String> {
+    let approval = match (d.verdict, d.approval) {
+        (Verdict::Approve, Some(approval)) => approval.clone(),
+        _ => return Err(denial(d)),
+    };
+    Ok(HoldRequest {
+        session,
+        rule: d.name.to_string(),
+        approval,
+        workload: Workload {
+            uid: identity.uid,
+            user: identity.user.clone(),
+            exe: identity.exe.clone(),
+            comm: identity.comm.clone(),
+            cgroup: identity.cgroup.clone(),
+        },
+        destination,
+        request_line: None,
+        headers: Vec::new(),
+        body_preview: None,
+    })
 }

@@ -26,6 +26,7 @@ use crate::kernel::OriginalDstTable;
 use crate::redirect::Namespace;
 use crate::relay::{self, Traffic};
 use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
+use dispatch::Peer;
 
 /// What the proxy knows of a live enrollment.
 pub struct EnrollmentLive {
@@ -110,8 +111,13 @@ impl Proxy {
                 )
             }
             Ok(upstream) => {
-                self.dispatch(id, gate_identity, client, upstream, dest, traffic.clone())
-                    .await
+                let peer = Peer {
+                    id,
+                    identity: gate_identity,
+                    enrollment: name.map(Arc::from),
+                    dest,
+                };
+                self.dispatch(peer, client, upstream, traffic.clone()).await
             }
         };
         let (bytes_up, bytes_down) = (

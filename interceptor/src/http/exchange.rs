@@ -121,6 +121,11 @@ impl Drop for Exchange {
     }
 }
 
+/// The request headers that records (and approvers) may see.
+pub fn recorded_request_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    selected(headers, REQUEST_HEADERS)
+}
+
 fn selected(headers: &HeaderMap, names: &[&str]) -> Vec<(String, String)> {
     names
         .iter()

@@ -26,6 +26,8 @@ pub struct ExchangeInfo {
     pub sni: Option<String>,
     /// The process that made the connection.
     pub identity: std::sync::Arc<crate::identity::Identity>,
+    /// Its enrollment's name (`enroll --name`), which policy rules can match.
+    pub enrollment: Option<std::sync::Arc<str>>,
 }
 
 pub trait Hook: Send + Sync {
@@ -80,6 +82,12 @@ pub struct Hooks(Vec<std::sync::Arc<dyn Hook>>);
 impl Hooks {
     pub fn new(hooks: Vec<std::sync::Arc<dyn Hook>>) -> Self {
         Hooks(hooks)
+    }
+
+    /// These hooks with `hook` run before them.
+    pub fn with_first(mut self, hook: std::sync::Arc<dyn Hook>) -> Self {
+        self.0.insert(0, hook);
+        self
     }
 
     pub async fn on_request(

@@ -6,6 +6,7 @@
 mod exchange;
 pub mod hook;
 pub mod masking;
+pub mod policy_hook;
 pub mod tokenize;
 
 use std::convert::Infallible;
@@ -63,6 +64,7 @@ struct Connection {
     destination: SocketAddr,
     sni: Option<String>,
     identity: Arc<crate::identity::Identity>,
+    enrollment: Option<Arc<str>>,
     next_seq: AtomicU64,
     upstream: Upstream,
     /// Relays of upgraded (WebSocket) streams, awaited before the session ends.
@@ -81,6 +83,7 @@ pub struct ConnectionInfo {
     pub destination: SocketAddr,
     pub sni: Option<String>,
     pub identity: Arc<crate::identity::Identity>,
+    pub enrollment: Option<Arc<str>>,
 }
 
 impl HttpLayer {
@@ -138,6 +141,7 @@ impl HttpLayer {
             destination: info.destination,
             sni: info.sni,
             identity: info.identity,
+            enrollment: info.enrollment,
             next_seq: AtomicU64::new(0),
             upstream: sender,
             upgrades: Mutex::new(Vec::new()),
@@ -204,6 +208,7 @@ impl Connection {
             destination: self.destination,
             sni: self.sni.clone(),
             identity: self.identity.clone(),
+            enrollment: self.enrollment.clone(),
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));

@@ -131,6 +131,7 @@ async fn run(version: Version) -> Vec<HttpExchange> {
             destination: upstream,
             sni: None,
             identity: Default::default(),
+            enrollment: None,
         };
         layer.serve(recorder, info, version, client, up).await
     });
@@ -238,6 +239,7 @@ async fn connect_tunnels_are_relayed_and_counted() {
             destination: upstream,
             sni: None,
             identity: Default::default(),
+            enrollment: None,
         };
         HttpLayer::new(Hooks::default(), Duration::from_secs(5))
             .serve(recorder, info, Version::Http1, client, up)

@@ -14,6 +14,7 @@ use super::counted::Counted;
 use super::peek::peek_until;
 use super::prefixed::Prefixed;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
+use crate::gate::Tls as GateTls;
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
 use crate::identity::Identity;
 use crate::relay::{self, Side, Traffic};
@@ -22,19 +23,29 @@ use crate::tls::HelloError;
 
 /// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
 const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
+/// A fatal `access_denied` alert record, for a connection the policy refused.
+const ACCESS_DENIED: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
+
+/// Who a connection comes from and where it goes: what the policy decides on.
+pub struct Peer {
+    pub id: u64,
+    pub identity: Arc<Identity>,
+    /// The enrollment's name, which policy rules can match.
+    pub enrollment: Option<Arc<str>>,
+    pub dest: SocketAddr,
+}
 
 pub type Ended = (Outcome, Option<String>);
 
 impl Proxy {
     pub(super) async fn dispatch(
         &self,
-        id: u64,
-        identity: Arc<Identity>,
+        peer: Peer,
         client: TcpStream,
         upstream: TcpStream,
-        dest: SocketAddr,
         traffic: Arc<Traffic>,
     ) -> Ended {
+        let (id, dest) = (peer.id, peer.dest);
         // Whoever speaks first: a server that greets (SSH, SMTP) means raw TCP.
         let protocol = tokio::select! {
             p = peek_until(&client, MAX_SNIFF, classify) => p.unwrap_or(Protocol::Other),
@@ -43,11 +54,23 @@ impl Proxy {
         tracing::debug!(session = id, ?protocol, "first bytes");
         let version = match protocol {
             Protocol::Tls => {
-                return self
-                    .terminate_tls(id, identity, client, upstream, dest, traffic)
-                    .await;
+                return self.terminate_tls(peer, client, upstream, traffic).await;
             }
-            Protocol::Other => return splice(client, upstream, &traffic).await,
+            Protocol::Other => {
+                let opaque = self.gate.on_opaque(
+                    id,
+                    &peer.identity,
+                    peer.enrollment.as_deref(),
+                    None,
+                    dest,
+                    false,
+                );
+                if let Err(why) = opaque.await {
+                    relay::reset(&client);
+                    return (Outcome::Denied, Some(why));
+                }
+                return splice(client, upstream, &traffic).await;
+            }
             Protocol::Http1 => Version::Http1,
             Protocol::H2Prior => Version::Http2,
         };
@@ -55,7 +78,8 @@ impl Proxy {
             session: id,
             destination: dest,
             sni: None,
-            identity,
+            identity: peer.identity,
+            enrollment: peer.enrollment,
         };
         let client = Counted::client(client, traffic.clone());
         let upstream = Counted::upstream(upstream, traffic);
@@ -64,13 +88,12 @@ impl Proxy {
 
     async fn terminate_tls(
         &self,
-        id: u64,
-        identity: Arc<Identity>,
+        peer: Peer,
         mut client: TcpStream,
         upstream: TcpStream,
-        dest: SocketAddr,
         traffic: Arc<Traffic>,
     ) -> Ended {
+        let (id, dest) = (peer.id, peer.dest);
         let tls = &self.tls;
         let limit = tls.handshake_timeout;
         let hello = match timeout(limit, crate::tls::peek_client_hello(&client)).await {
@@ -92,7 +115,27 @@ impl Proxy {
             alpn: None,
             mode: TlsMode::Terminated,
         };
-        if tls.is_passthrough(hello.sni.as_deref()) {
+        let decided = self.gate.on_connection(
+            id,
+            &peer.identity,
+            peer.enrollment.as_deref(),
+            hello.sni.as_deref(),
+            dest,
+        );
+        let policy_tls = match decided.await {
+            Ok(t) => t,
+            Err(why) => {
+                self.store.append(Event::Tls(info));
+                let _ = client.write_all(&ACCESS_DENIED).await;
+                return (Outcome::Denied, Some(why));
+            }
+        };
+        let passthrough = match policy_tls {
+            GateTls::Passthrough => true,
+            GateTls::Intercept => tls.is_passthrough(hello.sni.as_deref()),
+            GateTls::Inspect => false,
+        };
+        if passthrough {
             info.mode = TlsMode::Passthrough;
             self.store.append(Event::Tls(info));
             return splice(client, upstream, &traffic).await;
@@ -157,7 +200,8 @@ impl Proxy {
             session: id,
             destination: dest,
             sni,
-            identity,
+            identity: peer.identity,
+            enrollment: peer.enrollment,
         };
         match alpn.as_deref() {
             Some(b"h2") => {
@@ -168,7 +212,7 @@ impl Proxy {
                 self.serve_http(info, Version::Http1, client, upstream)
                     .await
             }
-            Some(_) => relay_decrypted(client, upstream).await,
+            Some(_) => self.relay_opaque(&info, client, upstream).await,
             None => self.sniff_decrypted(info, client, upstream).await,
         }
     }
@@ -195,14 +239,35 @@ impl Proxy {
                 match classify(&from_client) {
                     Some(Protocol::Http1) => self.serve_http(info, Version::Http1, client, upstream).await,
                     Some(Protocol::H2Prior) => self.serve_http(info, Version::Http2, client, upstream).await,
-                    _ => relay_decrypted(client, upstream).await,
+                    _ => self.relay_opaque(&info, client, upstream).await,
                 }
             }
             n = upstream.read(&mut from_upstream) => {
                 from_upstream.truncate(n.unwrap_or(0));
-                relay_decrypted(Prefixed::new(Vec::new(), client), Prefixed::new(from_upstream, upstream)).await
+                self.relay_opaque(&info, Prefixed::new(Vec::new(), client), Prefixed::new(from_upstream, upstream)).await
             }
         }
+    }
+
+    /// A decrypted stream that is not HTTP: decided by the policy without its HTTP rules
+    /// (when HTTP rules were what sent it here), then relayed as it is.
+    async fn relay_opaque<C, U>(&self, info: &ConnectionInfo, client: C, upstream: U) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let opaque = self.gate.on_opaque(
+            info.session,
+            &info.identity,
+            info.enrollment.as_deref(),
+            info.sni.as_deref(),
+            info.destination,
+            true,
+        );
+        if let Err(why) = opaque.await {
+            return (Outcome::Denied, Some(why));
+        }
+        relay_decrypted(client, upstream).await
     }
 
     async fn serve_http<C, U>(

@@ -1,0 +1,108 @@
+//! The policy per HTTP request: a [`Hook`] that asks `Policy::decide_request` for every
+//! request of a connection the policy inspects (and of plain HTTP, where the `Host` header is
+//! the host name), refuses a deny with a 403 naming the rule and its reason, and holds an
+//! approve until a person decides (`approvals approve|deny`), with the request line and the
+//! recorded (credential-free) headers shown to the approver.
+
+use interceptor::policy::{RequestFacts, Verdict as PolicyVerdict};
+
+use super::exchange::recorded_request_headers;
+use super::hook::{Decision, ExchangeInfo, Hook, HookFuture, Verdict};
+use crate::gate::{self, Gate};
+
+pub struct PolicyHook {
+    pub gate: Gate,
+}
+
+impl PolicyHook {
+    /// Ok to forward; Err(why) to refuse with a 403.
+    async fn decide(&self, info: &ExchangeInfo, head: &http::request::Parts) -> Result<(), String> {
+        let policy = self.gate.policy.get();
+        let host = info.sni.as_deref().or_else(|| host_header(head));
+        let facts = gate::facts(
+            &info.identity,
+            info.enrollment.as_deref(),
+            host,
+            info.destination,
+        );
+        if gate::settled_before_dial(&policy, &facts) {
+            return Ok(());
+        }
+        // With an SNI, the TLS layer already enforced a decision that needs no request.
+        if info.sni.is_some() && policy.decide_connection(&facts).verdict != PolicyVerdict::Inspect
+        {
+            return Ok(());
+        }
+        let mut hold = {
+            let request = RequestFacts {
+                method: head.method.as_str(),
+                path: head.uri.path(),
+                headers: &head.headers,
+            };
+            let d = policy.decide_request(&facts, &request);
+            if d.verdict == PolicyVerdict::Allow {
+                return Ok(());
+            }
+            let destination = gate::destination(host, info.destination);
+            gate::held(&d, info.session, &info.identity, destination)?
+        };
+        hold.request_line = Some(format!("{} {}", head.method, head.uri.path()));
+        hold.headers = recorded_request_headers(&head.headers);
+        tracing::info!(session = info.session, seq = info.seq, rule = %hold.rule,
+            request = hold.request_line.as_deref().unwrap_or(""), "request held for approval");
+        // The policy snapshot is not kept across the wait: reloads go on meanwhile.
+        drop(policy);
+        self.gate.hold(hold).await
+    }
+}
+
+/// The request's host name (absolute URI or `Host` header), without a port.
+fn host_header(head: &http::request::Parts) -> Option<&str> {
+    let host = head.uri.host().or_else(|| {
+        head.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+    })?;
+    let name = match host.rsplit_once(':') {
+        Some((name, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
+    };
+    Some(name.trim_start_matches('[').trim_end_matches(']'))
+}
+
+impl Hook for PolicyHook {
+    fn on_request<'a>(
+        &'a self,
+        info: &'a ExchangeInfo,
+        head: &'a mut http::request::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async move {
+            match self.decide(info, head).await {
+                Ok(()) => Decision::default(),
+                Err(reason) => {
+                    tracing::info!(session = info.session, seq = info.seq, %reason, "request refused by policy");
+                    Decision {
+                        verdict: Verdict::Refuse {
+                            status: http::StatusCode::FORBIDDEN,
+                            reason,
+                        },
+                        body: None,
+                    }
+                }
+            }
+        })
+    }
+
+    fn on_response<'a>(
+        &'a self,
+        _info: &'a ExchangeInfo,
+        _head: &'a mut http::response::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async { Decision::default() })
+    }
+}

@@ -1,0 +1,255 @@
+//! The policy on host names and HTTP requests, end to end: curl under `interceptor exec`
+//! against HTTPS servers on 127.0.0.2 (their test CA trusted by the daemon through
+//! `--upstream-ca`). A host-name deny gets a TLS alert, an HTTP path deny a 403 naming the
+//! rule, an approve rule holds the request until `approvals approve|deny`, and a policy
+//! passthrough host is not decrypted.
+
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use interceptor_tests::https::{HttpsServer, TestPki};
+use interceptor_tests::*;
+use serde_json::Value;
+
+const RUN: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(30);
+
+const POLICY: &str = r#"
+[[rule]]
+name = "no-blocked-host"
+action = "deny"
+reason = "blocked host"
+[rule.match]
+host = ["blocked.test"]
+
+[[rule]]
+name = "hsm-passthrough"
+action = "allow"
+[rule.match]
+host = ["hsm.test"]
+[rule.settings]
+tls = "passthrough"
+
+[[rule]]
+name = "no-admin"
+action = "deny"
+reason = "admin is off limits"
+[rule.match]
+path = ["/admin/**"]
+
+[[rule]]
+name = "hold-echo"
+action = "approve"
+[rule.match]
+method = ["POST"]
+path = ["/echo"]
+[rule.approval]
+users = ["root"]
+timeout = "30s"
+
+[default]
+action = "allow"
+"#;
+
+struct Setup {
+    pki: TestPki,
+    server: HttpsServer,
+    d: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Result<Setup> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let names = ["127.0.0.2", "blocked.test", "hsm.test"];
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&names)?)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, POLICY)?;
+    let d = Daemon::start_with(&[
+        "--upstream-ca",
+        pki.ca_file.to_str().context("utf-8")?,
+        "--policy",
+        file.to_str().context("utf-8")?,
+    ])?;
+    Ok(Setup {
+        pki,
+        server,
+        d,
+        _dir: dir,
+    })
+}
+
+/// curl under exec with `args`.
+fn curl(d: &Daemon, args: &[&str]) -> Result<Output> {
+    let mut argv = vec!["curl", "-sS"];
+    argv.extend_from_slice(args);
+    run_with_timeout(&mut d.exec_command(&["--include-loopback"], &argv), RUN)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `--resolve` for `name` to the server, and its URL for `path`.
+fn by_name(server: &HttpsServer, name: &str, path: &str) -> (String, String) {
+    let port = server.addr.port();
+    (
+        format!("{name}:{port}:127.0.0.2"),
+        format!("https://{name}:{port}{path}"),
+    )
+}
+
+/// The newest ended session to `port` that `pred` accepts.
+fn session(d: &Daemon, port: u16, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    let suffix = format!(":{port}");
+    poll("the session", WAIT, Duration::from_millis(100), || {
+        let all: Vec<Value> = d.cli_json(["sessions", "list", "--json"])?;
+        Ok(all.into_iter().rev().find(|s| {
+            s["destination"]
+                .as_str()
+                .is_some_and(|x| x.ends_with(&suffix))
+                && s["outcome"] != "open"
+                && pred(s)
+        }))
+    })
+}
+
+#[test]
+fn host_name_deny_gets_a_tls_alert_and_is_recorded_with_its_rule() -> Result<()> {
+    let s = setup()?;
+    let (resolve, url) = by_name(&s.server, "blocked.test", "/hello");
+    let out = curl(&s.d, &["--resolve", &resolve, &url])?;
+    ensure!(
+        !out.status.success(),
+        "curl got through: {}",
+        text(&out.stdout)
+    );
+    let rec = session(&s.d, s.server.addr.port(), |x| {
+        x["tls"]["sni"] == "blocked.test"
+    })?;
+    ensure!(rec["outcome"] == "denied", "session: {rec:#}");
+    let error = rec["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("no-blocked-host") && error.contains("blocked host"),
+        "session error: {error}"
+    );
+    ensure!(
+        text(&out.stderr).contains("alert access denied"),
+        "curl: {}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn http_path_deny_is_a_403_naming_the_rule_and_other_paths_pass() -> Result<()> {
+    let s = setup()?;
+    let out = curl(&s.d, &["-i", &s.server.url("/admin/users")])?;
+    let body = text(&out.stdout);
+    ensure!(body.contains(" 403"), "response: {body}");
+    ensure!(
+        body.contains("no-admin") && body.contains("admin is off limits"),
+        "response: {body}"
+    );
+    let out = curl(&s.d, &[&s.server.url("/hello")])?;
+    ensure!(
+        out.status.success() && text(&out.stdout).starts_with("hello over"),
+        "curl: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let rec = session(&s.d, s.server.addr.port(), |x| {
+        x["http"][0]["path"] == "/admin/users"
+    })?;
+    let error = rec["http"][0]["error"].as_str().unwrap_or_default();
+    ensure!(error.contains("no-admin"), "exchange: {:#}", rec["http"][0]);
+    Ok(())
+}
+
+/// Starts a held POST /echo in the background, as `nobody` (a workload's own user may not
+/// approve its requests); its output once it ends.
+fn held_post(s: &Setup, data: &'static str) -> std::thread::JoinHandle<Result<Output>> {
+    let url = s.server.url("/echo");
+    let mut cmd = s.d.exec_command(
+        &["--include-loopback"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "-d",
+            data,
+            &url,
+        ],
+    );
+    std::thread::spawn(move || run_with_timeout(&mut cmd, RUN))
+}
+
+/// The id of the one pending approval, once it is there.
+fn pending_id(d: &Daemon) -> Result<String> {
+    let p = poll(
+        "a pending approval",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            let list: Vec<Value> = d.cli_json(["approvals", "list", "--json"])?;
+            ensure!(list.len() <= 1, "more than one pending: {list:?}");
+            Ok(list.into_iter().next())
+        },
+    )?;
+    ensure!(
+        p["rule"] == "hold-echo" && p["request_line"] == "POST /echo",
+        "pending: {p:#}"
+    );
+    Ok(p["id"].as_u64().context("id")?.to_string())
+}
+
+#[test]
+fn approve_rule_holds_the_request_until_approved_or_denied() -> Result<()> {
+    let s = setup()?;
+    let client = held_post(&s, "payload-one");
+    let id = pending_id(&s.d)?;
+    s.d.cli_ok(["approvals", "approve", &id])?;
+    let out = client.join().expect("client thread")?;
+    ensure!(
+        out.status.success() && text(&out.stdout) == "payload-one",
+        "curl: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    let client = held_post(&s, "payload-two");
+    let id = pending_id(&s.d)?;
+    s.d.cli_ok(["approvals", "deny", &id, "--reason", "not now"])?;
+    let out = client.join().expect("client thread")?;
+    let body = text(&out.stdout);
+    ensure!(
+        body.contains("approval denied by root: not now"),
+        "response: {body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn policy_passthrough_host_is_not_decrypted() -> Result<()> {
+    let s = setup()?;
+    let (resolve, url) = by_name(&s.server, "hsm.test", "/hello");
+    let ca = s.pki.ca_file.to_str().context("utf-8")?;
+    // The client trusts only the server's own CA: it works only if it sees the real cert.
+    let out = curl(&s.d, &["-v", "--cacert", ca, "--resolve", &resolve, &url])?;
+    ensure!(out.status.success(), "curl failed: {}", text(&out.stderr));
+    ensure!(
+        text(&out.stderr).contains("CN=upstream test CA"),
+        "{}",
+        text(&out.stderr)
+    );
+    let rec = session(&s.d, s.server.addr.port(), |x| {
+        x["tls"]["sni"] == "hsm.test"
+    })?;
+    ensure!(rec["tls"]["mode"] == "passthrough", "session: {rec:#}");
+    Ok(())
+}
