@@ -422,6 +422,13 @@ fn tailer_started_before_traffic_sees_every_event_in_order() -> Result<()> {
         !human.contains('\x1b'),
         "colour when not a terminal: {human:?}"
     );
+    // Store events have lines of their own too: the policy put in force at start.
+    let all = d.cli_ok(["sessions", "tail"])?;
+    ensure!(
+        all.lines()
+            .any(|l| l.contains("policy") && l.contains("in force")),
+        "{all}"
+    );
     Ok(())
 }
 

@@ -240,6 +240,31 @@ fn human(r: &Record, colour: bool) -> String {
                 humantime::format_duration(Duration::from_millis(h.duration.as_millis() as u64))
             ),
         ),
+        Event::Secret(f) => paint(
+            RED,
+            format!(
+                "secret {} {:?} {} (hash {}){}",
+                f.finding.rule,
+                f.direction,
+                f.location,
+                f.finding.hash,
+                if f.finding.forwarded_unmasked > 0 {
+                    "  PARTLY FORWARDED"
+                } else {
+                    "  masked"
+                }
+            ),
+        ),
+        Event::PolicyLoaded(p) => paint(
+            YELLOW,
+            format!(
+                "policy {} in force ({} rules, {}), sha256 {}",
+                p.path,
+                p.rules,
+                p.trigger,
+                &p.sha256[..p.sha256.len().min(12)]
+            ),
+        ),
         Event::Retention(ret) => paint(
             YELLOW,
             format!(
