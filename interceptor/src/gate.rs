@@ -11,6 +11,7 @@ use interceptor::approvals::{Approvals, HoldRequest, Outcome, Workload};
 use interceptor::policy::{self, ConnectionFacts, Decision, Policy, TlsMode, Verdict};
 
 use crate::identity::Identity;
+use crate::sessions::PolicyDecision;
 
 #[derive(Clone)]
 pub struct Gate {
@@ -49,7 +50,8 @@ impl Gate {
     }
 
     /// A connection with its host name (the SNI) known, before anything is sent upstream:
-    /// Err(why) to refuse it; an approve holds it here. Ok says how to treat its TLS.
+    /// the deciding rule, and Err(why) to refuse it; an approve holds it here. Ok says how
+    /// to treat its TLS.
     pub async fn on_connection(
         &self,
         session: u64,
@@ -57,10 +59,14 @@ impl Gate {
         enrollment: Option<&str>,
         host: Option<&str>,
         dest: SocketAddr,
-    ) -> Result<Tls, String> {
+    ) -> (PolicyDecision, Result<Tls, String>) {
         let policy = self.policy.get();
         let facts = facts(identity, enrollment, host, dest);
         let d = policy.decide_connection(&facts);
+        let decision = PolicyDecision {
+            rule: d.name.to_owned(),
+            verdict: d.verdict,
+        };
         let tls = match (d.verdict, d.settings.tls) {
             (Verdict::Inspect, _) => Tls::Inspect,
             (_, TlsMode::Intercept) => Tls::Intercept,
@@ -69,11 +75,14 @@ impl Gate {
         if !matches!(d.verdict, Verdict::Deny | Verdict::Approve)
             || settled_before_dial(&policy, &facts)
         {
-            return Ok(tls);
+            return (decision, Ok(tls));
         }
-        let hold = held(&d, session, identity, destination(host, dest))?;
+        let hold = match held(&d, session, identity, destination(host, dest)) {
+            Ok(hold) => hold,
+            Err(why) => return (decision, Err(why)),
+        };
         drop(policy);
-        self.hold(hold).await.map(|()| tls)
+        (decision, self.hold(hold).await.map(|()| tls))
     }
 
     /// A stream that is not HTTP (raw TCP, or decrypted but not HTTP): Err(why) to refuse

@@ -129,7 +129,10 @@ fn host_name_deny_gets_a_tls_alert_and_is_recorded_with_its_rule() -> Result<()>
     let rec = session(&s.d, s.server.addr.port(), |x| {
         x["tls"]["sni"] == "blocked.test"
     })?;
-    ensure!(rec["outcome"] == "denied", "session: {rec:#}");
+    ensure!(
+        rec["outcome"] == "denied" && rec["tls"]["policy"]["rule"] == "no-blocked-host",
+        "session: {rec:#}"
+    );
     let error = rec["error"].as_str().unwrap_or_default();
     ensure!(
         error.contains("no-blocked-host") && error.contains("blocked host"),
@@ -250,6 +253,9 @@ fn policy_passthrough_host_is_not_decrypted() -> Result<()> {
     let rec = session(&s.d, s.server.addr.port(), |x| {
         x["tls"]["sni"] == "hsm.test"
     })?;
-    ensure!(rec["tls"]["mode"] == "passthrough", "session: {rec:#}");
+    ensure!(
+        rec["tls"]["mode"] == "passthrough" && rec["tls"]["policy"]["rule"] == "hsm-passthrough",
+        "session: {rec:#}"
+    );
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! Decisions: the first rule whose conditions all hold decides; the default when none does.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::facts::{ConnectionFacts, RequestFacts, glob_values};
 use super::model::{Action, Approval, GlobField, Policy, Rule, Settings};
 
 /// What the proxy does with a connection or request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Allow,

@@ -114,6 +114,7 @@ impl Proxy {
             alpn_offered: hello.alpn.iter().map(|p| lossy(p)).collect(),
             alpn: None,
             mode: TlsMode::Terminated,
+            policy: None,
         };
         let decided = self.gate.on_connection(
             id,
@@ -122,7 +123,9 @@ impl Proxy {
             hello.sni.as_deref(),
             dest,
         );
-        let policy_tls = match decided.await {
+        let (decision, allowed) = decided.await;
+        info.policy = Some(decision);
+        let policy_tls = match allowed {
             Ok(t) => t,
             Err(why) => {
                 self.store.append(Event::Tls(info));

@@ -86,6 +86,17 @@ pub struct TlsInfo {
     /// What the upstream chose (and the client was offered), when terminated.
     pub alpn: Option<String>,
     pub mode: TlsMode,
+    /// The policy's decision once the SNI was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDecision>,
+}
+
+/// Which policy rule decided, and what.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    /// The rule's name, or "default".
+    pub rule: String,
+    pub verdict: interceptor::policy::Verdict,
 }
 
 /// One request/response pair. Only headers on an allow-list are kept (never credentials).
