@@ -385,6 +385,7 @@ mod tests {
             destination: "127.0.0.2:443".parse().unwrap(),
             sni: None,
             identity: Default::default(),
+            enrollment: None,
         }
     }
 
