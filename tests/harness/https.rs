@@ -25,6 +25,12 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A test CA whose certificate is written to a file (for `--upstream-ca`).
+/// A policy that allows everything and intercepts all TLS (`run --policy`), for tests whose
+/// servers listen on ports the shipped default passes through.
+pub fn intercept_all_policy() -> PathBuf {
+    crate::workspace_root().join("tests/policies/intercept-all.toml")
+}
+
 pub struct TestPki {
     _dir: TempDir,
     pub ca_file: PathBuf,

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use interceptor_tests::https::TestPki;
+use interceptor_tests::https::{TestPki, intercept_all_policy};
 use interceptor_tests::*;
 use serde_json::Value;
 
@@ -167,7 +167,9 @@ fn rules_dir() -> PathBuf {
 /// A daemon that masks with the shipped rules and trusts `pki` upstream.
 fn daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
     let (ca, rules) = (pki.ca_file.to_str().unwrap(), rules_dir());
+    let policy = intercept_all_policy();
     let mut args = vec!["--upstream-ca", ca, "--rules", rules.to_str().unwrap()];
+    args.extend(["--policy", policy.to_str().unwrap()]);
     args.extend_from_slice(extra);
     Daemon::start_with(&args)
 }
@@ -325,10 +327,8 @@ fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
     let pki = TestPki::new("upstream test CA")?;
     let server = RecordingServer::start(&pki)?;
     let d = daemon(&pki, &[])?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("headers");
-    std::fs::write(&file, format!("X-Token: {HEADER_SECRET}\n"))?;
-    let header = format!("@{}", file.display());
+    // On the command line: recorded with the session's identity, masked too.
+    let header = format!("X-Token: {HEADER_SECRET}");
     curl(&d, &server, "api.test", "/hello", &["-H", &header])?;
     let got = server.received();
     let value = got
@@ -342,6 +342,7 @@ fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
     );
     let all = findings(&d, &server, 1)?;
     ensure_finding(&all, "github.ghp", "up", "header:x-token")?;
+    ensure_finding(&all, "github.ghp", "up", "cmdline")?;
     ensure_nothing_at_rest(&d, &[HEADER_SECRET])
 }
 

@@ -7,17 +7,24 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use interceptor_tests::https::{HttpsServer, TestPki};
+use interceptor_tests::https::{HttpsServer, TestPki, intercept_all_policy};
 use interceptor_tests::*;
 use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(60);
 const SESSIONS: Duration = Duration::from_secs(30);
 
-/// A daemon that trusts `pki` for upstreams, plus `extra` run arguments.
+/// A daemon that trusts `pki` for upstreams and intercepts all TLS, plus `extra` run
+/// arguments.
 fn daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
     let ca = pki.ca_file.to_str().unwrap().to_owned();
-    let mut args = vec!["--upstream-ca", ca.as_str()];
+    let policy = intercept_all_policy();
+    let mut args = vec![
+        "--upstream-ca",
+        ca.as_str(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     Daemon::start_with(&args)
 }
