@@ -82,8 +82,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         policy: current_policy.clone(),
         approvals: approvals.clone(),
     };
-    let hooks = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?
-        .with_first(Arc::new(crate::http::policy_hook::PolicyHook { gate: gate.clone() }));
+    let secrets = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
+    let hooks = secrets
+        .hooks
+        .with_first(Arc::new(crate::http::policy_hook::PolicyHook {
+            gate: gate.clone(),
+        }));
     let proxy = Arc::new(Proxy {
         original: kernel.original_dst(),
         identities: IdentityResolver::default(),
@@ -96,6 +100,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
             .context("setting up TLS interception")?,
         http: crate::http::HttpLayer::new(hooks, config.header_timeout),
         gate,
+        masking: secrets.masking,
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await

@@ -21,10 +21,11 @@ use interceptor_ebpf::{ConnKey, ConnectInfo};
 use tokio::net::TcpStream;
 
 use crate::cgroup::Cgroup;
-use crate::identity::IdentityResolver;
+use crate::identity::{Identity, IdentityResolver};
 use crate::kernel::OriginalDstTable;
 use crate::redirect::Namespace;
 use crate::relay::{self, Traffic};
+use crate::sessions::record::SecretFinding;
 use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
 use dispatch::Peer;
 
@@ -50,6 +51,8 @@ pub struct Proxy {
     pub live: AtomicU64,
     pub tls: crate::tls::TlsLayer,
     pub http: crate::http::HttpLayer,
+    /// Masks secrets in recorded command lines (with `--rules`).
+    pub masking: Option<Arc<crate::http::masking::Masking>>,
     /// Policy decisions and approval holds before dialing.
     pub gate: crate::gate::Gate,
 }
@@ -75,6 +78,7 @@ impl Proxy {
             .identities
             .resolve(&info, enrollment.as_ref().map(|e| &e.cgroup));
         let id = self.store.next_session_id();
+        let (identity, found) = self.masked(id, identity);
         let gate_identity = Arc::new(identity.clone());
         tracing::debug!(session = id, pid = identity.pid, comm = %identity.comm, %dest, "intercepted");
         self.store.append(Event::Start(SessionStart {
@@ -84,6 +88,9 @@ impl Proxy {
             destination: dest.to_string(),
             started_at: ktime_to_system(info.ktime_ns),
         }));
+        found
+            .into_iter()
+            .for_each(|f| self.store.append(Event::Secret(f)));
 
         let _live = LiveGuard::new(&self.live, enrollment.as_deref());
         let name = enrollment.as_ref().and_then(|e| e.name.as_deref());
@@ -135,6 +142,15 @@ impl Proxy {
         }));
     }
 
+    /// The identity as it is recorded: secrets in its command line masked, and their findings.
+    fn masked(&self, session: u64, mut identity: Identity) -> (Identity, Vec<SecretFinding>) {
+        let found = match &self.masking {
+            Some(m) => m.mask_cmdline(session, &mut identity.cmdline),
+            None => Vec::new(),
+        };
+        (identity, found)
+    }
+
     /// Records a connect() that the kernel refused with EPERM.
     pub fn record_denied(&self, info: &ConnectInfo) {
         let dest = original_destination(info);
@@ -145,6 +161,7 @@ impl Proxy {
         tracing::warn!(pid = identity.pid, comm = %identity.comm, exe = identity.exe.as_deref().unwrap_or("?"),
             %dest, enrollment = info.enrollment, "connect denied in the kernel (deny list)");
         let id = self.store.next_session_id();
+        let (identity, found) = self.masked(id, identity);
         let at = ktime_to_system(info.ktime_ns);
         self.store.append(Event::Start(SessionStart {
             id,
@@ -153,6 +170,9 @@ impl Proxy {
             destination: dest.to_string(),
             started_at: at,
         }));
+        found
+            .into_iter()
+            .for_each(|f| self.store.append(Event::Secret(f)));
         self.store.append(Event::End(SessionEnd {
             id,
             ended_at: at,

@@ -18,9 +18,15 @@ use crate::sessions::{Event, Store};
 /// How often the vault's files are checked for changes.
 const VAULT_POLL: Duration = Duration::from_secs(2);
 
+/// What the daemon installs: HTTP hooks, and the masking for recorded command lines.
+pub struct Secrets {
+    pub hooks: Hooks,
+    pub masking: Option<Arc<Masking>>,
+}
+
 /// The HTTP hooks for these rules and vault: injection first (so the credential it puts in
 /// is not masked on its way up), then masking. None without rules or vault.
-pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyhow::Result<Hooks> {
+pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyhow::Result<Secrets> {
     let vault = vault
         .map(|p| SharedVault::open(p).with_context(|| format!("loading the vault {}", p.display())))
         .transpose()?;
@@ -34,7 +40,10 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
         }
     };
     let Some(engine) = compile(&rules, vault.as_ref())? else {
-        return Ok(Hooks::default());
+        return Ok(Secrets {
+            hooks: Hooks::default(),
+            masking: None,
+        });
     };
     tracing::info!(
         rules = engine.rules().len(),
@@ -52,8 +61,11 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
         tokio::spawn(reload_vault(vault.clone(), rules, masking.clone()));
         hooks.push(Arc::new(Tokenizer { vault }));
     }
-    hooks.push(masking);
-    Ok(Hooks::new(hooks))
+    hooks.push(masking.clone());
+    Ok(Secrets {
+        hooks: Hooks::new(hooks),
+        masking: Some(masking),
+    })
 }
 
 /// The rules plus one echo rule per vault credential; None when that is no rule at all.

@@ -70,6 +70,32 @@ impl Masking {
         }
     }
 
+    /// Masks secrets in a workload's command line (recorded with its session's identity),
+    /// in place; returns the findings, for the session record once it has started.
+    pub fn mask_cmdline(&self, session: u64, cmdline: &mut [String]) -> Vec<SecretFinding> {
+        let text = cmdline.join("\n");
+        let (masked, found) = match mask_buffer(&self.engine(), &self.hasher, text.as_bytes()) {
+            Ok(done) => done,
+            Err(e) => {
+                // Never record what could not be scanned.
+                tracing::warn!(session, error = %e, "scanning a command line");
+                cmdline.iter_mut().for_each(|a| *a = "*".into());
+                return Vec::new();
+            }
+        };
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let masked = String::from_utf8_lossy(&masked);
+        for (arg, masked) in cmdline.iter_mut().zip(masked.split('\n')) {
+            *arg = masked.to_owned();
+        }
+        found
+            .into_iter()
+            .map(|f| recorded(session, None, Direction::Up, "cmdline".into(), f))
+            .collect()
+    }
+
     /// Masks the request target (if any) and the headers (all but `skip`) in place. They
     /// are scanned as one buffer, a `name: value` line each, so rules that anchor on a header
     /// name ("Authorization: Bearer ...") match, with one masker per head.
@@ -258,15 +284,33 @@ struct Reporter {
 
 impl Reporter {
     fn report(&self, location: String, finding: Finding) {
-        tracing::info!(session = self.session, seq = self.seq, direction = ?self.direction,
-            %location, rule = %finding.rule, hash = %finding.hash, "secret masked");
-        (self.sink)(SecretFinding {
-            id: self.session,
-            seq: Some(self.seq),
-            direction: self.direction,
+        let seq = Some(self.seq);
+        (self.sink)(recorded(
+            self.session,
+            seq,
+            self.direction,
             location,
             finding,
-        });
+        ));
+    }
+}
+
+/// A finding as the session records it; logged (without the secret) on the way.
+fn recorded(
+    session: u64,
+    seq: Option<u64>,
+    direction: Direction,
+    location: String,
+    finding: Finding,
+) -> SecretFinding {
+    tracing::info!(session, seq, ?direction, %location, rule = %finding.rule,
+        hash = %finding.hash, "secret masked");
+    SecretFinding {
+        id: session,
+        seq,
+        direction,
+        location,
+        finding,
     }
 }
 

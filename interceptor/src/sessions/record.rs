@@ -140,10 +140,10 @@ pub struct UpgradedBytes {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SecretFinding {
     pub id: u64,
-    /// The HTTP exchange (its `seq`); absent on raw streams.
+    /// The HTTP exchange (its `seq`); absent for a command line.
     pub seq: Option<u64>,
     pub direction: interceptor::relay_scan::Direction,
-    /// `header:NAME`, `uri` or `body`.
+    /// `header:NAME`, `uri`, `body`, or `cmdline` (the workload's, in the session start).
     pub location: String,
     #[serde(flatten)]
     pub finding: interceptor::detection::Finding,
