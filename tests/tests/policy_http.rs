@@ -48,6 +48,15 @@ path = ["/echo"]
 users = ["root"]
 timeout = "30s"
 
+[[rule]]
+name = "hold-briefly"
+action = "approve"
+[rule.match]
+path = ["/bytes/**"]
+[rule.approval]
+users = ["root"]
+timeout = "1s"
+
 [default]
 action = "allow"
 "#;
@@ -168,6 +177,15 @@ fn http_path_deny_is_a_403_naming_the_rule_and_other_paths_pass() -> Result<()> 
     })?;
     let error = rec["http"][0]["error"].as_str().unwrap_or_default();
     ensure!(error.contains("no-admin"), "exchange: {:#}", rec["http"][0]);
+
+    // Plain HTTP too.
+    let plain = HttpsServer::start_plain("127.0.0.3")?;
+    let out = curl(&s.d, &["-i", &plain.plain_url("/admin/users")])?;
+    let body = text(&out.stdout);
+    ensure!(
+        body.contains(" 403") && body.contains("no-admin"),
+        "response: {body}"
+    );
     Ok(())
 }
 
@@ -190,6 +208,18 @@ fn held_post(s: &Setup, data: &'static str) -> std::thread::JoinHandle<Result<Ou
         ],
     );
     std::thread::spawn(move || run_with_timeout(&mut cmd, RUN))
+}
+
+#[test]
+fn held_request_nobody_decides_times_out_with_a_403() -> Result<()> {
+    let s = setup()?;
+    let out = curl(&s.d, &["-i", &s.server.url("/bytes/3")])?;
+    let body = text(&out.stdout);
+    ensure!(
+        body.contains(" 403") && body.contains("timed out awaiting approval"),
+        "response: {body}"
+    );
+    Ok(())
 }
 
 /// The id of the one pending approval, once it is there.

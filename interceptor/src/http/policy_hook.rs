@@ -106,3 +106,33 @@ impl Hook for PolicyHook {
         Box::pin(async { Decision::default() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_header;
+
+    fn host_of(uri: &str, host: Option<&str>) -> Option<String> {
+        let mut req = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        let (head, ()) = req.body(()).unwrap().into_parts();
+        host_header(&head).map(str::to_owned)
+    }
+
+    #[test]
+    fn host_names_lose_their_port_and_brackets() {
+        assert_eq!(
+            host_of("/x", Some("api.test:8443")).as_deref(),
+            Some("api.test")
+        );
+        assert_eq!(host_of("/x", Some("api.test")).as_deref(), Some("api.test"));
+        assert_eq!(host_of("/x", Some("[::1]:80")).as_deref(), Some("::1"));
+        assert_eq!(host_of("/x", Some("::1")).as_deref(), Some("::1"));
+        assert_eq!(
+            host_of("http://abs.test:81/x", Some("other.test")).as_deref(),
+            Some("abs.test")
+        );
+        assert_eq!(host_of("/x", None), None);
+    }
+}
