@@ -32,6 +32,15 @@ host = ["hsm.test"]
 tls = "passthrough"
 
 [[rule]]
+name = "hold-host"
+action = "approve"
+[rule.match]
+host = ["held.test"]
+[rule.approval]
+users = ["root"]
+timeout = "30s"
+
+[[rule]]
 name = "no-admin"
 action = "deny"
 reason = "admin is off limits"
@@ -71,7 +80,7 @@ struct Setup {
 fn setup() -> Result<Setup> {
     require_root();
     let pki = TestPki::new("upstream test CA")?;
-    let names = ["127.0.0.2", "blocked.test", "hsm.test"];
+    let names = ["127.0.0.2", "blocked.test", "hsm.test", "held.test"];
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&names)?)?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("policy.toml");
@@ -189,24 +198,19 @@ fn http_path_deny_is_a_403_naming_the_rule_and_other_paths_pass() -> Result<()> 
     Ok(())
 }
 
-/// Starts a held POST /echo in the background, as `nobody` (a workload's own user may not
-/// approve its requests); its output once it ends.
-fn held_post(s: &Setup, data: &'static str) -> std::thread::JoinHandle<Result<Output>> {
-    let url = s.server.url("/echo");
-    let mut cmd = s.d.exec_command(
-        &["--include-loopback"],
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "-d",
-            data,
-            &url,
-        ],
-    );
+/// Starts curl with `args` under exec in the background, as `nobody` (a workload's own
+/// user may not approve its requests); its output once it ends.
+fn background_curl(s: &Setup, args: &[&str]) -> std::thread::JoinHandle<Result<Output>> {
+    let mut argv = vec![
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "curl",
+        "-sS",
+    ];
+    argv.extend_from_slice(args);
+    let mut cmd = s.d.exec_command(&["--include-loopback"], &argv);
     std::thread::spawn(move || run_with_timeout(&mut cmd, RUN))
 }
 
@@ -222,8 +226,8 @@ fn held_request_nobody_decides_times_out_with_a_403() -> Result<()> {
     Ok(())
 }
 
-/// The id of the one pending approval, once it is there.
-fn pending_id(d: &Daemon) -> Result<String> {
+/// The one pending approval, once it is there, and its id.
+fn pending(d: &Daemon) -> Result<(Value, String)> {
     let p = poll(
         "a pending approval",
         WAIT,
@@ -234,18 +238,26 @@ fn pending_id(d: &Daemon) -> Result<String> {
             Ok(list.into_iter().next())
         },
     )?;
+    let id = p["id"].as_u64().context("id")?.to_string();
+    Ok((p, id))
+}
+
+/// The id of the pending approval of a POST /echo.
+fn pending_echo(d: &Daemon) -> Result<String> {
+    let (p, id) = pending(d)?;
     ensure!(
         p["rule"] == "hold-echo" && p["request_line"] == "POST /echo",
         "pending: {p:#}"
     );
-    Ok(p["id"].as_u64().context("id")?.to_string())
+    Ok(id)
 }
 
 #[test]
 fn approve_rule_holds_the_request_until_approved_or_denied() -> Result<()> {
     let s = setup()?;
-    let client = held_post(&s, "payload-one");
-    let id = pending_id(&s.d)?;
+    let url = s.server.url("/echo");
+    let client = background_curl(&s, &["-d", "payload-one", &url]);
+    let id = pending_echo(&s.d)?;
     s.d.cli_ok(["approvals", "approve", &id])?;
     let out = client.join().expect("client thread")?;
     ensure!(
@@ -255,14 +267,36 @@ fn approve_rule_holds_the_request_until_approved_or_denied() -> Result<()> {
         text(&out.stderr)
     );
 
-    let client = held_post(&s, "payload-two");
-    let id = pending_id(&s.d)?;
+    let client = background_curl(&s, &["-d", "payload-two", &url]);
+    let id = pending_echo(&s.d)?;
     s.d.cli_ok(["approvals", "deny", &id, "--reason", "not now"])?;
     let out = client.join().expect("client thread")?;
     let body = text(&out.stdout);
     ensure!(
         body.contains("approval denied by root: not now"),
         "response: {body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn host_name_approve_holds_the_connection_before_the_upstream_handshake() -> Result<()> {
+    let s = setup()?;
+    let (resolve, url) = by_name(&s.server, "held.test", "/hello");
+    let client = background_curl(&s, &["--resolve", &resolve, &url]);
+    let (p, id) = pending(&s.d)?;
+    ensure!(
+        p["rule"] == "hold-host"
+            && p["destination"] == format!("held.test:{}", s.server.addr.port()),
+        "pending: {p:#}"
+    );
+    s.d.cli_ok(["approvals", "approve", &id])?;
+    let out = client.join().expect("client thread")?;
+    ensure!(
+        out.status.success() && text(&out.stdout).starts_with("hello over"),
+        "curl: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
     Ok(())
 }

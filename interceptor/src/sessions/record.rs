@@ -18,7 +18,8 @@ pub enum Outcome {
     UpstreamTimeout,
     UpstreamError,
     ClientError,
-    /// `connect()` failed with EPERM in the kernel; never reached the proxy.
+    /// Refused by policy: `connect()` failed with EPERM in the kernel (never reached the
+    /// proxy), or the proxy reset it or sent a TLS alert (`error` names the rule and reason).
     Denied,
     /// The workload's TLS handshake failed (malformed ClientHello, stall, our certificate
     /// refused).
