@@ -216,8 +216,8 @@ fn curl_as(
 }
 
 /// Waits for `n` ended sessions to the server; returns every session's findings.
-fn findings(d: &Daemon, server: &RecordingServer, n: usize) -> Result<Vec<Value>> {
-    let suffix = format!(":{}", server.port);
+fn findings(d: &Daemon, port: u16, n: usize) -> Result<Vec<Value>> {
+    let suffix = format!(":{port}");
     d.wait_for_matching(
         |s| s.destination.ends_with(&suffix) && s.outcome != "open",
         n,
@@ -316,7 +316,7 @@ fn secret_in_a_request_body_is_masked_before_the_server() -> Result<()> {
         "content-length not kept: {:?}",
         got[0].headers
     );
-    let all = findings(&d, &server, 2)?;
+    let all = findings(&d, server.port, 2)?;
     ensure_finding(&all, "aws.access-key-id", "up", "body")?;
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
 }
@@ -340,7 +340,7 @@ fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
         value.starts_with("ghp_") && value.ends_with("****") && value.len() == HEADER_SECRET.len(),
         "masked as {value}"
     );
-    let all = findings(&d, &server, 1)?;
+    let all = findings(&d, server.port, 1)?;
     ensure_finding(&all, "github.ghp", "up", "header:x-token")?;
     ensure_finding(&all, "github.ghp", "up", "cmdline")?;
     ensure_nothing_at_rest(&d, &[HEADER_SECRET])
@@ -361,7 +361,7 @@ fn secret_in_a_response_body_is_masked_before_the_client() -> Result<()> {
         );
         ensure!(text.contains("\"xoxb****"), "not masked in place: {text}");
     }
-    let all = findings(&d, &server, 2)?;
+    let all = findings(&d, server.port, 2)?;
     ensure_finding(&all, "slack.bot-token", "down", "body")?;
     ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
 }
@@ -420,7 +420,7 @@ fn vault_swaps_in_the_real_credential_for_the_allowed_identity_and_masks_its_ech
             r.headers
         );
     }
-    let all = findings(&d, &server, 2)?;
+    let all = findings(&d, server.port, 2)?;
     ensure_finding(&all, "vault.test-api", "down", "body")?;
     ensure_nothing_at_rest(&d, &[REAL])
 }
@@ -471,6 +471,43 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
         "reached the server: {:#?}",
         server.received()
     );
-    findings(&d, &server, 3)?;
+    findings(&d, server.port, 3)?;
     ensure_nothing_at_rest(&d, &[REAL])
+}
+
+#[test]
+fn raw_tcp_is_masked_both_ways() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let rules = rules_dir();
+    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+    let dir = tempfile::tempdir()?;
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload)?;
+    let script = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+        s.sendall(open(sys.argv[3], 'rb').read())\n\
+        s.shutdown(socket.SHUT_WR)\n\
+        out = b''\n\
+        while True:\n    b = s.recv(65536)\n    if not b: break\n    out += b\n\
+        sys.stdout.write(out.decode())\n";
+    let (ip, port) = (server.ip().to_string(), server.port().to_string());
+    let py = python().to_str().unwrap();
+    let out = exec(&d, &[py, "-c", script, &ip, &port, file.to_str().unwrap()])?;
+    ensure!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let masked = payload.replace(BODY_SECRET, "AKIA****************");
+    ensure!(stdout(&out) == masked, "client got {:?}", stdout(&out));
+    let records = server.wait_records(1, SESSIONS)?;
+    ensure!(
+        records[0].sha256.as_deref() == Some(sha256_hex(masked.as_bytes()).as_str()),
+        "the server got other bytes than the masked payload: {records:?}"
+    );
+    let all = findings(&d, server.port(), 1)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
+    ensure_nothing_at_rest(&d, &[BODY_SECRET])
 }

@@ -15,13 +15,14 @@
 
 use std::ops::Range;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use interceptor::detection::compression::{ContentEncoding, Decoder, Encoder};
 use interceptor::detection::{Engine, Finding, Masker, ScanError, SecretHasher, mask_buffer};
-use interceptor::relay_scan::Direction;
+use interceptor::relay_scan::{Direction, ScanRelay};
 
 use super::hook::{BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, Verdict};
 use super::tokenize::Tokenized;
@@ -29,6 +30,10 @@ use crate::sessions::record::SecretFinding;
 
 /// Largest decoded size of one compressed body.
 pub const MAX_DECODED_BODY: u64 = 64 << 20;
+
+/// How long a raw stream's held tail waits for more bytes before it is forwarded anyway (a
+/// request-response peer waits for it).
+const RAW_IDLE_FLUSH: Duration = Duration::from_millis(20);
 
 /// Where findings go (the session store, in the daemon).
 pub type FindingSink = Arc<dyn Fn(SecretFinding) + Send + Sync>;
@@ -68,6 +73,25 @@ impl Masking {
             seq: info.seq,
             direction,
         }
+    }
+
+    /// A relay that masks a raw stream both ways with the engine in force.
+    pub fn scan_relay(&self) -> ScanRelay {
+        ScanRelay {
+            engine: self.engine(),
+            hasher: self.hasher.clone(),
+            idle_flush: RAW_IDLE_FLUSH,
+        }
+    }
+
+    /// A finding in a raw stream, as the session records it.
+    pub fn stream_finding(
+        &self,
+        session: u64,
+        direction: Direction,
+        finding: Finding,
+    ) -> SecretFinding {
+        recorded(session, None, direction, "stream".into(), finding)
     }
 
     /// Masks secrets in a workload's command line (recorded with its session's identity),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,11 +16,13 @@ use super::peek::peek_until;
 use super::prefixed::Prefixed;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
 use crate::gate::Tls as GateTls;
+use crate::http::masking::Masking;
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
 use crate::identity::Identity;
 use crate::relay::{self, Side, Traffic};
 use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
+use interceptor::relay_scan::{Counters, Peer as ScanPeer};
 
 /// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
 const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
@@ -69,7 +72,10 @@ impl Proxy {
                     relay::reset(&client);
                     return (Outcome::Denied, Some(why));
                 }
-                return splice(client, upstream, &traffic).await;
+                return match &self.masking {
+                    Some(masking) => self.scan(id, masking, client, upstream, &traffic).await,
+                    None => splice(client, upstream, &traffic).await,
+                };
             }
             Protocol::Http1 => Version::Http1,
             Protocol::H2Prior => Version::Http2,
@@ -271,6 +277,48 @@ impl Proxy {
             return (Outcome::Denied, Some(why));
         }
         relay_decrypted(client, upstream).await
+    }
+
+    /// Raw TCP with secret masking: copied through a scanning relay instead of spliced.
+    async fn scan(
+        &self,
+        id: u64,
+        masking: &Masking,
+        mut client: TcpStream,
+        mut upstream: TcpStream,
+        traffic: &Traffic,
+    ) -> Ended {
+        let counters = Counters::default();
+        let relayed = masking
+            .scan_relay()
+            .relay(
+                &mut client,
+                &mut upstream,
+                &counters,
+                |direction, finding| {
+                    let found = masking.stream_finding(id, direction, finding);
+                    self.store.append(Event::Secret(found));
+                },
+            )
+            .await;
+        traffic
+            .up
+            .store(counters.up.load(Ordering::Relaxed), Ordering::Relaxed);
+        traffic
+            .down
+            .store(counters.down.load(Ordering::Relaxed), Ordering::Relaxed);
+        match relayed {
+            Ok(()) => (Outcome::Closed, None),
+            Err(e) => {
+                relay::reset(&client);
+                relay::reset(&upstream);
+                let outcome = match e.peer() {
+                    Some(ScanPeer::Upstream) => Outcome::UpstreamError,
+                    _ => Outcome::ClientError,
+                };
+                (outcome, Some(e.to_string()))
+            }
+        }
     }
 
     async fn serve_http<C, U>(
