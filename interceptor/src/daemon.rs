@@ -85,7 +85,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let secrets = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
     let hooks = secrets
         .hooks
-        .with_first(Arc::new(crate::http::policy_hook::PolicyHook {
+        .then(Arc::new(crate::http::policy_hook::PolicyHook {
             gate: gate.clone(),
         }));
     let proxy = Arc::new(Proxy {

@@ -84,9 +84,9 @@ impl Hooks {
         Hooks(hooks)
     }
 
-    /// These hooks with `hook` run before them.
-    pub fn with_first(mut self, hook: std::sync::Arc<dyn Hook>) -> Self {
-        self.0.insert(0, hook);
+    /// These hooks, then `hook`.
+    pub fn then(mut self, hook: std::sync::Arc<dyn Hook>) -> Self {
+        self.0.push(hook);
         self
     }
 
