@@ -66,6 +66,14 @@ path = ["/bytes/**"]
 users = ["root"]
 timeout = "1s"
 
+# After the HTTP rules: decided by the proxy, only once a stream turns out not to be HTTP.
+[[rule]]
+name = "no-raw-four"
+action = "deny"
+reason = "raw TCP to .4"
+[rule.match]
+cidr = ["127.0.0.4/32"]
+
 [default]
 action = "allow"
 "#;
@@ -297,6 +305,28 @@ fn host_name_approve_holds_the_connection_before_the_upstream_handshake() -> Res
         "curl: {} {}",
         text(&out.stdout),
         text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_stream_that_is_not_http_is_decided_without_the_http_rules() -> Result<()> {
+    let s = setup()?;
+    let listener = std::net::TcpListener::bind("127.0.0.4:0")?;
+    let port = listener.local_addr()?.port();
+    let script = format!("exec 3<>/dev/tcp/127.0.0.4/{port}; echo hello >&3; cat <&3");
+    let out = run_with_timeout(
+        &mut s
+            .d
+            .exec_command(&["--include-loopback"], &["bash", "-c", &script]),
+        RUN,
+    )?;
+    ensure!(!out.status.success(), "raw TCP got through");
+    let rec = session(&s.d, port, |_| true)?;
+    let error = rec["error"].as_str().unwrap_or_default();
+    ensure!(
+        rec["outcome"] == "denied" && error.contains("no-raw-four"),
+        "session: {rec:#}"
     );
     Ok(())
 }
