@@ -192,8 +192,14 @@ fn http_path_deny_is_a_403_naming_the_rule_and_other_paths_pass() -> Result<()> 
     let rec = session(&s.d, s.server.addr.port(), |x| {
         x["http"][0]["path"] == "/admin/users"
     })?;
-    let error = rec["http"][0]["error"].as_str().unwrap_or_default();
-    ensure!(error.contains("no-admin"), "exchange: {:#}", rec["http"][0]);
+    let exchange = &rec["http"][0];
+    let error = exchange["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("no-admin")
+            && exchange["policy"]["rule"] == "no-admin"
+            && exchange["policy"]["verdict"] == "deny",
+        "exchange: {exchange:#}"
+    );
 
     // Plain HTTP too.
     let plain = HttpsServer::start_plain("127.0.0.3")?;

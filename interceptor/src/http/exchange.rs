@@ -15,7 +15,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::hook::{BodyTransform, BoxError, ExchangeInfo};
-use crate::sessions::{HttpExchange, UpgradedBytes};
+use crate::sessions::{HttpExchange, PolicyDecision, UpgradedBytes};
 
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Where finished exchanges go (the session store, in the daemon).
@@ -76,17 +76,20 @@ impl Exchange {
                 duration: Default::default(),
                 upgraded: None,
                 error: None,
+                policy: None,
             }),
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
         }
     }
 
-    /// The request head again, after the hooks rewrote it (masked secrets).
+    /// The request head again, after the hooks rewrote it (masked secrets) and the policy
+    /// hook left its decision in the extensions.
     pub fn rewritten(&self, head: &http::request::Parts) {
         let mut r = self.record.lock().unwrap();
         r.path = head.uri.path().to_owned();
         r.request_headers = selected(&head.headers, REQUEST_HEADERS);
+        r.policy = head.extensions.get::<PolicyDecision>().cloned();
     }
 
     pub fn responded(&self, head: &http::response::Parts) {

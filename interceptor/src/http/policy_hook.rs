@@ -4,19 +4,47 @@
 //! approve until a person decides (`approvals approve|deny`), with the request line and the
 //! recorded (credential-free) headers shown to the approver.
 
+use interceptor::approvals::HoldRequest;
 use interceptor::policy::{RequestFacts, Verdict as PolicyVerdict};
 
 use super::exchange::recorded_request_headers;
 use super::hook::{Decision, ExchangeInfo, Hook, HookFuture, Verdict};
 use crate::gate::{self, Gate};
+use crate::sessions::PolicyDecision;
 
 pub struct PolicyHook {
     pub gate: Gate,
 }
 
+/// A decision made for one request: what it is (for the record), and the hold for an
+/// approve (`Ok(None)`: allowed) or why a deny refuses.
+type Decided = (PolicyDecision, Result<Option<HoldRequest>, String>);
+
 impl PolicyHook {
-    /// Ok to forward; Err(why) to refuse with a 403.
-    async fn decide(&self, info: &ExchangeInfo, head: &http::request::Parts) -> Result<(), String> {
+    /// Ok to forward; Err(why) to refuse with a 403. A decision made for this request is
+    /// left in the head's extensions for the exchange's record.
+    async fn decide(
+        &self,
+        info: &ExchangeInfo,
+        head: &mut http::request::Parts,
+    ) -> Result<(), String> {
+        let Some((decision, hold)) = self.decide_request(info, head) else {
+            return Ok(());
+        };
+        head.extensions.insert(decision);
+        let Some(mut hold) = hold? else {
+            return Ok(());
+        };
+        hold.request_line = Some(format!("{} {}", head.method, head.uri.path()));
+        hold.headers = recorded_request_headers(&head.headers);
+        tracing::info!(session = info.session, seq = info.seq, rule = %hold.rule,
+            request = hold.request_line.as_deref().unwrap_or(""), "request held for approval");
+        self.gate.hold(hold).await
+    }
+
+    /// None when the request is not decided on its own (an earlier stage enforced the
+    /// connection's decision). The policy snapshot is not kept: reloads go on during a hold.
+    fn decide_request(&self, info: &ExchangeInfo, head: &http::request::Parts) -> Option<Decided> {
         let policy = self.gate.policy.get();
         let host = info.sni.as_deref().or_else(|| host_header(head));
         let facts = gate::facts(
@@ -25,34 +53,29 @@ impl PolicyHook {
             host,
             info.destination,
         );
-        if gate::settled_before_dial(&policy, &facts) {
-            return Ok(());
-        }
         // With an SNI, the TLS layer already enforced a decision that needs no request.
-        if info.sni.is_some() && policy.decide_connection(&facts).verdict != PolicyVerdict::Inspect
+        if gate::settled_before_dial(&policy, &facts)
+            || info.sni.is_some()
+                && policy.decide_connection(&facts).verdict != PolicyVerdict::Inspect
         {
-            return Ok(());
+            return None;
         }
-        let mut hold = {
-            let request = RequestFacts {
-                method: head.method.as_str(),
-                path: head.uri.path(),
-                headers: &head.headers,
-            };
-            let d = policy.decide_request(&facts, &request);
-            if d.verdict == PolicyVerdict::Allow {
-                return Ok(());
-            }
-            let destination = gate::destination(host, info.destination);
-            gate::held(&d, info.session, &info.identity, destination)?
+        let request = RequestFacts {
+            method: head.method.as_str(),
+            path: head.uri.path(),
+            headers: &head.headers,
         };
-        hold.request_line = Some(format!("{} {}", head.method, head.uri.path()));
-        hold.headers = recorded_request_headers(&head.headers);
-        tracing::info!(session = info.session, seq = info.seq, rule = %hold.rule,
-            request = hold.request_line.as_deref().unwrap_or(""), "request held for approval");
-        // The policy snapshot is not kept across the wait: reloads go on meanwhile.
-        drop(policy);
-        self.gate.hold(hold).await
+        let d = policy.decide_request(&facts, &request);
+        let decision = PolicyDecision {
+            rule: d.name.to_owned(),
+            verdict: d.verdict,
+        };
+        if d.verdict == PolicyVerdict::Allow {
+            return Some((decision, Ok(None)));
+        }
+        let destination = gate::destination(host, info.destination);
+        let hold = gate::held(&d, info.session, &info.identity, destination).map(Some);
+        Some((decision, hold))
     }
 }
 

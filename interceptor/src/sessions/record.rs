@@ -128,6 +128,9 @@ pub struct HttpExchange {
     /// Set when the connection switched protocols (WebSocket): bytes relayed after it.
     pub upgraded: Option<UpgradedBytes>,
     pub error: Option<String>,
+    /// The policy's decision for this request, when it was decided per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDecision>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
