@@ -62,7 +62,9 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         header_timeout: args.tls.header_timeout,
         rules: args.rules.or_else(|| {
             let default = std::path::Path::new("policies/rules");
-            default.is_dir().then(|| std::path::absolute(default).unwrap_or_default())
+            default
+                .is_dir()
+                .then(|| std::path::absolute(default).unwrap_or_default())
         }),
         vault: args.vault,
         tls: args.tls.into_options(),
