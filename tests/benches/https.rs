@@ -143,23 +143,9 @@ fn bench() -> Result<()> {
          them, so the numbers move between runs.\n",
     );
     println!("{report}");
-    write_section(&report)?;
+    interceptor_tests::bench_report::write_section("https", &report)?;
     drop(daemon);
     Ok(())
-}
-
-/// Replaces this benchmark's section of `docs/benchmarks.md`, keeping the others.
-fn write_section(report: &str) -> Result<()> {
-    const START: &str = "<!-- bench:https -->";
-    const END: &str = "<!-- /bench:https -->";
-    let path = interceptor_tests::workspace_root().join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let section = format!("{START}\n{report}{END}");
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Which way the client's connections go.

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use interceptor_tests::Daemon;
 use serde::{Deserialize, Serialize};
 
@@ -81,23 +81,9 @@ fn bench() -> Result<()> {
         t.p99_us - d.p99_us,
     );
     println!("{report}");
-    write_section(&report)?;
+    interceptor_tests::bench_report::write_section("redirect", &report)?;
     drop(daemon);
     Ok(())
-}
-
-/// Replaces this benchmark's section of `docs/benchmarks.md`, keeping the others.
-fn write_section(report: &str) -> Result<()> {
-    const START: &str = "<!-- bench:redirect -->";
-    const END: &str = "<!-- /bench:redirect -->";
-    let path = interceptor_tests::workspace_root().join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
-    let section = format!("{START}\n{report}{END}");
-    let new = match (old.find(START), old.find(END)) {
-        (Some(a), Some(b)) => format!("{}{section}{}", &old[..a], &old[b + END.len()..]),
-        _ => format!("{}\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
 }
 
 fn run_client(

@@ -10,6 +10,7 @@
 //!
 //! Everything the harness creates is removed on Drop, also when the test fails.
 
+pub mod bench_report;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
