@@ -59,14 +59,7 @@ fn main() -> Result<()> {
 }
 
 fn bench() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the https benchmark needs root (it loads eBPF programs)");
-    }
-    if std::env::var_os("INTERCEPTOR_BIN").is_none() {
-        let release = interceptor_tests::workspace_root().join("target/release/interceptor");
-        // SAFETY: single-threaded at this point.
-        unsafe { std::env::set_var("INTERCEPTOR_BIN", &release) };
-    }
+    interceptor_tests::bench_report::prepare("https")?;
     let pki = TestPki::new("bench upstream CA")?;
     let server = HttpsServer::start(SERVER_IP, pki.server_config(&[SERVER_IP])?)?;
     let ca = pki.ca_file.to_str().unwrap().to_owned();

@@ -38,14 +38,7 @@ fn main() -> Result<()> {
 }
 
 fn bench() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the redirect benchmark needs root (it loads eBPF programs)");
-    }
-    if std::env::var_os("INTERCEPTOR_BIN").is_none() {
-        let release = interceptor_tests::workspace_root().join("target/release/interceptor");
-        // SAFETY: single-threaded at this point.
-        unsafe { std::env::set_var("INTERCEPTOR_BIN", &release) };
-    }
+    interceptor_tests::bench_report::prepare("redirect")?;
     let bulk = serve(SERVER_IP, bulk_sink)?;
     let echo = serve(SERVER_IP, first_byte_echo)?;
     let daemon = Daemon::start()?;

@@ -1,4 +1,5 @@
-//! Benchmarks write their results into `docs/benchmarks.md`, one marked section each.
+//! Shared by the daemon benchmarks: set-up, and their results in `docs/benchmarks.md`, one
+//! marked section each.
 
 use anyhow::{Context, Result};
 
@@ -19,4 +20,18 @@ pub fn write_section(name: &str, report: &str) -> Result<()> {
         _ => format!("{}\n{section}\n", old.trim_end()),
     };
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What every daemon benchmark checks first: root (it loads eBPF programs), and the release
+/// daemon as the binary under test unless `INTERCEPTOR_BIN` names another.
+pub fn prepare(bench: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("the {bench} benchmark needs root (it loads eBPF programs)");
+    }
+    if std::env::var_os("INTERCEPTOR_BIN").is_none() {
+        let release = workspace_root().join("target/release/interceptor");
+        // SAFETY: called first thing in the benchmark, before any thread starts.
+        unsafe { std::env::set_var("INTERCEPTOR_BIN", &release) };
+    }
+    Ok(())
 }
