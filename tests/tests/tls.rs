@@ -645,3 +645,59 @@ fn a_client_that_refuses_the_minted_certificate_is_recorded_as_such() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn ca_install_and_uninstall_change_the_trust_store_inside_a_private_namespace() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = daemon(&pki, &[])?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+    let bundle = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let host_bundle = std::fs::read(bundle)?;
+    let work = tempfile::tempdir()?;
+    let ca = d.data_dir().join("tls/ca.pem");
+    let script = scripts_dir().join("ca_trust.sh");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh"])
+        .arg(&script)
+        .arg(work.path())
+        .arg(interceptor_bin())
+        .arg(d.socket())
+        .arg(server.url("/hello"))
+        .arg(&ca);
+    let out = run_with_timeout(in_cgroup(&mut cmd, cg.path())?, RUN)?;
+    let text = stdout(&out);
+    ensure!(
+        out.status.success(),
+        "ca_trust.sh: {text}\n{}",
+        stderr(&out)
+    );
+    let steps: Vec<&str> = text.lines().filter(|l| l.contains(" curl=")).collect();
+    // curl 60: the peer's certificate was not trusted; openssl 2: verification failed.
+    ensure!(
+        steps
+            == [
+                "before curl=60 openssl=2",
+                "installed curl=0 openssl=0",
+                "removed curl=60 openssl=2",
+            ],
+        "trust inside the namespace: {text}\n{}",
+        stderr(&out)
+    );
+    ensure!(
+        text.contains("installed /usr/local/share/ca-certificates/interceptor-ca.crt"),
+        "{text}"
+    );
+    // The host's store never saw any of it.
+    ensure!(
+        std::fs::read(bundle)? == host_bundle,
+        "the host bundle changed"
+    );
+    ensure!(
+        !std::path::Path::new("/usr/local/share/ca-certificates/interceptor-ca.crt").exists(),
+        "the CA was installed on the host"
+    );
+    Ok(())
+}
