@@ -48,6 +48,8 @@ pub struct Daemon {
     enrollments: Mutex<Enrollments>,
     policy: policy::Current,
     policy_path: Option<PathBuf>,
+    /// Secret rule ids a policy may name (None: no `--rules`, not checked).
+    secret_rules: Option<Arc<[String]>>,
     approvals: Arc<Approvals>,
     proxy: Arc<Proxy>,
     proxy_port: u16,
@@ -72,7 +74,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         },
     )
     .context("loading the eBPF programs")?;
-    let policy = Arc::new(policy::load(config.policy.as_deref())?);
+    let secrets = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
+    let secret_rules: Option<Arc<[String]>> = secrets.rule_ids.clone().map(Into::into);
+    let policy = Arc::new(load_policy(
+        config.policy.as_deref(),
+        secret_rules.as_deref(),
+    )?);
     record_policy(&store, &policy, "start");
     let current_policy = policy::Current::new(policy.clone());
     let approvals = open_approvals(&config.data_dir, &store)?;
@@ -82,7 +89,6 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         policy: current_policy.clone(),
         approvals: approvals.clone(),
     };
-    let secrets = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
     let hooks = secrets
         .hooks
         .then(Arc::new(crate::http::policy_hook::PolicyHook {
@@ -121,6 +127,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         enrollments: Mutex::new(enrollments),
         policy: current_policy,
         policy_path: config.policy.clone(),
+        secret_rules,
         approvals,
         proxy: proxy.clone(),
         proxy_port: config.proxy_port,
@@ -160,6 +167,19 @@ fn open_approvals(data_dir: &std::path::Path, store: &Store) -> anyhow::Result<A
         store.append(Event::Approval(e))
     })
     .with_context(|| format!("reading {}", file.display()))
+}
+
+/// Loads the policy ([`policy::load`]) and checks that every secret rule id it names is one
+/// of `secret_rules` (the rules loaded with `--rules`).
+fn load_policy(
+    path: Option<&std::path::Path>,
+    secret_rules: Option<&[String]>,
+) -> Result<Policy, policy::PolicyError> {
+    let policy = policy::load(path)?;
+    if let Some(ids) = secret_rules {
+        policy.check_references(policy::ReferenceKind::SecretRule, ids)?;
+    }
+    Ok(policy)
 }
 
 fn record_policy(store: &Store, policy: &Policy, trigger: &str) {
@@ -275,7 +295,10 @@ impl Daemon {
     /// ([`policy::Current`]) and every enrollment's kernel deny list, and is recorded.
     async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
         let path = self.policy_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load(path.as_deref())).await?;
+        let rules = self.secret_rules.clone();
+        let loaded =
+            tokio::task::spawn_blocking(move || load_policy(path.as_deref(), rules.as_deref()))
+                .await?;
         let policy = match loaded {
             Ok(p) => Arc::new(p),
             Err(e) => {

@@ -22,6 +22,8 @@ const VAULT_POLL: Duration = Duration::from_secs(2);
 pub struct Secrets {
     pub hooks: Hooks,
     pub masking: Option<Arc<Masking>>,
+    /// Ids of the rules loaded from `--rules` (None without it), which a policy may name.
+    pub rule_ids: Option<Vec<String>>,
 }
 
 /// The HTTP hooks for these rules and vault: injection first (so the credential it puts in
@@ -30,6 +32,7 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
     let vault = vault
         .map(|p| SharedVault::open(p).with_context(|| format!("loading the vault {}", p.display())))
         .transpose()?;
+    let rules_dir_given = rules.is_some();
     let rules = match rules {
         Some(dir) => {
             load_dir(dir).with_context(|| format!("loading secret rules from {}", dir.display()))?
@@ -39,10 +42,12 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
             Vec::new()
         }
     };
+    let rule_ids = rules_dir_given.then(|| rules.iter().map(|r| r.id.clone()).collect());
     let Some(engine) = compile(&rules, vault.as_ref())? else {
         return Ok(Secrets {
             hooks: Hooks::default(),
             masking: None,
+            rule_ids,
         });
     };
     tracing::info!(
@@ -65,6 +70,7 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
     Ok(Secrets {
         hooks: Hooks::new(hooks),
         masking: Some(masking),
+        rule_ids,
     })
 }
 

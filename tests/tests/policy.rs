@@ -42,6 +42,16 @@ fn connect_errnos(cgroup: &Path, servers: &[&Server]) -> Result<Vec<Option<i32>>
         .collect())
 }
 
+/// Policy settings naming one real secret rule and one typo (line 2, column 40).
+const TYPO: &str = "[settings]\nsecrets_report = [\"aws.access-key-id\", \"aws.acces-key-id\"]\n";
+
+fn unknown_rule_error(file: &Path) -> String {
+    format!(
+        "{}:2:40: unknown secret rule id \"aws.acces-key-id\"",
+        file.display()
+    )
+}
+
 /// Every byte the daemon's session store holds (its records are JSON).
 fn store_bytes(d: &Daemon) -> Result<String> {
     let mut out = Vec::new();
@@ -206,6 +216,59 @@ fn proxy_deny_resets_raw_tcp() -> Result<()> {
     Ok(())
 }
 
+/// Secret rule ids the policy names are checked against the daemon's `--rules` when it
+/// starts and at every reload: a typo keeps the daemon from starting, and a reload (control
+/// or SIGHUP) with one is refused with its position while the running policy stays.
+#[test]
+fn daemon_checks_secret_rule_ids() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    let path = file.to_str().context("utf-8 path")?;
+    let rules = workspace_root().join("policies/rules");
+    let args = [
+        "--policy",
+        path,
+        "--rules",
+        rules.to_str().context("utf-8 path")?,
+    ];
+    let broken = format!("{TYPO}{}", deny_policy("127.0.0.5"));
+    let want = unknown_rule_error(&file);
+
+    std::fs::write(&file, &broken)?;
+    let refused = match Daemon::start_with(&args) {
+        Ok(_) => anyhow::bail!("the daemon started with an unknown secret rule id"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(refused.contains(&want), "{refused}\nwanted: {want}");
+
+    let good = TYPO.replace(", \"aws.acces-key-id\"", "") + &deny_policy("127.0.0.5");
+    std::fs::write(&file, &good)?;
+    let d = Daemon::start_with(&args)?;
+    std::fs::write(&file, &broken)?;
+    let out = d.cli(["policy", "reload"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a reload with a typo was accepted");
+    ensure!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    kill(
+        Pid::from_raw(d.pid().context("daemon pid")? as i32),
+        Signal::SIGHUP,
+    )?;
+    let line = d.wait_for_log_line("trigger=\"sighup\"", WAIT)?;
+    ensure!(
+        line.contains("policy rejected") && line.contains(&want),
+        "{line}"
+    );
+    // Still the good policy, and it was the only one put in force.
+    let store = store_bytes(&d)?;
+    ensure!(
+        store.matches("policy_loaded").count() == 1 && store.contains(&sha256_hex(good.as_bytes())),
+        "policy loads in the store: {}",
+        store.matches("policy_loaded").count()
+    );
+    Ok(())
+}
+
 #[test]
 fn policy_check_and_explain_cli() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -236,18 +299,14 @@ fn policy_check_and_explain_cli() -> Result<()> {
     // Secret rule ids are checked against the rules directory.
     let rules = workspace_root().join("policies/rules");
     let rules = rules.to_str().unwrap();
-    let typo = "[settings]\nsecrets_report = [\"aws.access-key-id\", \"aws.acces-key-id\"]\n";
-    std::fs::write(&file, format!("{typo}{}", deny_policy("169.254.169.254")))?;
+    std::fs::write(&file, format!("{TYPO}{}", deny_policy("169.254.169.254")))?;
     let out = policy(&["check", "--rules", rules, file.to_str().unwrap()])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(1),
         "check with an unknown rule id: {out:?}"
     );
-    let want = format!(
-        "{}:2:40: unknown secret rule id \"aws.acces-key-id\"",
-        file.display()
-    );
+    let want = unknown_rule_error(&file);
     ensure!(stderr.contains(&want), "{stderr}\nwanted: {want}");
 
     std::fs::write(&file, deny_policy("169.254.169.254"))?;

@@ -50,11 +50,15 @@ impl Policy {
 
     /// Checks that every id of `kind` the policy names is one of `known` (the secret engine's
     /// rule ids, the vault's credential names).
-    pub fn check_references(&self, kind: ReferenceKind, known: &[&str]) -> Result<(), PolicyError> {
+    pub fn check_references<S: AsRef<str>>(
+        &self,
+        kind: ReferenceKind,
+        known: &[S],
+    ) -> Result<(), PolicyError> {
         match self
             .references
             .iter()
-            .find(|r| r.kind == kind && !known.contains(&r.id.as_str()))
+            .find(|r| r.kind == kind && !known.iter().any(|k| k.as_ref() == r.id))
         {
             None => Ok(()),
             Some(r) => Err(PolicyError {
