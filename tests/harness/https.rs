@@ -3,16 +3,20 @@
 //!
 //! * `GET /hello` → `hello over HTTP/x.y`
 //! * `GET /bytes/N` → N bytes of `x`
-//! * `POST /echo` → the request body, streamed back
+//! * `POST /echo` → the request body (and the trailers its `Trailer` header announces),
+//!   streamed back
 //! * `GET /ws` with `Upgrade: websocket` → 101, then every byte is echoed back raw
+//! * `GET /planted-secret` → a body holding [`PLANTED_SECRET`] (a finding downstream)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -21,16 +25,90 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A test CA whose certificate is written to a file (for `--upstream-ca`).
+use crate::{Daemon, python, run_with_timeout, scripts_dir};
+
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+const SESSIONS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A policy that allows everything and intercepts all TLS (`run --policy`), for tests whose
 /// servers listen on ports the shipped default passes through.
 pub fn intercept_all_policy() -> PathBuf {
     crate::workspace_root().join("tests/policies/intercept-all.toml")
 }
 
+/// A daemon that trusts `pki` for upstreams and intercepts all TLS, plus `extra` run
+/// arguments.
+pub fn intercepting_daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
+    let ca = pki.ca_file.to_str().context("CA path")?;
+    let policy = intercept_all_policy();
+    let mut args = vec![
+        "--upstream-ca",
+        ca,
+        "--policy",
+        policy.to_str().context("path")?,
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start_with(&args)
+}
+
+/// Runs `program` under `interceptor exec --include-loopback` (bounded time).
+pub fn exec_loopback(d: &Daemon, program: &[&str]) -> Result<Output> {
+    run_with_timeout(
+        &mut d.exec_command(&["--include-loopback"], program),
+        EXEC_TIMEOUT,
+    )
+}
+
+/// Runs tests/scripts/tls_client.py under exec; returns its JSON report.
+pub fn tls_client(d: &Daemon, args: &[&str]) -> Result<Value> {
+    let script = scripts_dir().join("tls_client.py");
+    let mut argv = vec![
+        python().to_str().context("path")?,
+        script.to_str().context("path")?,
+    ];
+    argv.extend_from_slice(args);
+    let out = exec_loopback(d, &argv)?;
+    ensure!(
+        out.status.success(),
+        "tls_client.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("tls_client.py printed {text}"))
+}
+
+/// Sessions as JSON (the harness model knows only the issue-2 fields).
+pub fn sessions_json(d: &Daemon) -> Result<Vec<Value>> {
+    d.cli_json(["sessions", "list", "--json"])
+}
+
+/// Waits for a finished session to `port` and returns the newest one.
+pub fn ended_session(d: &Daemon, port: u16) -> Result<Value> {
+    let suffix = format!(":{port}");
+    d.wait_for_matching(
+        |s| s.destination.ends_with(&suffix) && s.outcome != "open",
+        1,
+        SESSIONS_TIMEOUT,
+    )?;
+    sessions_json(d)?
+        .into_iter()
+        .rev()
+        .find(|s| {
+            s["destination"]
+                .as_str()
+                .is_some_and(|x| x.ends_with(&suffix))
+        })
+        .context("session vanished")
+}
+
+/// A secret the shipped rules find (`slack.bot-token`), planted in `/planted-secret`.
+pub const PLANTED_SECRET: &str = "xoxb-983227406196-9740026249223-5hMAac3c0tfFVXPcWdPxLbH0";
+
+/// A test CA whose certificate is written to a file (for `--upstream-ca`).
 pub struct TestPki {
     _dir: TempDir,
     pub ca_file: PathBuf,
@@ -192,8 +270,16 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::new(full(vec![b'x'; n]))
+    } else if path == "/planted-secret" {
+        Response::new(full(format!("{{\"token\": \"{PLANTED_SECRET}\"}}")))
     } else if path == "/echo" {
-        Response::new(req.into_body().boxed())
+        // Trailers come back too: hyper sends only those the `Trailer` header announces.
+        let announced = req.headers().get(hyper::header::TRAILER).cloned();
+        let mut resp = Response::new(req.into_body().boxed());
+        if let Some(names) = announced {
+            resp.headers_mut().insert(hyper::header::TRAILER, names);
+        }
+        resp
     } else if path == "/ws" && req.headers().contains_key(hyper::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

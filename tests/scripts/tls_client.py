@@ -13,6 +13,10 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py h2error HOST PORT          plain TCP, the h2c preface, then a DATA frame on
                                            stream 0 (a connection error in HTTP/2)
   tls_client.py parallel URL N             N urllib GETs at once, each on its own connection
+  tls_client.py pipeline HOST PORT         TLS, several requests written at once, then the
+                                           responses read in order
+  tls_client.py trailers HOST PORT         TLS, a chunked POST /echo with a trailer; reads
+                                           the chunked response and its trailers
 """
 import json
 import socket
@@ -142,6 +146,54 @@ def parallel(url, n):
     return {"statuses": [r["status"] for r in results], "bodies": sorted({r["body"] for r in results})}
 
 
+def tls_connect(host, port):
+    ctx = ssl.create_default_context()
+    return ctx.wrap_socket(socket.create_connection((host, port), timeout=20),
+                           server_hostname=host)
+
+
+def read_response(f):
+    """One HTTP/1.1 response from a buffered reader: status, headers, body, trailers."""
+    status = f.readline().decode().rstrip("\r\n")
+    headers = {}
+    while (line := f.readline().decode().rstrip("\r\n")):
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body, trailers = b"", {}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while (size := int(f.readline().split(b";")[0], 16)):
+            body += f.read(size)
+            f.readline()
+        while (line := f.readline().decode().rstrip("\r\n")):
+            k, _, v = line.partition(":")
+            trailers[k.strip().lower()] = v.strip()
+    else:
+        body = f.read(int(headers.get("content-length", "0")))
+    return {"status": status, "headers": headers, "body": body.decode(errors="replace"),
+            "trailers": trailers}
+
+
+def pipeline(host, port):
+    s = tls_connect(host, port)
+    host_line = b"Host: %s\r\n" % host.encode()
+    requests = (b"GET /bytes/3 HTTP/1.1\r\n" + host_line + b"\r\n"
+                + b"POST /echo HTTP/1.1\r\n" + host_line + b"Content-Length: 11\r\n\r\nsecond body"
+                + b"GET /hello HTTP/1.1\r\n" + host_line + b"Connection: close\r\n\r\n")
+    # One write: all three are in flight before the first response.
+    s.sendall(requests)
+    f = s.makefile("rb")
+    responses = [read_response(f) for _ in range(3)]
+    return {"responses": [{"status": r["status"], "body": r["body"]} for r in responses]}
+
+
+def trailers(host, port):
+    s = tls_connect(host, port)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n"
+              b"Trailer: x-checksum\r\nTE: trailers\r\nConnection: close\r\n\r\n"
+              b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n" % host.encode())
+    return read_response(s.makefile("rb"))
+
+
 def main():
     mode = sys.argv[1]
     if mode == "urllib":
@@ -162,6 +214,10 @@ def main():
         out = h2error(sys.argv[2], int(sys.argv[3]))
     elif mode == "parallel":
         out = parallel(sys.argv[2], int(sys.argv[3]))
+    elif mode == "pipeline":
+        out = pipeline(sys.argv[2], int(sys.argv[3]))
+    elif mode == "trailers":
+        out = trailers(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out))

@@ -7,32 +7,15 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use interceptor_tests::https::{HttpsServer, TestPki, intercept_all_policy};
+use interceptor_tests::https::{
+    HttpsServer, TestPki, ended_session, exec_loopback as exec, intercepting_daemon as daemon,
+    sessions_json, tls_client as py_client,
+};
 use interceptor_tests::*;
 use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(60);
 const SESSIONS: Duration = Duration::from_secs(30);
-
-/// A daemon that trusts `pki` for upstreams and intercepts all TLS, plus `extra` run
-/// arguments.
-fn daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
-    let ca = pki.ca_file.to_str().unwrap().to_owned();
-    let policy = intercept_all_policy();
-    let mut args = vec![
-        "--upstream-ca",
-        ca.as_str(),
-        "--policy",
-        policy.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start_with(&args)
-}
-
-/// Runs `program` under `interceptor exec --include-loopback`.
-fn exec(d: &Daemon, program: &[&str]) -> Result<Output> {
-    run_with_timeout(&mut d.exec_command(&["--include-loopback"], program), RUN)
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -40,30 +23,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Sessions as JSON (the harness model knows only the issue-2 fields).
-fn sessions_json(d: &Daemon) -> Result<Vec<Value>> {
-    d.cli_json(["sessions", "list", "--json"])
-}
-
-/// Waits for a finished session to `port` and returns it.
-fn ended_session(d: &Daemon, port: u16) -> Result<Value> {
-    let suffix = format!(":{port}");
-    d.wait_for_matching(
-        |s| s.destination.ends_with(&suffix) && s.outcome != "open",
-        1,
-        SESSIONS,
-    )?;
-    let all = sessions_json(d)?;
-    all.into_iter()
-        .rev()
-        .find(|s| {
-            s["destination"]
-                .as_str()
-                .is_some_and(|x| x.ends_with(&suffix))
-        })
-        .ok_or_else(|| anyhow::anyhow!("session vanished"))
 }
 
 #[test]
@@ -132,20 +91,6 @@ fn curl_trusts_the_minted_certificate_with_no_flag() -> Result<()> {
         "curl trusted a server it had no CA for"
     );
     Ok(())
-}
-
-/// Runs tests/scripts/tls_client.py under exec; returns its JSON report.
-fn py_client(d: &Daemon, args: &[&str]) -> Result<Value> {
-    let script = scripts_dir().join("tls_client.py");
-    let mut argv = vec![python().to_str().unwrap(), script.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let out = exec(d, &argv)?;
-    ensure!(
-        out.status.success(),
-        "tls_client.py failed: {}",
-        stderr(&out)
-    );
-    Ok(serde_json::from_str(stdout(&out).trim())?)
 }
 
 #[test]
