@@ -3,6 +3,7 @@
 //!
 //! * `GET /hello` → `hello over HTTP/x.y`
 //! * `GET /bytes/N` → N bytes of `x`
+//! * `GET /delay/MS` → `late` after MS milliseconds
 //! * `POST /echo` → the request body (and the trailers its `Trailer` header announces),
 //!   streamed back
 //! * `GET /ws` with `Upgrade: websocket` → 101, then every byte is echoed back raw
@@ -272,6 +273,9 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
         Response::new(full(vec![b'x'; n]))
     } else if path == "/planted-secret" {
         Response::new(full(format!("{{\"token\": \"{PLANTED_SECRET}\"}}")))
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full("late"))
     } else if path == "/echo" {
         // Trailers come back too: hyper sends only those the `Trailer` header announces.
         let announced = req.headers().get(hyper::header::TRAILER).cloned();

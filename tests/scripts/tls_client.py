@@ -17,6 +17,8 @@ trust store only. Prints one JSON report on stdout.
                                            responses read in order
   tls_client.py trailers HOST PORT         TLS, a chunked POST /echo with a trailer; reads
                                            the chunked response and its trailers
+  tls_client.py h2stall HOST PORT          TLS with ALPN h2, the preface and SETTINGS, then
+                                           half a HEADERS frame and silence
 """
 import json
 import socket
@@ -123,6 +125,30 @@ def slowhead(host, port):
             "error": error}
 
 
+def frame_types(data):
+    """Types of the HTTP/2 frames in `data`, in order (GOAWAY is 7)."""
+    types, at = [], 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at:at + 3], "big")
+        types.append(data[at + 3])
+        at += 9 + length
+    return types
+
+
+def h2stall(host, port):
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=host)
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    # A HEADERS frame on stream 1 announcing 64 bytes of header block; 8 of them follow.
+    headers = b"\x00\x00\x40\x01\x04\x00\x00\x00\x01" + b"\x82" * 8
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + headers)
+    start = time.monotonic()
+    reply, error = read_all(s)
+    return {"alpn": s.selected_alpn_protocol(), "closed_after": time.monotonic() - start,
+            "frame_types": frame_types(reply), "error": error}
+
+
 def h2error(host, port):
     s = socket.create_connection((host, port), timeout=20)
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -130,13 +156,7 @@ def h2error(host, port):
     data_on_stream_0 = b"\x00\x00\x04\x00\x00\x00\x00\x00\x00abcd"
     s.sendall(preface + settings + data_on_stream_0)
     reply, error = read_all(s)
-    # Frame types the server sent back, in order (GOAWAY is 7).
-    types, at = [], 0
-    while at + 9 <= len(reply):
-        length = int.from_bytes(reply[at:at + 3], "big")
-        types.append(reply[at + 3])
-        at += 9 + length
-    return {"frame_types": types, "error": error}
+    return {"frame_types": frame_types(reply), "error": error}
 
 
 def parallel(url, n):
@@ -216,6 +236,8 @@ def main():
         out = parallel(sys.argv[2], int(sys.argv[3]))
     elif mode == "pipeline":
         out = pipeline(sys.argv[2], int(sys.argv[3]))
+    elif mode == "h2stall":
+        out = h2stall(sys.argv[2], int(sys.argv[3]))
     elif mode == "trailers":
         out = trailers(sys.argv[2], int(sys.argv[3]))
     else:

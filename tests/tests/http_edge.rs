@@ -1,9 +1,9 @@
 //! The HTTP layer's edges, end to end through `interceptor exec` with real clients: HTTP/1.1
-//! pipelining and trailers over intercepted TLS.
+//! pipelining and trailers over intercepted TLS, the HTTP/2 header timeout.
 
 use anyhow::{Result, ensure};
 use interceptor_tests::https::{
-    HttpsServer, TestPki, ended_session, intercepting_daemon, tls_client,
+    HttpsServer, TestPki, ended_session, exec_loopback, intercepting_daemon, tls_client,
 };
 use interceptor_tests::*;
 use serde_json::{Value, json};
@@ -81,6 +81,45 @@ fn chunked_bodies_with_trailers_pass_both_ways_and_are_recorded() -> Result<()> 
         x["request_headers"]
             .as_array()
             .is_some_and(|h| h.contains(&json!(["transfer-encoding", "chunked"]))),
+        "{s:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_http2_client_that_never_finishes_its_headers_is_closed_after_the_header_timeout() -> Result<()>
+{
+    require_root();
+    let (_pki, server, d) = setup(&["--header-timeout", "1s"])?;
+    let port = server.addr.port().to_string();
+    let r = tls_client(&d, &["h2stall", "127.0.0.2", &port])?;
+    ensure!(r["alpn"] == "h2", "{r:#}");
+    let after = r["closed_after"].as_f64().unwrap_or(99.0);
+    ensure!((0.8..5.0).contains(&after), "closed after {after}s: {r:#}");
+    ensure!(
+        r["frame_types"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!(7))),
+        "expected a GOAWAY: {r:#}"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(s["outcome"] == "client_error", "{s:#}");
+    ensure!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP/2") && e.contains("header timeout")),
+        "{s:#}"
+    );
+    // A request in progress is not cut, however long its answer takes.
+    let out = exec_loopback(&d, &["curl", "-sS", "--http2", &server.url("/delay/2500")])?;
+    ensure!(
+        out.stdout == b"late",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure!(
+        s["outcome"] == "closed" && s["http"][0]["status"] == 200,
         "{s:#}"
     );
     Ok(())

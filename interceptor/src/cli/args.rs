@@ -143,7 +143,8 @@ pub struct TlsArgs {
     /// Longest time a TLS handshake (either side) may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
-    /// Longest time a workload may take to send an HTTP/1 request head.
+    /// Longest time a workload may take to send an HTTP/1 request head, or leave an HTTP/2
+    /// connection without a request in progress (then it gets a GOAWAY).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 }

@@ -5,6 +5,7 @@
 
 mod exchange;
 pub mod hook;
+mod idle;
 pub mod masking;
 pub mod policy_hook;
 pub mod tokenize;
@@ -48,6 +49,8 @@ pub enum HttpError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Serve(#[source] hyper::Error),
+    #[error("HTTP/2: no request in progress for {0:?} (header timeout)")]
+    HeaderTimeout(Duration),
 }
 
 /// The HTTP layer's settings and hooks, shared by every connection.
@@ -147,9 +150,19 @@ impl HttpLayer {
             upgrades: Mutex::new(Vec::new()),
         });
         let shared = conn.clone();
+        // HTTP/2 counts requests in progress for its header timeout.
+        let in_flight = Arc::new(idle::InFlight::default());
+        let counted = (version == Version::Http2).then(|| in_flight.clone());
         let service = hyper::service::service_fn(move |req| {
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(conn.forward(req).await) }
+            let busy = counted.as_ref().map(|c| c.busy());
+            async move {
+                let resp = conn.forward(req).await;
+                Ok::<_, Infallible>(match busy {
+                    Some(busy) => resp.map(|b| idle::BusyBody::new(b, busy).boxed_unsync()),
+                    None => resp,
+                })
+            }
         });
         let client = TokioIo::new(client);
         let server = async {
@@ -161,11 +174,21 @@ impl HttpLayer {
                     .with_upgrades()
                     .await
                     .map_err(HttpError::Serve),
-                Version::Http2 => server2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .serve_connection(client, service)
-                    .await
-                    .map_err(HttpError::Serve),
+                Version::Http2 => {
+                    let conn = server2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .serve_connection(client, service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        served = conn.as_mut() => served.map_err(HttpError::Serve),
+                        () = in_flight.idle_for(self.header_timeout) => {
+                            // GOAWAY; with nothing in progress the connection ends at once.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(self.header_timeout, conn).await;
+                            Err(HttpError::HeaderTimeout(self.header_timeout))
+                        }
+                    }
+                }
             }
         };
         // Both connections are driven by this one task: a request and its response never

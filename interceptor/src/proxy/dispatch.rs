@@ -341,7 +341,9 @@ impl Proxy {
         {
             Ok(()) => (Outcome::Closed, None),
             Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
-            Err(e @ HttpError::Serve(_)) => (Outcome::ClientError, Some(format!("HTTP: {e}"))),
+            Err(e @ (HttpError::Serve(_) | HttpError::HeaderTimeout(_))) => {
+                (Outcome::ClientError, Some(format!("HTTP: {e}")))
+            }
         }
     }
 }
