@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use crate::control::protocol::{PolicyStatus, Reply, Request, Status};
 use crate::control::server::{self, SocketFile};
 use crate::enrollment::Enrollments;
-use crate::identity::IdentityResolver;
+use crate::identity::{IdentityResolver, RuntimeRoots};
 use crate::kernel::Kernel;
 use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     /// Secret rules directory (None: no masking) and vault (None: no injection).
     pub rules: Option<PathBuf>,
     pub vault: Option<PathBuf>,
+    /// Docker's data root, for container names.
+    pub docker_root: PathBuf,
 }
 
 pub struct Daemon {
@@ -93,10 +95,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         .hooks
         .then(Arc::new(crate::http::policy_hook::PolicyHook {
             gate: gate.clone(),
+            masking: secrets.masking.clone(),
         }));
     let proxy = Arc::new(Proxy {
         original: kernel.original_dst(),
-        identities: IdentityResolver::default(),
+        identities: IdentityResolver::new(RuntimeRoots::with_docker(config.docker_root.clone())),
         store,
         registry: registry.clone(),
         connect_timeout: config.connect_timeout,

@@ -137,7 +137,7 @@ pub fn facts<'a>(
     ConnectionFacts {
         cgroup: identity.cgroup.as_deref(),
         container_id: identity.container.as_ref().map(|c| c.id.as_str()),
-        container_name: None,
+        container_name: identity.container.as_ref().and_then(|c| c.name.as_deref()),
         exe: identity.exe.as_deref(),
         comm: &identity.comm,
         uid: identity.uid,

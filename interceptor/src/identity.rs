@@ -3,9 +3,11 @@
 //! The kernel fields (pid, uid, gid, comm, cgroup id, netns) are always there; the `/proc`
 //! fields (exe, cmdline, cgroup path) are best effort, since a process may exit right after
 //! `connect()`. A pid reused by a newer process is detected by its start time and ignored.
+//! A container's name comes from its runtime's metadata on disk ([`ContainerNames`]).
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use interceptor_ebpf::ConnectInfo;
@@ -36,6 +38,10 @@ pub struct Identity {
 pub struct Container {
     pub id: String,
     pub runtime: String,
+    /// The runtime's name for it (docker `--name`, the Kubernetes container name), when its
+    /// metadata says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Container id and runtime from a cgroup path, for the naming schemes of the common runtimes:
@@ -74,7 +80,111 @@ fn found(id: &str, runtime: &str) -> Option<Container> {
     Some(Container {
         id: id.to_owned(),
         runtime: runtime.to_owned(),
+        name: None,
     })
+}
+
+/// Where the runtimes keep their containers' metadata.
+#[derive(Clone, Debug)]
+pub struct RuntimeRoots {
+    /// Docker's data root: `<root>/containers/<id>/config.v2.json` has `"Name": "/web"`.
+    pub docker: PathBuf,
+    /// containerd's task state: `<root>/<namespace>/<id>/config.json` (the OCI spec) has the
+    /// CRI annotation `io.kubernetes.cri.container-name`.
+    pub containerd: PathBuf,
+    /// CRI-O's: `<root>/<id>/userdata/config.json` has `io.kubernetes.container.name`.
+    pub crio: PathBuf,
+}
+
+impl RuntimeRoots {
+    /// The runtimes' default locations, with docker's at `docker`.
+    pub fn with_docker(docker: PathBuf) -> Self {
+        RuntimeRoots {
+            docker,
+            containerd: "/run/containerd/io.containerd.runtime.v2.task".into(),
+            crio: "/run/containers/storage/overlay-containers".into(),
+        }
+    }
+}
+
+impl Default for RuntimeRoots {
+    fn default() -> Self {
+        RuntimeRoots::with_docker("/var/lib/docker".into())
+    }
+}
+
+/// Container names by id, read once per container from its runtime's metadata. Only found
+/// names are kept: a container whose metadata is not written yet is looked up again.
+#[derive(Clone, Default)]
+pub struct ContainerNames {
+    roots: RuntimeRoots,
+    cache: Arc<Mutex<HashMap<String, String>>>,
+}
+
+const MAX_CACHED_CONTAINERS: usize = 1024;
+
+impl ContainerNames {
+    pub fn new(roots: RuntimeRoots) -> Self {
+        ContainerNames {
+            roots,
+            cache: Arc::default(),
+        }
+    }
+
+    pub fn name(&self, c: &Container) -> Option<String> {
+        if let Some(hit) = self.cache.lock().unwrap().get(&c.id) {
+            return Some(hit.clone());
+        }
+        let name = self.read(c)?;
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= MAX_CACHED_CONTAINERS {
+            cache.clear();
+        }
+        cache.insert(c.id.clone(), name.clone());
+        Some(name)
+    }
+
+    fn read(&self, c: &Container) -> Option<String> {
+        let r = &self.roots;
+        match c.runtime.as_str() {
+            "docker" => {
+                #[derive(Deserialize)]
+                struct Config {
+                    #[serde(rename = "Name")]
+                    name: String,
+                }
+                let file = r
+                    .docker
+                    .join("containers")
+                    .join(&c.id)
+                    .join("config.v2.json");
+                let config: Config = serde_json::from_slice(&fs::read(file).ok()?).ok()?;
+                let name = config.name.trim_start_matches('/');
+                (!name.is_empty()).then(|| name.to_owned())
+            }
+            // The namespace (k8s.io for Kubernetes) is one directory level: any will do.
+            "containerd" => fs::read_dir(&r.containerd).ok()?.flatten().find_map(|ns| {
+                let file = ns.path().join(&c.id).join("config.json");
+                oci_annotation(&file, "io.kubernetes.cri.container-name")
+            }),
+            "crio" => oci_annotation(
+                &r.crio.join(&c.id).join("userdata/config.json"),
+                "io.kubernetes.container.name",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Annotation `key` of the OCI runtime spec in `file`.
+fn oci_annotation(file: &Path, key: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        annotations: HashMap<String, String>,
+    }
+    let mut spec: Spec = serde_json::from_slice(&fs::read(file).ok()?).ok()?;
+    spec.annotations.remove(key).filter(|n| !n.is_empty())
 }
 
 fn is_container_id(s: &str) -> bool {
@@ -98,11 +208,20 @@ type ProcessCache = HashMap<(u32, u64), Arc<ProcInfo>>;
 pub struct IdentityResolver {
     processes: Arc<Mutex<ProcessCache>>,
     users: Arc<Mutex<HashMap<u32, Option<String>>>>,
+    containers: ContainerNames,
 }
 
 const MAX_CACHED_PROCESSES: usize = 4096;
 
 impl IdentityResolver {
+    /// A resolver that finds container names under `roots`.
+    pub fn new(roots: RuntimeRoots) -> Self {
+        IdentityResolver {
+            containers: ContainerNames::new(roots),
+            ..IdentityResolver::default()
+        }
+    }
+
     /// `enrolled` is the cgroup of the enrollment that matched, searched for the caller's
     /// cgroup id when the process is already gone.
     pub fn resolve(&self, info: &ConnectInfo, enrolled: Option<&Cgroup>) -> Identity {
@@ -120,7 +239,10 @@ impl IdentityResolver {
             comm: nul_terminated(&info.comm),
             exe: proc_info.as_ref().and_then(|p| p.exe.clone()),
             cmdline: proc_info.map(|p| p.cmdline.clone()).unwrap_or_default(),
-            container: cgroup.as_deref().and_then(container_of),
+            container: cgroup.as_deref().and_then(container_of).map(|mut c| {
+                c.name = self.containers.name(&c);
+                c
+            }),
             cgroup,
             cgroup_id: info.cgroup_id,
             netns_cookie: info.netns_cookie,
@@ -229,6 +351,51 @@ mod tests {
             let c = container_of(&path).unwrap_or_else(|| panic!("no container in {path}"));
             assert_eq!((c.id.as_str(), c.runtime.as_str()), (ID, runtime), "{path}");
         }
+    }
+
+    #[test]
+    fn container_names_from_runtime_metadata() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = RuntimeRoots {
+            docker: root.path().join("docker"),
+            containerd: root.path().join("containerd"),
+            crio: root.path().join("crio"),
+        };
+        let write = |path: PathBuf, json: &str| {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, json).unwrap();
+        };
+        write(
+            roots.docker.join(format!("containers/{ID}/config.v2.json")),
+            r#"{"ID": "x", "Name": "/payments-api", "Config": {"Hostname": "h"}}"#,
+        );
+        // Ids are unique across runtimes (the cache is keyed by id alone).
+        let (cri, crio) = ("c".repeat(64), "e".repeat(64));
+        write(
+            roots.containerd.join(format!("k8s.io/{cri}/config.json")),
+            r#"{"ociVersion": "1.0", "annotations": {"io.kubernetes.cri.container-name": "agent"}}"#,
+        );
+        write(
+            roots.crio.join(format!("{crio}/userdata/config.json")),
+            r#"{"annotations": {"io.kubernetes.container.name": "sidecar"}}"#,
+        );
+        let names = ContainerNames::new(roots.clone());
+        let container = |id: &str, runtime: &str| Container {
+            id: id.into(),
+            runtime: runtime.into(),
+            name: None,
+        };
+        let name = |id: &str, runtime: &str| names.name(&container(id, runtime));
+        assert_eq!(name(ID, "docker").as_deref(), Some("payments-api"));
+        assert_eq!(name(&cri, "containerd").as_deref(), Some("agent"));
+        assert_eq!(name(&crio, "crio").as_deref(), Some("sidecar"));
+        assert_eq!(name(&"d".repeat(64), "docker"), None);
+        assert_eq!(name(&"d".repeat(64), "podman"), None);
+        // Found names are cached: the metadata going away does not change them.
+        fs::remove_dir_all(&roots.docker).unwrap();
+        assert_eq!(name(ID, "docker").as_deref(), Some("payments-api"));
+        let uncached = ContainerNames::new(roots);
+        assert_eq!(uncached.name(&container(ID, "docker")), None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
                 .then(|| std::path::absolute(default).unwrap_or_default())
         }),
         vault: args.vault,
+        docker_root: args.docker_root,
         tls: args.tls.into_options(),
     };
     let runtime = tokio::runtime::Runtime::new()?;

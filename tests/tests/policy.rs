@@ -188,21 +188,7 @@ fn proxy_deny_resets_raw_tcp() -> Result<()> {
         RUN,
     )?;
     let report = parse_report(&out)?;
-    let (denied, allowed) = (&report.results[0], &report.results[1]);
-    let e = denied
-        .error
-        .as_ref()
-        .context("the denied connection went through")?;
-    // The reset can win the race with the end of connect() on loopback.
-    assert!(
-        matches!(e.stage.as_str(), "connect" | "recv") && e.errno == Some(libc::ECONNRESET),
-        "{e:?}"
-    );
-    assert!(
-        allowed.error.is_none() && allowed.received == 10,
-        "{allowed:?}"
-    );
-    assert!(nine.records()?.is_empty(), "the denied server was reached");
+    assert_reset_and_allowed(&report, &nine)?;
     let s = d.wait_for_matching(
         |s| s.identity.pid == report.pid && s.destination == nine.addr(),
         1,
@@ -265,6 +251,102 @@ fn daemon_checks_secret_rule_ids() -> Result<()> {
         store.matches("policy_loaded").count() == 1 && store.contains(&sha256_hex(good.as_bytes())),
         "policy loads in the store: {}",
         store.matches("policy_loaded").count()
+    );
+    Ok(())
+}
+
+/// The first of `report`'s connections was reset by the proxy without reaching `denied`;
+/// the second got its server's 10 bytes.
+fn assert_reset_and_allowed(report: &ClientReport, denied: &Server) -> Result<()> {
+    let (refused, allowed) = (&report.results[0], &report.results[1]);
+    let e = refused
+        .error
+        .as_ref()
+        .context("the denied connection went through")?;
+    // The reset can win the race with the end of connect() on loopback.
+    ensure!(
+        matches!(e.stage.as_str(), "connect" | "recv") && e.errno == Some(libc::ECONNRESET),
+        "{e:?}"
+    );
+    ensure!(
+        allowed.error.is_none() && allowed.received == 10,
+        "{allowed:?}"
+    );
+    ensure!(
+        denied.records()?.is_empty(),
+        "the denied server was reached"
+    );
+    Ok(())
+}
+
+/// A container's name, read from its runtime's metadata (a docker config planted under
+/// `run --docker-root`), is in the session's identity, and policy rules match it.
+#[test]
+fn policy_matches_the_container_name() -> Result<()> {
+    require_root();
+    let id = "5d1c".repeat(16);
+    let dir = tempfile::tempdir()?;
+    let docker = dir.path().join("docker");
+    let meta = docker.join("containers").join(&id);
+    std::fs::create_dir_all(&meta)?;
+    std::fs::write(
+        meta.join("config.v2.json"),
+        format!(r#"{{"ID": "{id}", "Name": "/payments-api", "State": {{"Running": true}}}}"#),
+    )?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"no-payments-to-nine\"\naction = \"deny\"\n[rule.match]\n\
+         container = [\"payments-*\"]\ncidr = [\"127.0.0.9/32\"]\n\n[default]\naction = \"allow\"\n",
+    )?;
+    let d = Daemon::start_with(&[
+        "--policy",
+        file.to_str().context("utf-8 path")?,
+        "--docker-root",
+        docker.to_str().context("utf-8 path")?,
+    ])?;
+    let nine = Server::hash("127.0.0.9", 10, "p9")?;
+    let two = Server::hash("127.0.0.2", 10, "p2")?;
+    let cg = TestCgroup::new(Some(&format!("docker-{id}.scope")))?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+    let mut cmd = client_command(
+        "connect",
+        &[
+            "--connect".into(),
+            nine.addr(),
+            "--connect".into(),
+            two.addr(),
+        ],
+    );
+    in_cgroup(&mut cmd, cg.path())?;
+    let report = parse_report(&run_with_timeout(&mut cmd, RUN)?)?;
+    assert_reset_and_allowed(&report, &nine)?;
+
+    let denied = d.wait_for_matching(
+        |s| s.identity.pid == report.pid && s.destination == nine.addr(),
+        1,
+        WAIT,
+    )?;
+    ensure!(
+        denied[0].outcome == "denied"
+            && denied[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("no-payments-to-nine")),
+        "{:?}",
+        denied[0]
+    );
+    let sessions: Vec<serde_json::Value> = d.cli_json(["sessions", "list", "--json"])?;
+    let allowed = sessions
+        .iter()
+        .find(|s| s["destination"] == two.addr().as_str())
+        .context("no session to the allowed server")?;
+    let container = &allowed["identity"]["container"];
+    ensure!(
+        container["id"] == id.as_str()
+            && container["runtime"] == "docker"
+            && container["name"] == "payments-api",
+        "container: {container}"
     );
     Ok(())
 }

@@ -86,6 +86,11 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
+    setup_with(&[])
+}
+
+/// [`setup`] with more `run` arguments.
+fn setup_with(extra: &[&str]) -> Result<Setup> {
     require_root();
     let pki = TestPki::new("upstream test CA")?;
     let names = ["127.0.0.2", "blocked.test", "hsm.test", "held.test"];
@@ -93,12 +98,14 @@ fn setup() -> Result<Setup> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, POLICY)?;
-    let d = Daemon::start_with(&[
+    let mut args = vec![
         "--upstream-ca",
         pki.ca_file.to_str().context("utf-8")?,
         "--policy",
         file.to_str().context("utf-8")?,
-    ])?;
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::start_with(&args)?;
     Ok(Setup {
         pki,
         server,
@@ -289,6 +296,34 @@ fn approve_rule_holds_the_request_until_approved_or_denied() -> Result<()> {
     ensure!(
         body.contains("approval denied by root: not now"),
         "response: {body}"
+    );
+    Ok(())
+}
+
+/// The approver sees the first 4 KiB of a held request's body with its secrets masked; after
+/// approval the whole body goes upstream (masked the same way, nothing lost or reordered).
+#[test]
+fn held_request_shows_a_masked_body_preview_then_forwards_the_whole_body() -> Result<()> {
+    let rules = workspace_root().join("policies/rules");
+    let s = setup_with(&["--rules", rules.to_str().context("utf-8")?])?;
+    let secret = "AKIAQYLPMN5HHHFPZAM2";
+    let payload = format!("key={secret}\n{}END", "0123456789abcdef".repeat(1024));
+    let masked = payload.replace(secret, "AKIA****************");
+    let client = background_curl(&s, &["--data-binary", &payload, &s.server.url("/echo")]);
+    let (p, id) = pending(&s.d)?;
+    let preview = p["body_preview"].as_str().context("no body preview")?;
+    ensure!(
+        preview == &masked[..4096] && !preview.contains(secret),
+        "preview: {preview:?}"
+    );
+    s.d.cli_ok(["approvals", "approve", &id])?;
+    let out = client.join().expect("client thread")?;
+    ensure!(
+        out.status.success() && text(&out.stdout) == masked,
+        "echoed {} of {} bytes: {}",
+        out.stdout.len(),
+        masked.len(),
+        text(&out.stderr)
     );
     Ok(())
 }

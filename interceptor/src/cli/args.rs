@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// for, injected into requests from allowed identities to allowed destinations.
     #[arg(long)]
     pub vault: Option<PathBuf>,
+    /// Docker's data root, where container names are read from
+    /// (`<root>/containers/<id>/config.v2.json`).
+    #[arg(long, default_value = "/var/lib/docker")]
+    pub docker_root: PathBuf,
 }
 
 /// TLS re-termination and the HTTP layer (`run`).

@@ -110,7 +110,8 @@ pub fn session(s: &Session) {
         id.cgroup_id
     );
     if let Some(c) = &id.container {
-        println!("container   {} ({})", c.id, c.runtime);
+        let name = c.name.as_deref().unwrap_or("?");
+        println!("container   {} ({}, {name})", c.id, c.runtime);
     }
     println!("enrollment  {}", s.enrollment);
 }

@@ -94,6 +94,19 @@ impl Masking {
         recorded(session, None, direction, "stream".into(), finding)
     }
 
+    /// `data` with every secret masked, to show a person (a held request's body preview).
+    /// Its findings are not recorded: the body's own pass through this hook records them.
+    /// None when it could not be scanned, so nothing unscanned is shown.
+    pub fn masked_copy(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let masked = mask_buffer(&self.engine(), &self.hasher, data);
+        masked.ok().map(|(masked, _)| masked)
+    }
+
+    /// How far past a cut a secret that starts before it can reach.
+    pub fn holdback(&self) -> usize {
+        self.engine().holdback()
+    }
+
     /// Masks secrets in a workload's command line (recorded with its session's identity),
     /// in place; returns the findings, for the session record once it has started.
     pub fn mask_cmdline(&self, session: u64, cmdline: &mut [String]) -> Vec<SecretFinding> {

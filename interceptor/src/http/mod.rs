@@ -8,6 +8,7 @@ pub mod hook;
 mod idle;
 pub mod masking;
 pub mod policy_hook;
+pub mod preview;
 pub mod tokenize;
 
 use std::convert::Infallible;
@@ -235,7 +236,11 @@ impl Connection {
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));
+        // Hooks may read the start of the body (an approval's preview); it is replayed.
+        let body = preview::BodyPreview::new(body.map_err(Into::into).boxed_unsync());
+        head.extensions.insert(body.clone());
         let decision = self.hooks.on_request(&info, &mut head).await;
+        head.extensions.remove::<preview::BodyPreview>();
         // Recorded as the hooks left it (secrets masked).
         exchange.rewritten(&head);
         if let Verdict::Refuse { status, reason } = decision.verdict {
@@ -246,7 +251,7 @@ impl Connection {
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
         let body = Metered::new(
-            body.map_err(Into::into).boxed_unsync(),
+            body.into_body(),
             exchange.clone(),
             Side::Request,
             decision.body,

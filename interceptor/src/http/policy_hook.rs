@@ -1,19 +1,32 @@
 //! The policy per HTTP request: a [`Hook`] that asks `Policy::decide_request` for every
 //! request of a connection the policy inspects (and of plain HTTP, where the `Host` header is
 //! the host name), refuses a deny with a 403 naming the rule and its reason, and holds an
-//! approve until a person decides (`approvals approve|deny`), with the request line and the
-//! recorded (credential-free) headers shown to the approver.
+//! approve until a person decides (`approvals approve|deny`), with the request line, the
+//! recorded (credential-free) headers and the start of the body, secrets masked, shown to the
+//! approver.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use interceptor::approvals::HoldRequest;
 use interceptor::policy::{RequestFacts, Verdict as PolicyVerdict};
 
 use super::exchange::recorded_request_headers;
 use super::hook::{Decision, ExchangeInfo, Hook, HookFuture, Verdict};
+use super::masking::Masking;
+use super::preview::BodyPreview;
 use crate::gate::{self, Gate};
 use crate::sessions::PolicyDecision;
 
+/// How much of a held request's body an approver sees.
+pub const PREVIEW_BYTES: usize = 4096;
+/// How long a held request's body may take to arrive for the preview (it is held anyway).
+const PREVIEW_WAIT: Duration = Duration::from_secs(1);
+
 pub struct PolicyHook {
     pub gate: Gate,
+    /// Masks the body preview shown to approvers; without a secret engine none is shown.
+    pub masking: Option<Arc<Masking>>,
 }
 
 /// A decision made for one request: what it is (for the record), and the hold for an
@@ -37,9 +50,37 @@ impl PolicyHook {
         };
         hold.request_line = Some(format!("{} {}", head.method, head.uri.path()));
         hold.headers = recorded_request_headers(&head.headers);
+        hold.body_preview = self.body_preview(head).await;
         tracing::info!(session = info.session, seq = info.seq, rule = %hold.rule,
             request = hold.request_line.as_deref().unwrap_or(""), "request held for approval");
         self.gate.hold(hold).await
+    }
+
+    /// The first [`PREVIEW_BYTES`] of the body with its secrets masked; None without a secret
+    /// engine, for an empty or compressed body. Read a holdback further, so that a secret
+    /// starting in the preview is seen whole; what was read is forwarded after approval.
+    async fn body_preview(&self, head: &http::request::Parts) -> Option<String> {
+        let masking = self.masking.as_ref()?;
+        let body = head.extensions.get::<BodyPreview>()?;
+        if head
+            .headers
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v != "identity")
+        {
+            return None;
+        }
+        let holdback = masking.holdback();
+        let (data, whole) = body
+            .first_bytes(PREVIEW_BYTES + holdback, PREVIEW_WAIT)
+            .await;
+        let mut masked = masking.masked_copy(&data)?;
+        // A body that stalled may end in a secret's unconfirmed start: not shown.
+        let shown = match whole {
+            true => PREVIEW_BYTES,
+            false => PREVIEW_BYTES.min(masked.len().saturating_sub(holdback)),
+        };
+        masked.truncate(shown);
+        (!masked.is_empty()).then(|| String::from_utf8_lossy(&masked).into_owned())
     }
 
     /// None when the request is not decided on its own (an earlier stage enforced the

@@ -275,7 +275,7 @@ fn unknown_secret_rule_ids_are_rejected_with_their_position() {
         "test.toml:7:19: unknown secret rule id \"nope\""
     );
     assert!(
-        p.check_references(ReferenceKind::VaultCredential, &[])
+        p.check_references::<&str>(ReferenceKind::VaultCredential, &[])
             .is_ok()
     );
 }
