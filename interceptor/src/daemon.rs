@@ -44,6 +44,9 @@ pub struct DaemonConfig {
     pub vault: Option<PathBuf>,
     /// Docker's data root, for container names.
     pub docker_root: PathBuf,
+    /// Where to serve Prometheus metrics, and whether it may be a non-loopback address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_allow_remote: bool,
 }
 
 pub struct Daemon {
@@ -65,6 +68,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
             "interceptor run must be started as root (it loads eBPF programs and enters network namespaces)"
         );
     }
+    // Before anything is loaded: a refused address stops the start with nothing to undo.
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            Some(crate::metrics::endpoint::bind(addr, config.metrics_allow_remote).await?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.store)?;
@@ -125,6 +135,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     enrollments.restore().await?;
 
     let control = server::bind(&config.socket, config.socket_group.as_deref())?;
+    if let Some(listener) = metrics {
+        let (proxy, approvals) = (proxy.clone(), approvals.clone());
+        let registry = crate::metrics::exposition::registry(
+            proxy.store.metrics().clone(),
+            Box::new(move || gauges(&proxy, &approvals)),
+        );
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
+        let serve = crate::metrics::endpoint::serve(listener, Arc::new(registry));
+        tokio::spawn(serve);
+    }
     let _socket_file = SocketFile(config.socket.clone());
     let daemon = Arc::new(Daemon {
         enrollments: Mutex::new(enrollments),
@@ -185,6 +205,16 @@ fn load_policy(
     Ok(policy)
 }
 
+/// What the metrics read at the moment they are asked for.
+fn gauges(proxy: &Proxy, approvals: &Approvals) -> crate::metrics::exposition::Gauges {
+    crate::metrics::exposition::Gauges {
+        live_sessions: proxy.live.load(Ordering::Relaxed),
+        enrollments: proxy.registry.read().unwrap().len() as u64,
+        held_approvals: approvals.pending().len() as u64,
+        store: proxy.store.status(),
+    }
+}
+
 fn record_policy(store: &Store, policy: &Policy, trigger: &str) {
     tracing::info!(path = %policy.source().display(), sha256 = policy.sha256(), rules = policy.rules().len(), trigger, "policy in force");
     store.append(Event::PolicyLoaded(PolicyLoaded {
@@ -222,13 +252,17 @@ impl Daemon {
             Request::Unenroll { target } => {
                 serde_json::to_value(self.enrollments.lock().await.unenroll(&target)?)?
             }
-            Request::Status => serde_json::to_value(Status {
-                daemon_pid: std::process::id(),
-                proxy_port: self.proxy_port,
-                live_connections: self.proxy.live.load(Ordering::Relaxed),
-                enrollments: self.enrollments.lock().await.status(),
-                store: self.proxy.store.status(),
-            })?,
+            Request::Status => {
+                let g = gauges(&self.proxy, &self.approvals);
+                serde_json::to_value(Status {
+                    daemon_pid: std::process::id(),
+                    proxy_port: self.proxy_port,
+                    live_connections: g.live_sessions,
+                    enrollments: self.enrollments.lock().await.status(),
+                    store: g.store,
+                    counts: (self.proxy.store.metrics()).counts(g.held_approvals, g.store.lost),
+                })?
+            }
             Request::Sessions => serde_json::to_value(self.sessions().await?)?,
             Request::Session { id } => {
                 let session = self

@@ -10,6 +10,7 @@ mod gate;
 mod http;
 mod identity;
 mod kernel;
+mod metrics;
 mod proxy;
 mod redirect;
 mod relay;
@@ -68,6 +69,8 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         }),
         vault: args.vault,
         docker_root: args.docker_root,
+        metrics_addr: args.metrics_addr,
+        metrics_allow_remote: args.metrics_allow_remote,
         tls: args.tls.into_options(),
     };
     let runtime = tokio::runtime::Runtime::new()?;

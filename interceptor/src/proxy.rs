@@ -15,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use interceptor_ebpf::{ConnKey, ConnectInfo};
 use tokio::net::TcpStream;
@@ -65,6 +65,7 @@ impl Proxy {
         netns_cookie: u64,
         ns: Namespace,
     ) {
+        let accepted = Instant::now();
         let Some(info) = self.original.take(&conn_key(peer, netns_cookie)) else {
             // Someone dialled the proxy port directly: there is no destination to relay to.
             tracing::warn!(%peer, "connection without a redirect record; resetting");
@@ -118,6 +119,7 @@ impl Proxy {
                 )
             }
             Ok(upstream) => {
+                (self.store.metrics().connection_setup).observe(accepted.elapsed());
                 let peer = Peer {
                     id,
                     identity: gate_identity,
@@ -153,6 +155,7 @@ impl Proxy {
 
     /// Records a connect() that the kernel refused with EPERM.
     pub fn record_denied(&self, info: &ConnectInfo) {
+        self.store.metrics().kernel_denial();
         let dest = original_destination(info);
         let enrollment = self.registry.read().unwrap().get(&info.enrollment).cloned();
         let identity = self

@@ -125,6 +125,14 @@ pub struct RunArgs {
     /// (`<root>/containers/<id>/config.v2.json`).
     #[arg(long, default_value = "/var/lib/docker")]
     pub docker_root: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g.
+    /// 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Let --metrics-addr be a non-loopback address. The endpoint has no authentication and
+    /// its numbers describe the workloads' traffic: expose it only to a protected network.
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_allow_remote: bool,
 }
 
 /// TLS re-termination and the HTTP layer (`run`).

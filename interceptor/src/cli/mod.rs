@@ -114,7 +114,7 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&session)?);
             } else {
-                print::session(&session);
+                print::session(&session, print::Paint::stdout(json));
             }
             Ok(0)
         }

@@ -1,12 +1,13 @@
 //! `sessions tail | replay | export | verify`.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 
 use super::args::TailArgs;
+use super::print::{self, Paint};
 use crate::control::client;
 use crate::control::protocol::Request;
 use crate::sessions::Event;
@@ -15,6 +16,7 @@ use crate::sessions::retention::RetentionPolicy;
 use crate::sessions::store::StoreOptions;
 use crate::sessions::tail::{TailFilter, TailRequest};
 use crate::sessions::verify::{self, VerifyReport};
+use interceptor::approvals::{ApprovalEvent, Approver};
 
 /// `--since`/`--until`: an RFC 3339 time, or a duration meaning that long ago.
 pub fn parse_time(text: &str) -> Result<SystemTime, String> {
@@ -38,13 +40,13 @@ pub fn tail(socket: &Path, a: TailArgs) -> anyhow::Result<i32> {
             host: a.host,
         },
     };
-    let colour = !a.json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let paint = Paint::stdout(a.json);
     print_stream(socket, request, |out, line| {
         if a.json {
             writeln!(out, "{line}")
         } else {
             match serde_json::from_str::<Record>(line) {
-                Ok(record) => writeln!(out, "{}", human(&record, colour)),
+                Ok(record) => writeln!(out, "{}", human(&record, paint)),
                 Err(_) => writeln!(out, "{line}"),
             }
         }
@@ -122,7 +124,7 @@ pub fn replay(socket: &Path, id: &str, speed: f64, json: bool) -> anyhow::Result
     if records.is_empty() {
         bail!("no session with id {id}");
     }
-    let colour = !json && io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let paint = Paint::stdout(json);
     let mut out = io::stdout().lock();
     let mut previous = records[0].0.at;
     for (record, line) in &records {
@@ -132,7 +134,7 @@ pub fn replay(socket: &Path, id: &str, speed: f64, json: bool) -> anyhow::Result
         let shown = if json {
             writeln!(out, "{line}")
         } else {
-            writeln!(out, "{}", human(record, colour))
+            writeln!(out, "{}", human(record, paint))
         };
         if let Err(e) = shown.and_then(|()| out.flush()) {
             if e.kind() == io::ErrorKind::BrokenPipe {
@@ -180,19 +182,8 @@ pub fn verify(socket: &Path, data_dir: Option<PathBuf>, json: bool) -> anyhow::R
 }
 
 /// One compact line per record; with colour, outcomes, exchanges and store events stand out.
-fn human(r: &Record, colour: bool) -> String {
-    const CYAN: &str = "36";
-    const GREEN: &str = "32";
-    const RED: &str = "1;31";
-    const BOLD: &str = "1";
-    const YELLOW: &str = "33";
-    let paint = |code: &str, text: String| {
-        if colour {
-            format!("\x1b[{code}m{text}\x1b[0m")
-        } else {
-            text
-        }
-    };
+fn human(r: &Record, p: Paint) -> String {
+    let paint = |code: &str, text: String| p.paint(code, text);
     let time = humantime::format_rfc3339_millis(r.at);
     let id = r.event.session_id();
     let body = match &r.event {
@@ -204,7 +195,7 @@ fn human(r: &Record, colour: bool) -> String {
                 .map(|c| format!("  container {}", &c.id[..c.id.len().min(12)]))
                 .unwrap_or_default();
             paint(
-                CYAN,
+                Paint::CYAN,
                 format!(
                     "start  {}[{}] {} -> {}{container}",
                     who.comm,
@@ -226,64 +217,87 @@ fn human(r: &Record, colour: bool) -> String {
                     .unwrap_or_default()
             );
             let ok = matches!(e.outcome, crate::sessions::Outcome::Closed);
-            paint(if ok { GREEN } else { RED }, text)
+            paint(if ok { Paint::GREEN } else { Paint::RED }, text)
         }
-        Event::Http(h) => paint(
-            BOLD,
-            format!(
-                "http   {} {}{} -> {}  {}",
-                h.method,
-                h.authority.as_deref().unwrap_or(""),
-                h.path,
-                h.status
-                    .map_or_else(|| "no response".into(), |s| s.to_string()),
-                humantime::format_duration(Duration::from_millis(h.duration.as_millis() as u64))
-            ),
-        ),
-        Event::Secret(f) => paint(
-            RED,
-            format!(
-                "secret {} {:?} {} (hash {}){}",
-                f.finding.rule,
-                f.direction,
-                f.location,
-                f.finding.hash,
-                if f.finding.forwarded_unmasked > 0 {
-                    "  PARTLY FORWARDED"
-                } else {
-                    "  masked"
-                }
-            ),
-        ),
-        Event::PolicyLoaded(p) => paint(
-            YELLOW,
+        Event::Http(h) => format!("http   {}", print::exchange_line(h, 0, p)),
+        Event::Tls(t) => format!("tls    {}", print::tls_line(t, p)),
+        Event::Secret(f) => format!("secret {}", print::finding_line(f, p)),
+        Event::Approval(a) => approval_line(a, p),
+        Event::PolicyLoaded(pl) => paint(
+            Paint::YELLOW,
             format!(
                 "policy {} in force ({} rules, {}), sha256 {}",
-                p.path,
-                p.rules,
-                p.trigger,
-                &p.sha256[..p.sha256.len().min(12)]
+                pl.path,
+                pl.rules,
+                pl.trigger,
+                &pl.sha256[..pl.sha256.len().min(12)]
             ),
         ),
         Event::Retention(ret) => paint(
-            YELLOW,
+            Paint::YELLOW,
             format!(
                 "store  retention removed {} segment(s) ({})",
                 ret.removed.len(),
                 ret.reason
             ),
         ),
-        other => {
-            let json = serde_json::to_value(other).unwrap_or_default();
-            let kind = json["event"].as_str().unwrap_or("event").to_owned();
-            paint(YELLOW, format!("{kind:<6} {json}"))
-        }
     };
     if id == 0 {
         format!("{time}  {:>6}  {body}", "-")
     } else {
         format!("{time}  #{id:<5}  {body}")
     }
+}
+
+/// An approval's request and its fate: held requests stand out, decisions say by whom.
+fn approval_line(a: &ApprovalEvent, p: Paint) -> String {
+    let who = |by: &Approver| by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid));
+    let why = |reason: &Option<String>| {
+        reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    };
+    let (code, text) = match a {
+        ApprovalEvent::Created(h) => (
+            Paint::YELLOW,
+            format!(
+                "approval #{} HELD for session {} by rule {}: {} {}",
+                h.id,
+                h.session,
+                h.rule,
+                h.destination,
+                h.request_line.as_deref().unwrap_or("(connection)")
+            ),
+        ),
+        ApprovalEvent::Approved {
+            id,
+            by,
+            reason,
+            grant,
+        } => (
+            Paint::GREEN,
+            format!(
+                "approval #{id} approved by {}{}{}",
+                who(by),
+                why(reason),
+                grant
+                    .as_ref()
+                    .map(|g| format!(" (grant #{})", g.id))
+                    .unwrap_or_default()
+            ),
+        ),
+        ApprovalEvent::Denied { id, by, reason } => (
+            Paint::RED,
+            format!("approval #{id} denied by {}{}", who(by), why(reason)),
+        ),
+        ApprovalEvent::Expired { id } => (Paint::RED, format!("approval #{id} expired")),
+        ApprovalEvent::Revoked { grant, by } => (
+            Paint::YELLOW,
+            format!("approval grant #{grant} revoked by {}", who(by)),
+        ),
+    };
+    p.paint(code, text)
 }
 
 impl super::args::RunArgs {

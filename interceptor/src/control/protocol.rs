@@ -96,6 +96,9 @@ pub struct Status {
     /// The session store's counters.
     #[serde(default)]
     pub store: crate::sessions::store::StoreStatus,
+    /// Counters since the daemon started: sessions, findings, approvals, drops.
+    #[serde(default)]
+    pub counts: crate::metrics::Counts,
 }
 
 /// The policy in force (reply to `PolicyReload`).

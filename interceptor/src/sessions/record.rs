@@ -32,6 +32,37 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Open,
+        Outcome::Closed,
+        Outcome::UpstreamRefused,
+        Outcome::UpstreamTimeout,
+        Outcome::UpstreamError,
+        Outcome::ClientError,
+        Outcome::Denied,
+        Outcome::ClientTlsError,
+        Outcome::UpstreamTlsError,
+        Outcome::Interrupted,
+    ];
+
+    /// The name on disk and in the JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Open => "open",
+            Outcome::Closed => "closed",
+            Outcome::UpstreamRefused => "upstream_refused",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ClientError => "client_error",
+            Outcome::Denied => "denied",
+            Outcome::ClientTlsError => "client_tls_error",
+            Outcome::UpstreamTlsError => "upstream_tls_error",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// A stored event. Sessions are built from these, so later kinds of events (HTTP exchanges,
 /// findings, approvals) are added as variants without rewriting what is on disk.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ use super::index::StartIndex;
 use super::record::{Event, Outcome, Session, SessionEnd};
 use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
 use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
+use crate::metrics::Metrics;
 
 /// How long the writer lets events gather after a write.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -80,6 +81,7 @@ pub struct Store {
     written: watch::Receiver<Position>,
     counters: Arc<Counters>,
     starts: StartIndex,
+    metrics: Arc<Metrics>,
 }
 
 /// What `interceptor status` shows of the store.
@@ -134,6 +136,7 @@ impl Store {
             written,
             counters,
             starts,
+            metrics: Arc::default(),
         };
         if !interrupted.is_empty() {
             tracing::warn!(
@@ -151,6 +154,7 @@ impl Store {
 
     /// Queues an event, stamped with the current time; never blocks.
     pub fn append(&self, event: Event) {
+        self.metrics.observe(&event);
         if self.tx.send((SystemTime::now(), event)).is_ok() {
             self.counters.appended.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -178,6 +182,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The daemon's counters, which every appended event moves.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Where each session's records begin.

@@ -206,6 +206,7 @@ pub async fn stream<W: AsyncWrite + Unpin>(
     request: TailRequest,
     out: &mut W,
 ) -> io::Result<()> {
+    let _counted = store.metrics().tailer();
     let dir = store.dir().to_owned();
     let mut written = store.written();
     let mut end = *written.borrow_and_update();
