@@ -94,6 +94,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     )?);
     record_policy(&store, &policy, "start");
     let current_policy = policy::Current::new(policy.clone());
+    // Secret masking, injection and body recording follow the policy's decisions.
+    if let Some(masking) = &secrets.masking {
+        masking.follow_policy(current_policy.clone());
+    }
     let approvals = open_approvals(&config.data_dir, &store)?;
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();

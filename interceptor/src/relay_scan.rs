@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::detection::{Engine, Finding, Masker, ScanError, SecretHasher};
+use crate::detection::{Engine, Finding, Masker, ScanError, SecretHasher, Selection};
 
 const READ_SIZE: usize = 16 * 1024;
 
@@ -62,6 +62,8 @@ pub struct ScanRelay {
     pub hasher: SecretHasher,
     /// Forward the held tail after this long without new bytes.
     pub idle_flush: Duration,
+    /// Which rules mask or only report (None: every rule masks).
+    pub selection: Option<Arc<Selection>>,
 }
 
 /// Bytes moved each way; readable while the relay runs.
@@ -113,7 +115,11 @@ impl ScanRelay {
         counter: &AtomicU64,
         on_finding: &impl Fn(Direction, Finding),
     ) -> Result<(), ScanRelayError> {
-        let mut masker = Masker::new(self.engine.clone(), self.hasher.clone())?;
+        let mut masker = Masker::with_selection(
+            self.engine.clone(),
+            self.hasher.clone(),
+            self.selection.clone(),
+        )?;
         let mut buf = vec![0u8; READ_SIZE];
         let mut out = Vec::with_capacity(READ_SIZE + self.engine.holdback());
         loop {
@@ -185,6 +191,7 @@ mod tests {
             engine: engine.clone(),
             hasher: SecretHasher::with_salt([3; 16]),
             idle_flush: Duration::from_millis(30),
+            selection: None,
         }
     }
 

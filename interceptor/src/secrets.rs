@@ -64,7 +64,10 @@ pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyho
     let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
     if let Some(vault) = vault {
         tokio::spawn(reload_vault(vault.clone(), rules, masking.clone()));
-        hooks.push(Arc::new(Tokenizer { vault }));
+        hooks.push(Arc::new(Tokenizer {
+            vault,
+            masking: masking.clone(),
+        }));
     }
     hooks.push(masking.clone());
     Ok(Secrets {
@@ -81,7 +84,11 @@ fn compile(rules: &[Rule], vault: Option<&SharedVault>) -> anyhow::Result<Option
     if all.is_empty() {
         return Ok(None);
     }
-    let engine = Engine::compile(&all).context("compiling the secret rules")?;
+    let placeholders = vault.map(|v| v.current().placeholders()).unwrap_or_default();
+    // Placeholders are swapped after masking: they must reach the swap unmasked.
+    let engine = Engine::compile(&all)
+        .context("compiling the secret rules")?
+        .exempting(placeholders);
     Ok(Some(Arc::new(engine)))
 }
 

@@ -166,8 +166,12 @@ fn rules_dir() -> PathBuf {
 
 /// A daemon that masks with the shipped rules and trusts `pki` upstream.
 fn daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
+    daemon_under(pki, &intercept_all_policy(), extra)
+}
+
+/// [`daemon`] under the policy at `policy`.
+fn daemon_under(pki: &TestPki, policy: &Path, extra: &[&str]) -> Result<Daemon> {
     let (ca, rules) = (pki.ca_file.to_str().unwrap(), rules_dir());
-    let policy = intercept_all_policy();
     let mut args = vec!["--upstream-ca", ca, "--rules", rules.to_str().unwrap()];
     args.extend(["--policy", policy.to_str().unwrap()]);
     args.extend_from_slice(extra);
@@ -366,6 +370,10 @@ fn secret_in_a_response_body_is_masked_before_the_client() -> Result<()> {
     ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
 }
 
+/// Intercepts TLS and lets the vault inject any credential it allows.
+const VAULT_POLICY: &str =
+    "[settings]\ntls = \"intercept\"\nvault_credentials = [\"*\"]\n[default]\naction = \"allow\"\n";
+
 /// A vault (0600) allowing `/usr/bin/curl` to send [`REAL`] to api.test under /v1/.
 fn vault(dir: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -389,7 +397,11 @@ fn vault_swaps_in_the_real_credential_for_the_allowed_identity_and_masks_its_ech
     let server = RecordingServer::start(&pki)?;
     let dir = tempfile::tempdir()?;
     let vault = vault(dir.path())?;
-    let d = daemon(&pki, &["--vault", vault.to_str().unwrap()])?;
+    let d = daemon_under(
+        &pki,
+        &policy_file(dir.path(), VAULT_POLICY)?,
+        &["--vault", vault.to_str().unwrap()],
+    )?;
     let auth = format!("Authorization: Bearer {PLACEHOLDER}");
     for version in ["--http1.1", "--http2"] {
         let out = curl(
@@ -432,7 +444,11 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
     let server = RecordingServer::start(&pki)?;
     let dir = tempfile::tempdir()?;
     let vault = vault(dir.path())?;
-    let d = daemon(&pki, &["--vault", vault.to_str().unwrap()])?;
+    let d = daemon_under(
+        &pki,
+        &policy_file(dir.path(), VAULT_POLICY)?,
+        &["--vault", vault.to_str().unwrap()],
+    )?;
     let auth = format!("Authorization: Bearer {PLACEHOLDER}");
     let status = ["-w", "\n%{http_code}", "-H", &auth];
 
@@ -510,4 +526,185 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     let all = findings(&d, server.port(), 1)?;
     ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
+/// A policy file in `dir`: TLS intercepted, then `text` (settings, rules, default).
+fn policy_file(dir: &Path, text: &str) -> Result<PathBuf> {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Every HTTP exchange the daemon recorded with the server at `port`, once `n` sessions
+/// to it have ended.
+fn exchanges(d: &Daemon, port: u16, n: usize) -> Result<Vec<Value>> {
+    findings(d, port, n)?;
+    let sessions: Vec<Value> = d.cli_json(["sessions", "list", "--json"])?;
+    let suffix = format!(":{port}");
+    Ok(sessions
+        .iter()
+        .filter(|s| {
+            s["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&suffix))
+        })
+        .flat_map(|s| s["http"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+#[test]
+fn policy_settings_choose_what_is_masked_reported_and_recorded() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let policy = policy_file(
+        dir.path(),
+        "[settings]\ntls = \"intercept\"\nsecrets_mask = [\"*\"]\n\
+         secrets_report = [\"aws.access-key-id\"]\nrecord_body_bytes = 40\n\
+         [default]\naction = \"allow\"\n",
+    )?;
+    let d = daemon_under(&pki, &policy, &[])?;
+    let body =
+        format!("{{\"aws_access_key_id\": \"{BODY_SECRET}\", \"token\": \"{HEADER_SECRET}\"}}");
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    curl(
+        &d,
+        &server,
+        "api.test",
+        "/upload",
+        &["--http1.1", "--data-binary", &data],
+    )?;
+    let got = server.received();
+    let text = String::from_utf8_lossy(&got.first().context("no request")?.body).into_owned();
+    // Reported only: it went up untouched. Masked: masked.
+    ensure!(
+        text.contains(BODY_SECRET),
+        "the reported secret was changed: {text}"
+    );
+    ensure!(
+        !text.contains(HEADER_SECRET) && text.contains("\"ghp_"),
+        "not masked: {text}"
+    );
+    let all = findings(&d, server.port, 1)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "body")?;
+    ensure_finding(&all, "github.ghp", "up", "body")?;
+    let report_only = |rule: &str| {
+        all.iter()
+            .find(|f| f["rule"] == rule)
+            .is_some_and(|f| f["report_only"] == true)
+    };
+    ensure!(
+        report_only("aws.access-key-id") && !report_only("github.ghp"),
+        "report_only flags: {all:#?}"
+    );
+    // 40 bytes of the body recorded, the cap noted, the reported secret masked there too.
+    let http = exchanges(&d, server.port, 1)?;
+    let recorded = &http.first().context("no exchange")?["request_body"];
+    ensure!(
+        recorded["cap"] == 40
+            && recorded["truncated"] == true
+            && recorded["data"] == "{\"aws_access_key_id\": \"AKIA*************",
+        "recorded body: {recorded}"
+    );
+    ensure!(
+        http[0]["response_body"]["data"] == "ok",
+        "response body: {}",
+        http[0]
+    );
+    // The daemon forwarded the reported secret but stored it nowhere.
+    ensure_nothing_at_rest(&d, &[BODY_SECRET, HEADER_SECRET])
+}
+
+#[test]
+fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let vault = vault(dir.path())?;
+    // POST may use the credential; anything else (the default) may not.
+    let policy = policy_file(
+        dir.path(),
+        "[settings]\ntls = \"intercept\"\n\
+         [[rule]]\nname = \"post-may-use-the-key\"\naction = \"allow\"\n\
+         [rule.match]\nmethod = [\"POST\"]\n\
+         [rule.settings]\nvault_credentials = [\"test-api\"]\n\
+         [default]\naction = \"allow\"\n",
+    )?;
+    let d = daemon_under(&pki, &policy, &["--vault", vault.to_str().unwrap()])?;
+    let auth = format!("Authorization: Bearer {PLACEHOLDER}");
+    let body = format!("{{\"api_key\": \"{PLACEHOLDER}\", \"again\": \"{PLACEHOLDER}\"}}");
+    let file = dir.path().join("body.json");
+    std::fs::write(&file, &body)?;
+    let data = format!("@{}", file.display());
+    for version in ["--http1.1", "--http2"] {
+        let args = [version, "-H", &auth, "--data-binary", &data];
+        let out = curl(&d, &server, "api.test", "/v1/echo-auth", &args)?;
+        let text = stdout(&out);
+        ensure!(
+            !text.contains(REAL) && text.starts_with("you sent: Bearer real****"),
+            "echo: {text}"
+        );
+    }
+    let got = server.received();
+    ensure!(got.len() == 2, "server got {got:#?}");
+    let want = body.replace(PLACEHOLDER, REAL);
+    for r in &got {
+        ensure!(
+            r.body == want.as_bytes(),
+            "body upstream: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        ensure!(
+            r.header("authorization") == Some(format!("Bearer {REAL}").as_str()),
+            "header upstream: {:?}",
+            r.headers
+        );
+    }
+    // HTTP/1.1: the swap changes the length, so the body went chunked.
+    ensure!(
+        got[0].header("transfer-encoding") == Some("chunked")
+            && got[0].header("content-length").is_none(),
+        "framing: {:?}",
+        got[0].headers
+    );
+    let status = ["-w", "\n%{http_code}"];
+    // A GET: the policy's default lists no credential.
+    let out = curl(
+        &d,
+        &server,
+        "api.test",
+        "/v1/echo-auth",
+        &[&status[..], &["-H", &auth]].concat(),
+    )?;
+    let text = stdout(&out);
+    ensure!(
+        text.ends_with("\n403") && text.contains("not allowed by policy rule \"default\""),
+        "GET: {text}"
+    );
+    // Another executable with the placeholder in the body only: refused mid-body.
+    let other = dir.path().join("other-curl");
+    std::fs::copy(which_real("curl")?, &other)?;
+    let out = curl_as(
+        &d,
+        other.to_str().unwrap(),
+        &server,
+        "api.test",
+        "/v1/echo-auth",
+        &[&status[..], &["--data-binary", &data]].concat(),
+    )?;
+    let text = stdout(&out);
+    ensure!(
+        text.ends_with("\n403") && text.contains("not allowed for this identity"),
+        "another identity: {text}"
+    );
+    ensure!(
+        server.received().len() == 2,
+        "refused requests reached the server"
+    );
+    findings(&d, server.port, 4)?;
+    ensure_nothing_at_rest(&d, &[REAL])
 }

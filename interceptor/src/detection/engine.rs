@@ -65,6 +65,9 @@ pub struct Engine {
     /// Allocated for both databases; cloned for each masker.
     pub(super) prototype: Mutex<Scratch>,
     holdback: usize,
+    /// Literals that are never secrets (vault placeholders): a match that holds one is not
+    /// a finding, so the vault can still swap it after masking.
+    exempt: Vec<Vec<u8>>,
 }
 
 /// The candidate ends Hyperscan reported during one scan, per rule, grouped into clusters
@@ -133,7 +136,21 @@ impl Engine {
             scratch: Mutex::new(Vec::new()),
             prototype: Mutex::new(prototype),
             holdback: (widest * ENCODED_WIDTH_FACTOR).min(MAX_HOLDBACK),
+            exempt: Vec::new(),
         })
+    }
+
+    /// This engine, never reporting a secret that holds one of `literals`.
+    pub fn exempting(mut self, literals: impl IntoIterator<Item = Vec<u8>>) -> Engine {
+        self.exempt = literals.into_iter().filter(|l| !l.is_empty()).collect();
+        self
+    }
+
+    /// Whether `secret` holds an exempt literal.
+    pub fn is_exempt(&self, secret: &[u8]) -> bool {
+        self.exempt
+            .iter()
+            .any(|l| secret.windows(l.len()).any(|w| w == l.as_slice()))
     }
 
     pub fn rules(&self) -> &[CompiledRule] {

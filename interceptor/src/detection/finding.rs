@@ -27,6 +27,10 @@ pub struct Finding {
     /// Bytes of the secret that had already been forwarded when it was recognised (only
     /// after an explicit flush cut a secret in two); 0 means it was fully masked.
     pub forwarded_unmasked: u32,
+    /// The policy asked only to report this rule (`secrets_report`): the secret went on
+    /// untouched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_only: bool,
 }
 
 /// Hashes secrets with a salt fixed for the daemon's lifetime (or given, for tests).

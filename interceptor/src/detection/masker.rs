@@ -17,6 +17,7 @@ use hyperscan::Scratch;
 use super::decode;
 use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
+use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
 use super::views::{View, ViewFinding};
 
@@ -26,6 +27,8 @@ const VIEWS: [Encoding; 2] = [Encoding::JsonEscaped, Encoding::UrlEncoded];
 pub struct Masker {
     engine: Arc<Engine>,
     hasher: SecretHasher,
+    /// Which rules mask, report or are ignored; None: every rule masks.
+    selection: Option<Arc<Selection>>,
     scratch: Scratch,
     raw: StreamScan,
     views: Vec<View>,
@@ -47,7 +50,17 @@ pub struct Masker {
 
 impl Masker {
     pub fn new(engine: Arc<Engine>, hasher: SecretHasher) -> Result<Masker, ScanError> {
+        Masker::with_selection(engine, hasher, None)
+    }
+
+    /// A masker that handles each rule's findings as `selection` says (None: mask them all).
+    pub fn with_selection(
+        engine: Arc<Engine>,
+        hasher: SecretHasher,
+        selection: Option<Arc<Selection>>,
+    ) -> Result<Masker, ScanError> {
         Ok(Masker {
+            selection,
             scratch: engine.clone_scratch(),
             raw: StreamScan::new(&engine)?,
             candidates: engine.candidates(),
@@ -222,27 +235,44 @@ impl Masker {
     /// Records a secret at stream range `span` and schedules its masking; a secret already
     /// recorded (seen again in a view, or grown) is not recorded twice.
     fn record(&mut self, rule: usize, span: Range<u64>, encoding: Encoding, secret: &[u8]) {
+        let handling = self
+            .selection
+            .as_ref()
+            .map_or(Handling::Mask, |s| s.handling(rule));
+        if handling == Handling::Ignore || self.engine.is_exempt(secret) {
+            return;
+        }
+        let mask = handling == Handling::Mask;
         if let Some((_, seen)) = self
             .reported
             .iter_mut()
             .find(|(r, s)| *r == rule && s.start < span.end && span.start < s.end)
         {
             if span.end > seen.end {
-                self.masks.push(seen.end..span.end);
+                if mask {
+                    self.masks.push(seen.end..span.end);
+                }
                 seen.end = span.end;
             }
             return;
         }
         let len = span.end - span.start;
-        self.masks
-            .push(span.start + kept_prefix(len as usize) as u64..span.end);
+        if mask {
+            self.masks
+                .push(span.start + kept_prefix(len as usize) as u64..span.end);
+        }
         self.findings.push(Finding {
             rule: self.engine.rules()[rule].id.to_string(),
             offset: span.start,
             length: len as u32,
             encoding,
             hash: self.hasher.hash(secret),
-            forwarded_unmasked: self.sent.saturating_sub(span.start).min(len) as u32,
+            forwarded_unmasked: if mask {
+                self.sent.saturating_sub(span.start).min(len) as u32
+            } else {
+                0
+            },
+            report_only: !mask,
         });
         self.reported.push((rule, span));
     }
@@ -284,7 +314,17 @@ pub fn mask_buffer(
     hasher: &SecretHasher,
     data: &[u8],
 ) -> Result<(Vec<u8>, Vec<Finding>), ScanError> {
-    let mut masker = Masker::new(engine.clone(), hasher.clone())?;
+    mask_buffer_selected(engine, hasher, None, data)
+}
+
+/// [`mask_buffer`] handling each rule as `selection` says.
+pub fn mask_buffer_selected(
+    engine: &Arc<Engine>,
+    hasher: &SecretHasher,
+    selection: Option<&Arc<Selection>>,
+    data: &[u8],
+) -> Result<(Vec<u8>, Vec<Finding>), ScanError> {
+    let mut masker = Masker::with_selection(engine.clone(), hasher.clone(), selection.cloned())?;
     let mut out = Vec::with_capacity(data.len());
     masker.push(data, &mut out)?;
     masker.finish(&mut out)?;

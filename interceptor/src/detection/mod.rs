@@ -18,13 +18,15 @@ pub mod engine;
 pub mod finding;
 pub mod masker;
 pub mod rules;
+pub mod selection;
 mod stream;
 mod views;
 
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};
-pub use masker::{Masker, mask_buffer};
+pub use masker::{Masker, mask_buffer, mask_buffer_selected};
 pub use rules::{Rule, RulesError, load_dir};
+pub use selection::{Handling, Selection};
 
 #[cfg(test)]
 mod tests;

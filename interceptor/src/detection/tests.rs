@@ -459,3 +459,51 @@ fn a_flush_that_cuts_a_secret_is_reported_as_partly_forwarded() {
     // What was still held is masked.
     assert!(out[15..45].iter().all(|&b| b == b'*'));
 }
+
+#[test]
+fn a_selection_masks_reports_or_ignores_each_rule() {
+    let aws = "AKIAQYLPMN5HHHFPZAM2";
+    let ghp = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    let slack = "xoxb-983227406196-9740026249223-5hMAac3c0tfFVXPcWdPxLbH0";
+    let text = format!("a={aws} g={ghp} s={slack}\n");
+    let selection = Arc::new(Selection::new(&engine(), |id| match id {
+        "aws.access-key-id" => Handling::Report,
+        "slack.bot-token" => Handling::Ignore,
+        _ => Handling::Mask,
+    }));
+    assert!(selection.any() && !selection.masks_everything());
+    for split in [0, 5, 30, text.len()] {
+        let mut m = Masker::with_selection(
+            engine(),
+            SecretHasher::with_salt([7; 16]),
+            Some(selection.clone()),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        m.push(&text.as_bytes()[..split], &mut out).unwrap();
+        m.push(&text.as_bytes()[split..], &mut out).unwrap();
+        m.finish(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains(aws) && out.contains(slack) && !out.contains(ghp),
+            "{out}"
+        );
+        let mut found: Vec<_> = m
+            .take_findings()
+            .into_iter()
+            .map(|f| (f.rule, f.report_only))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("aws.access-key-id".to_string(), true),
+                ("github.ghp".to_string(), false)
+            ],
+            "split {split}"
+        );
+    }
+    let none = Selection::new(&engine(), |_| Handling::Ignore);
+    assert!(!none.any());
+    assert!(Selection::mask_all(&engine()).masks_everything());
+}

@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::hook::{BodyTransform, BoxError, ExchangeInfo};
+use super::hook::{BodyTransform, BoxError, ExchangeInfo, RecordedBody, Refused};
 use crate::sessions::{HttpExchange, PolicyDecision, UpgradedBytes};
 
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -47,6 +47,8 @@ pub struct Exchange {
     record: Mutex<HttpExchange>,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+    /// Why a request body transform refused the exchange.
+    refused: Mutex<Option<(http::StatusCode, String)>>,
 }
 
 impl Exchange {
@@ -77,9 +79,12 @@ impl Exchange {
                 upgraded: None,
                 error: None,
                 policy: None,
+                request_body: None,
+                response_body: None,
             }),
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
+            refused: Mutex::new(None),
         }
     }
 
@@ -104,6 +109,19 @@ impl Exchange {
         let mut r = self.record.lock().unwrap();
         if r.error.is_none() {
             r.error = Some(error.to_string());
+        }
+    }
+
+    /// The status and reason a body transform refused the exchange with ([`Refused`]).
+    pub fn refused(&self) -> Option<(http::StatusCode, String)> {
+        self.refused.lock().unwrap().clone()
+    }
+
+    fn body_recorded(&self, side: Side, body: RecordedBody) {
+        let mut r = self.record.lock().unwrap();
+        match side {
+            Side::Request => r.request_body = Some(body),
+            Side::Response => r.response_body = Some(body),
         }
     }
 
@@ -189,6 +207,10 @@ impl Metered {
             Side::Request => "request body",
             Side::Response => "response body",
         };
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            self.exchange.fail(format_args!("refused: {}", r.reason));
+            *self.exchange.refused.lock().unwrap() = Some((r.status, r.reason.clone()));
+        }
         self.exchange.fail(format_args!("{side}: {e}"));
         Poll::Ready(Some(Err(e)))
     }
@@ -197,10 +219,27 @@ impl Metered {
     fn finish(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
         match self.transform.take() {
             Some(mut t) => {
-                let tail = t.finish()?;
+                let tail = t.finish();
+                self.record(t.as_mut());
+                let tail = tail?;
                 Ok((!tail.is_empty()).then(|| Frame::data(tail)))
             }
             None => Ok(None),
+        }
+    }
+
+    fn record(&self, t: &mut dyn BodyTransform) {
+        if let Some(body) = t.recorded() {
+            self.exchange.body_recorded(self.side, body);
+        }
+    }
+}
+
+impl Drop for Metered {
+    /// A body cut short still leaves what it recorded.
+    fn drop(&mut self) {
+        if let Some(mut t) = self.transform.take() {
+            self.record(t.as_mut());
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct ExchangeInfo {
     pub identity: std::sync::Arc<crate::identity::Identity>,
     /// Its enrollment's name (`enroll --name`), which policy rules can match.
     pub enrollment: Option<std::sync::Arc<str>>,
+    /// The policy's secret settings for this exchange, set by the first hook that needs
+    /// them on the request and read again for the response.
+    pub plan: std::sync::OnceLock<std::sync::Arc<super::settings::Plan>>,
 }
 
 pub trait Hook: Send + Sync {
@@ -73,6 +76,22 @@ pub trait BodyTransform: Send {
     fn keeps_length(&self) -> bool {
         false
     }
+    /// What of the body goes into the exchange's record (asked once, at the end of the
+    /// body or when it is cut short).
+    fn recorded(&mut self) -> Option<RecordedBody> {
+        None
+    }
+}
+
+pub use crate::sessions::RecordedBody;
+
+/// An error a body transform ends a request body with to refuse the whole exchange: the
+/// workload gets `status` and `reason` instead of the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub status: StatusCode,
+    pub reason: String,
 }
 
 /// The hooks in force, run in order; the first refusal wins, transforms chain.
@@ -128,11 +147,16 @@ fn combine(decisions: Vec<Decision>) -> Decision {
     }
     Decision {
         verdict: Verdict::Forward,
-        body: match transforms.len() {
-            0 => None,
-            1 => transforms.pop(),
-            _ => Some(Box::new(Chain(transforms))),
-        },
+        body: chained(transforms),
+    }
+}
+
+/// `transforms` applied one after the other (None for none).
+pub fn chained(mut transforms: Vec<Box<dyn BodyTransform>>) -> Option<Box<dyn BodyTransform>> {
+    match transforms.len() {
+        0 => None,
+        1 => transforms.pop(),
+        _ => Some(Box::new(Chain(transforms))),
     }
 }
 
@@ -160,5 +184,9 @@ impl BodyTransform for Chain {
 
     fn keeps_length(&self) -> bool {
         self.0.iter().all(|t| t.keeps_length())
+    }
+
+    fn recorded(&mut self) -> Option<RecordedBody> {
+        self.0.iter_mut().find_map(|t| t.recorded())
     }
 }

@@ -4,6 +4,12 @@
 //! only its bounded tail. Masking keeps length (a short prefix stays, the rest becomes `*`),
 //! so a plain body keeps its `Content-Length`.
 //!
+//! What is masked, reported or ignored, and how much of each body is recorded, is the
+//! policy's decision for the exchange ([`super::settings`]): rules in `secrets_mask` are
+//! masked, rules in `secrets_report` only produce a finding (the bytes go on untouched), the
+//! others are ignored; with no rule selected nothing is scanned. The recorded start of a body
+//! has every secret masked whatever the policy says of the traffic.
+//!
 //! Compressed bodies (`Content-Encoding` gzip, deflate, br, zstd) are decoded as they stream,
 //! masked, and encoded again in the same coding; the decoded size is capped
 //! ([`MAX_DECODED_BODY`]) against compression bombs, and a body over the cap ends with that
@@ -17,15 +23,24 @@ use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use interceptor::detection::compression::{ContentEncoding, Decoder, Encoder};
-use interceptor::detection::{Engine, Finding, Masker, ScanError, SecretHasher, mask_buffer};
+use interceptor::detection::{
+    Engine, Finding, Masker, ScanError, SecretHasher, Selection, mask_buffer, mask_buffer_selected,
+};
+use interceptor::policy;
 use interceptor::relay_scan::{Direction, ScanRelay};
 
-use super::hook::{BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, Verdict};
-use super::tokenize::Tokenized;
+use super::hook::{
+    BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, RecordedBody, Verdict,
+    chained,
+};
+use super::settings::{Plan, PlanSource};
+use super::tokenize::{BodySwap, Tokenized};
+use crate::identity::Identity;
 use crate::sessions::record::SecretFinding;
 
 /// Largest decoded size of one compressed body.
@@ -43,6 +58,7 @@ pub struct Masking {
     engine: RwLock<Arc<Engine>>,
     hasher: SecretHasher,
     sink: FindingSink,
+    plans: PlanSource,
 }
 
 impl Masking {
@@ -51,6 +67,7 @@ impl Masking {
             engine: RwLock::new(engine),
             hasher,
             sink,
+            plans: PlanSource::default(),
         }
     }
 
@@ -59,10 +76,23 @@ impl Masking {
         *self.engine.write().unwrap_or_else(|e| e.into_inner()) = engine;
     }
 
+    /// Takes the secret settings from this policy's decisions from now on (until then, and
+    /// without a policy, every rule masks).
+    pub fn follow_policy(&self, policy: policy::Current) {
+        self.plans.follow(policy);
+    }
+
     fn engine(&self) -> Arc<Engine> {
         self.engine
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The policy's secret settings for this exchange (decided once, on its request).
+    pub fn plan(&self, info: &ExchangeInfo, head: &http::request::Parts) -> Arc<Plan> {
+        info.plan
+            .get_or_init(|| self.plans.for_request(&self.engine(), info, head))
             .clone()
     }
 
@@ -75,12 +105,41 @@ impl Masking {
         }
     }
 
-    /// A relay that masks a raw stream both ways with the engine in force.
-    pub fn scan_relay(&self) -> ScanRelay {
-        ScanRelay {
-            engine: self.engine(),
+    /// A relay that masks a raw stream both ways as the policy's decision for it says; None
+    /// when that decision selects no secret rule (splice it).
+    pub fn scan_relay(
+        &self,
+        identity: &Identity,
+        enrollment: Option<&str>,
+        host: Option<&str>,
+        dest: std::net::SocketAddr,
+    ) -> Option<ScanRelay> {
+        let plan = self
+            .plans
+            .for_stream(&self.engine(), identity, enrollment, host, dest);
+        Some(ScanRelay {
+            engine: plan.engine.clone(),
             hasher: self.hasher.clone(),
             idle_flush: RAW_IDLE_FLUSH,
+            selection: Some(plan.selection.clone()?),
+        })
+    }
+
+    /// Bytes a streaming masker holds back: read that much past a preview so a secret that
+    /// starts in it is seen whole.
+    pub fn holdback(&self) -> usize {
+        self.engine().holdback()
+    }
+
+    /// `data` with every secret any rule finds masked (for what people see: approval
+    /// previews); None when it could not be scanned.
+    pub fn masked_copy(&self, data: &[u8]) -> Option<Vec<u8>> {
+        match mask_buffer(&self.engine(), &self.hasher, data) {
+            Ok((masked, _)) => Some(masked),
+            Err(e) => {
+                tracing::warn!(error = %e, "scanning a body preview");
+                None
+            }
         }
     }
 
@@ -92,19 +151,6 @@ impl Masking {
         finding: Finding,
     ) -> SecretFinding {
         recorded(session, None, direction, "stream".into(), finding)
-    }
-
-    /// `data` with every secret masked, to show a person (a held request's body preview).
-    /// Its findings are not recorded: the body's own pass through this hook records them.
-    /// None when it could not be scanned, so nothing unscanned is shown.
-    pub fn masked_copy(&self, data: &[u8]) -> Option<Vec<u8>> {
-        let masked = mask_buffer(&self.engine(), &self.hasher, data);
-        masked.ok().map(|(masked, _)| masked)
-    }
-
-    /// How far past a cut a secret that starts before it can reach.
-    pub fn holdback(&self) -> usize {
-        self.engine().holdback()
     }
 
     /// Masks secrets in a workload's command line (recorded with its session's identity),
@@ -139,6 +185,7 @@ impl Masking {
     fn mask_head(
         &self,
         engine: &Arc<Engine>,
+        selection: &Arc<Selection>,
         uri: Option<&mut Uri>,
         headers: &mut HeaderMap,
         skip: &[HeaderName],
@@ -164,7 +211,7 @@ impl Masking {
                 value.as_bytes(),
             );
         }
-        let (masked, found) = mask_buffer(engine, &self.hasher, &text)?;
+        let (masked, found) = mask_buffer_selected(engine, &self.hasher, Some(selection), &text)?;
         if found.is_empty() {
             return Ok(());
         }
@@ -199,10 +246,10 @@ impl Masking {
         Ok(())
     }
 
-    /// The body transform for a head with these headers, or a refusal.
+    /// The body transform for a head with these headers under `plan`, or a refusal.
     fn body(
         &self,
-        engine: Arc<Engine>,
+        plan: &Plan,
         headers: &HeaderMap,
         reporter: Reporter,
         refuse_with: StatusCode,
@@ -220,18 +267,30 @@ impl Masking {
             .map(str::trim)
             .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
             .collect();
-        let codec = match codings.as_slice() {
-            [] => None,
-            [one] => ContentEncoding::from_token(one),
-            _ => None,
+        let coding = match codings.as_slice() {
+            [] => Ok(None),
+            [one] => ContentEncoding::from_token(one).map(Some).ok_or(()),
+            _ => Err(()),
         };
-        let codec = match (codings.is_empty(), codec) {
-            (true, _) => None,
-            (false, Some(encoding)) => match Codec::new(encoding) {
+        let record = BodyRecord::new(plan, &self.hasher);
+        let Some(selection) = plan.selection.clone() else {
+            // Nothing to mask: the body goes on as it is, its start recorded.
+            let tee = match (record, coding) {
+                (Some(record), Ok(coding)) => Tee::new(record, coding),
+                _ => None,
+            };
+            return Decision {
+                verdict: Verdict::Forward,
+                body: tee.map(|t| Box::new(t) as Box<dyn BodyTransform>),
+            };
+        };
+        let codec = match coding {
+            Ok(None) => None,
+            Ok(Some(encoding)) => match Codec::new(encoding) {
                 Ok(c) => Some(c),
                 Err(e) => return refuse(refuse_with, e.to_string()),
             },
-            (false, None) => {
+            Err(()) => {
                 return refuse(
                     refuse_with,
                     format!(
@@ -244,11 +303,13 @@ impl Masking {
         Decision {
             verdict: Verdict::Forward,
             body: Some(Box::new(MaskBody {
-                engine,
+                engine: plan.engine.clone(),
                 hasher: self.hasher.clone(),
+                selection,
                 masker: None,
                 codec,
                 reporter,
+                record,
             })),
         }
     }
@@ -268,7 +329,7 @@ impl Hook for Masking {
         head: &'a mut http::request::Parts,
     ) -> HookFuture<'a> {
         Box::pin(async move {
-            let engine = self.engine();
+            let plan = self.plan(info, head);
             let reporter = self.reporter(info, Direction::Up);
             // Credentials the vault just put in are meant for this upstream.
             let skip = head
@@ -276,22 +337,32 @@ impl Hook for Masking {
                 .get::<Tokenized>()
                 .map(|t| t.0.clone())
                 .unwrap_or_default();
-            let masked = self.mask_head(
-                &engine,
-                Some(&mut head.uri),
-                &mut head.headers,
-                &skip,
-                &reporter,
-            );
-            if let Err(e) = masked {
-                return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            // Placeholders in the body are swapped after masking, so the real credential
+            // is not masked (nor recorded) on its way up.
+            let swap = head.extensions.remove::<BodySwap>().and_then(|s| s.take());
+            if let Some(selection) = &plan.selection {
+                let masked = self.mask_head(
+                    &plan.engine,
+                    selection,
+                    Some(&mut head.uri),
+                    &mut head.headers,
+                    &skip,
+                    &reporter,
+                );
+                if let Err(e) = masked {
+                    return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
             }
-            self.body(
-                engine,
+            let mut decision = self.body(
+                &plan,
                 &head.headers,
                 reporter,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            )
+            );
+            if decision.verdict == Verdict::Forward {
+                decision.body = chained(decision.body.into_iter().chain(swap).collect());
+            }
+            decision
         })
     }
 
@@ -301,12 +372,26 @@ impl Hook for Masking {
         head: &'a mut http::response::Parts,
     ) -> HookFuture<'a> {
         Box::pin(async move {
-            let engine = self.engine();
+            // Set by the request's hooks; a response without them gets the policy-less plan.
+            let plan = info
+                .plan
+                .get_or_init(|| Arc::new(Plan::unruled(&self.engine())))
+                .clone();
             let reporter = self.reporter(info, Direction::Down);
-            if let Err(e) = self.mask_head(&engine, None, &mut head.headers, &[], &reporter) {
-                return refuse(StatusCode::BAD_GATEWAY, e.to_string());
+            if let Some(selection) = &plan.selection {
+                let masked = self.mask_head(
+                    &plan.engine,
+                    selection,
+                    None,
+                    &mut head.headers,
+                    &[],
+                    &reporter,
+                );
+                if let Err(e) = masked {
+                    return refuse(StatusCode::BAD_GATEWAY, e.to_string());
+                }
             }
-            self.body(engine, &head.headers, reporter, StatusCode::BAD_GATEWAY)
+            self.body(&plan, &head.headers, reporter, StatusCode::BAD_GATEWAY)
         })
     }
 }
@@ -340,8 +425,13 @@ fn recorded(
     location: String,
     finding: Finding,
 ) -> SecretFinding {
-    tracing::info!(session, seq, ?direction, %location, rule = %finding.rule,
-        hash = %finding.hash, "secret masked");
+    if finding.report_only {
+        tracing::info!(session, seq, ?direction, %location, rule = %finding.rule,
+            hash = %finding.hash, "secret reported (the policy does not mask this rule)");
+    } else {
+        tracing::info!(session, seq, ?direction, %location, rule = %finding.rule,
+            hash = %finding.hash, "secret masked");
+    }
     SecretFinding {
         id: session,
         seq,
@@ -368,13 +458,107 @@ impl Codec {
     }
 }
 
+/// The start of a body for the exchange's record: up to the policy's cap, plus (unless the
+/// bytes are already masked for every rule) a margin so a secret cut by the cap is still
+/// seen whole when the copy is masked at the end.
+struct BodyRecord {
+    cap: usize,
+    keep: usize,
+    buf: Vec<u8>,
+    seen: u64,
+    /// Masked for every rule already.
+    clean: bool,
+    engine: Arc<Engine>,
+    hasher: SecretHasher,
+}
+
+impl BodyRecord {
+    /// None when the policy records nothing of bodies.
+    fn new(plan: &Plan, hasher: &SecretHasher) -> Option<BodyRecord> {
+        let cap = plan.record_cap();
+        if cap == 0 {
+            return None;
+        }
+        let clean = plan
+            .selection
+            .as_ref()
+            .is_some_and(|s| s.masks_everything());
+        let keep = if clean {
+            cap
+        } else {
+            cap.saturating_add(plan.engine.holdback())
+        };
+        Some(BodyRecord {
+            cap,
+            keep,
+            buf: Vec::new(),
+            seen: 0,
+            clean,
+            engine: plan.engine.clone(),
+            hasher: hasher.clone(),
+        })
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() >= self.keep
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.seen += bytes.len() as u64;
+        let room = self.keep - self.buf.len().min(self.keep);
+        self.buf.extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    /// Keeps nothing more.
+    fn close(&mut self) {
+        self.keep = self.buf.len();
+    }
+
+    /// Counts bytes that are not kept (the record is full).
+    fn skip(&mut self, n: usize) {
+        self.seen += n as u64;
+    }
+
+    fn finish(&mut self) -> Option<RecordedBody> {
+        let mut buf = std::mem::take(&mut self.buf);
+        if !self.clean {
+            match mask_buffer(&self.engine, &self.hasher, &buf) {
+                Ok((masked, _)) => buf = masked,
+                Err(e) => {
+                    // Never record what could not be scanned.
+                    tracing::warn!(error = %e, "scanning a body for its record");
+                    return None;
+                }
+            }
+        }
+        buf.truncate(self.cap);
+        let (data, base64) = match std::str::from_utf8(&buf) {
+            Ok(text) => (text.to_owned(), false),
+            // Cut in the middle of a character by the cap: keep the whole ones.
+            Err(e) if e.error_len().is_none() => (
+                String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned(),
+                false,
+            ),
+            Err(_) => (base64::engine::general_purpose::STANDARD.encode(&buf), true),
+        };
+        Some(RecordedBody {
+            data,
+            base64,
+            cap: self.cap as u64,
+            truncated: self.seen > self.cap as u64,
+        })
+    }
+}
+
 /// A body streaming through a masker (started on its first byte).
 struct MaskBody {
     engine: Arc<Engine>,
     hasher: SecretHasher,
+    selection: Arc<Selection>,
     masker: Option<Masker>,
     codec: Option<Codec>,
     reporter: Reporter,
+    record: Option<BodyRecord>,
 }
 
 impl MaskBody {
@@ -386,9 +570,11 @@ impl MaskBody {
         }
         let masker = match &mut self.masker {
             Some(m) => m,
-            None => self
-                .masker
-                .insert(Masker::new(self.engine.clone(), self.hasher.clone())?),
+            None => self.masker.insert(Masker::with_selection(
+                self.engine.clone(),
+                self.hasher.clone(),
+                Some(self.selection.clone()),
+            )?),
         };
         masker.push(plain, &mut out)?;
         if last {
@@ -396,6 +582,9 @@ impl MaskBody {
         }
         for finding in masker.take_findings() {
             self.reporter.report("body".into(), finding);
+        }
+        if let Some(record) = &mut self.record {
+            record.push(&out);
         }
         Ok(out)
     }
@@ -430,6 +619,66 @@ impl BodyTransform for MaskBody {
 
     fn keeps_length(&self) -> bool {
         self.codec.is_none()
+    }
+
+    fn recorded(&mut self) -> Option<RecordedBody> {
+        self.record.as_mut()?.finish()
+    }
+}
+
+/// A body the policy does not scan, passed on as it is while its start is recorded
+/// (decoded first when compressed; decoding stops once the record is full).
+struct Tee {
+    record: BodyRecord,
+    decoder: Option<Decoder>,
+}
+
+impl Tee {
+    fn new(record: BodyRecord, coding: Option<ContentEncoding>) -> Option<Tee> {
+        let decoder = match coding {
+            None => None,
+            Some(c) => Some(Decoder::new(c, MAX_DECODED_BODY).ok()?),
+        };
+        Some(Tee { record, decoder })
+    }
+}
+
+impl BodyTransform for Tee {
+    fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        if self.record.full() {
+            self.record.skip(data.len());
+            return Ok(data);
+        }
+        match &mut self.decoder {
+            None => self.record.push(&data),
+            Some(d) => match d.push(&data) {
+                Ok(plain) => self.record.push(&plain),
+                // Recording is best effort: what decoded so far is the record; the
+                // workload's bytes go on regardless.
+                Err(_) => {
+                    self.decoder = None;
+                    self.record.close();
+                }
+            },
+        }
+        Ok(data)
+    }
+
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        if let Some(d) = self.decoder.take()
+            && let Ok(rest) = d.finish()
+        {
+            self.record.push(&rest);
+        }
+        Ok(Bytes::new())
+    }
+
+    fn keeps_length(&self) -> bool {
+        true
+    }
+
+    fn recorded(&mut self) -> Option<RecordedBody> {
+        self.record.finish()
     }
 }
 
@@ -467,6 +716,7 @@ mod tests {
             sni: None,
             identity: Default::default(),
             enrollment: None,
+            plan: Default::default(),
         }
     }
 
@@ -580,5 +830,77 @@ mod tests {
             locations,
             [("uri".to_string(), 7), ("header:x-aws".to_string(), 0)]
         );
+    }
+
+    const TOKEN: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+
+    /// A masking hook that follows a policy whose every decision has `settings` (TOML).
+    fn masking_under(settings: &str) -> (Masking, Arc<Mutex<Vec<SecretFinding>>>) {
+        let text = format!("[settings]\n{settings}\n[default]\naction = \"allow\"\n");
+        let policy = policy::Policy::parse(Path::new("test.toml"), &text).unwrap();
+        let (masking, found) = masking();
+        masking.follow_policy(policy::Current::new(Arc::new(policy)));
+        (masking, found)
+    }
+
+    fn post() -> http::request::Parts {
+        http::Request::post("/upload")
+            .header("host", "api.test")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[tokio::test]
+    async fn the_policy_decides_what_is_masked_reported_and_recorded() {
+        let (masking, found) = masking_under(
+            "secrets_mask = [\"*\"]\nsecrets_report = [\"aws.access-key-id\"]\nrecord_body_bytes = 24",
+        );
+        let info = info();
+        let mut head = post();
+        let mut t = masking.on_request(&info, &mut head).await.body.unwrap();
+        assert!(t.keeps_length());
+        let body = format!("{{\"k\": \"{KEY}\", \"t\": \"{TOKEN}\"}}");
+        let out = String::from_utf8(stream(t.as_mut(), body.as_bytes(), 5)).unwrap();
+        // Reported only: forwarded as it is. Masked: masked.
+        assert!(out.contains(KEY) && !out.contains(TOKEN), "{out}");
+        let found = found.lock().unwrap();
+        let mut report: Vec<_> = found
+            .iter()
+            .map(|f| (f.finding.rule.as_str(), f.finding.report_only))
+            .collect();
+        report.sort();
+        assert_eq!(report, [("aws.access-key-id", true), ("github.ghp", false)]);
+        // The record keeps 24 bytes, and masks even the reported secret cut by the cap.
+        let recorded = t.recorded().unwrap();
+        assert_eq!(
+            (recorded.data.as_str(), recorded.cap, recorded.truncated),
+            ("{\"k\": \"AKIA*************", 24, true)
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_rule_selected_nothing_is_scanned_but_the_record_is_masked() {
+        let (masking, found) = masking_under("secrets_mask = []\nrecord_body_bytes = 1000");
+        let info = info();
+        let mut head = post();
+        head.headers.insert("x-token", TOKEN.parse().unwrap());
+        let mut t = masking.on_request(&info, &mut head).await.body.unwrap();
+        assert_eq!(head.headers["x-token"], TOKEN);
+        let body = format!("key={KEY}");
+        let out = stream(t.as_mut(), body.as_bytes(), 3);
+        assert_eq!(out, body.as_bytes());
+        assert!(found.lock().unwrap().is_empty());
+        let recorded = t.recorded().unwrap();
+        assert_eq!(
+            (recorded.data.as_str(), recorded.truncated),
+            ("key=AKIA****************", false)
+        );
+        // Nothing recorded either: no transform at all.
+        let (masking, _) = masking_under("secrets_mask = []\nrecord_body_bytes = 0");
+        let mut head = post();
+        let fresh = super::tests::info();
+        assert!(masking.on_request(&fresh, &mut head).await.body.is_none());
     }
 }

@@ -9,6 +9,7 @@ mod idle;
 pub mod masking;
 pub mod policy_hook;
 pub mod preview;
+pub mod settings;
 pub mod tokenize;
 
 use std::convert::Infallible;
@@ -233,6 +234,7 @@ impl Connection {
             sni: self.sni.clone(),
             identity: self.identity.clone(),
             enrollment: self.enrollment.clone(),
+            plan: Default::default(),
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));
@@ -275,6 +277,11 @@ impl Connection {
         let mut resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
+                // A request body transform refused the exchange (a vault placeholder in the
+                // body).
+                if let Some((status, reason)) = exchange.refused() {
+                    return answer(&exchange, status, reason);
+                }
                 exchange.fail(format_args!("upstream: {e}"));
                 return answer(&exchange, StatusCode::BAD_GATEWAY, format!("upstream: {e}"));
             }

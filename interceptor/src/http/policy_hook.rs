@@ -121,7 +121,7 @@ impl PolicyHook {
 }
 
 /// The request's host name (absolute URI or `Host` header), without a port.
-fn host_header(head: &http::request::Parts) -> Option<&str> {
+pub(super) fn host_header(head: &http::request::Parts) -> Option<&str> {
     let host = head.uri.host().or_else(|| {
         head.headers
             .get(http::header::HOST)

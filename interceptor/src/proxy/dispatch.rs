@@ -22,7 +22,7 @@ use crate::identity::Identity;
 use crate::relay::{self, Side, Traffic};
 use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
-use interceptor::relay_scan::{Counters, Peer as ScanPeer};
+use interceptor::relay_scan::{Counters, Peer as ScanPeer, ScanRelay};
 
 /// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
 const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
@@ -72,8 +72,16 @@ impl Proxy {
                     relay::reset(&client);
                     return (Outcome::Denied, Some(why));
                 }
-                return match &self.masking {
-                    Some(masking) => self.scan(id, masking, client, upstream, &traffic).await,
+                // Scanned when the policy's decision for it selects secret rules.
+                let scanner = self.masking.as_ref().and_then(|m| {
+                    let relay =
+                        m.scan_relay(&peer.identity, peer.enrollment.as_deref(), None, dest)?;
+                    Some((m, relay))
+                });
+                return match scanner {
+                    Some((masking, relay)) => {
+                        self.scan(id, masking, relay, client, upstream, &traffic).await
+                    }
                     None => splice(client, upstream, &traffic).await,
                 };
             }
@@ -284,13 +292,13 @@ impl Proxy {
         &self,
         id: u64,
         masking: &Masking,
+        relay: ScanRelay,
         mut client: TcpStream,
         mut upstream: TcpStream,
         traffic: &Traffic,
     ) -> Ended {
         let counters = Counters::default();
-        let relayed = masking
-            .scan_relay()
+        let relayed = relay
             .relay(
                 &mut client,
                 &mut upstream,

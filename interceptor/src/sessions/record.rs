@@ -162,6 +162,27 @@ pub struct HttpExchange {
     /// The policy's decision for this request, when it was decided per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyDecision>,
+    /// The start of the request body, as it went upstream (secrets masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<RecordedBody>,
+    /// The start of the response body, as it went to the workload (secrets masked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<RecordedBody>,
+}
+
+/// The first bytes of a body (decoded when it was compressed), up to the policy's
+/// `record_body_bytes`, with every secret any rule finds masked, even one the policy only
+/// reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedBody {
+    /// UTF-8 text, or base64 when the bytes are not UTF-8.
+    pub data: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base64: bool,
+    /// The policy's `record_body_bytes` in force.
+    pub cap: u64,
+    /// The body was longer than the cap.
+    pub truncated: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]

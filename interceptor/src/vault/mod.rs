@@ -15,7 +15,6 @@
 //! with no identities or no destinations can be used by nobody.
 
 use std::fmt;
-use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -133,6 +132,8 @@ pub enum Refusal {
         host: String,
         path: String,
     },
+    #[error("credential {name:?} is not allowed by policy rule {rule:?} (vault_credentials)")]
+    Policy { name: String, rule: String },
 }
 
 /// The result of a swap: the bytes to send, and which credentials were used (by name).
@@ -210,44 +211,80 @@ impl Vault {
     }
 
     /// Replaces every placeholder in `data` (a header value or a body) with its credential,
-    /// if this caller may send it to this destination; otherwise refuses, naming the first
-    /// credential that is not allowed. `None` when `data` holds no placeholder.
-    pub fn swap(
+    /// if `check` allows that credential (see [`Credential::authorize`]); otherwise refuses,
+    /// naming the first credential that is not allowed. `None` when `data` holds no
+    /// placeholder.
+    pub fn swap(&self, data: &[u8], check: &mut Check) -> Result<Option<Swapped>, Refusal> {
+        let mut bytes = Vec::new();
+        let mut used: Vec<String> = Vec::new();
+        self.swap_into(data, true, check, &mut bytes, &mut used)?;
+        Ok((!used.is_empty()).then_some(Swapped { bytes, used }))
+    }
+
+    /// Copies `data` to `out` with every placeholder in it swapped (and its credential's
+    /// name added to `used`). Unless `at_end`, stops before a tail that could be the start
+    /// of a placeholder cut by the end of `data`, and returns where that tail starts.
+    /// Nothing is written when a credential is refused.
+    fn swap_into(
         &self,
         data: &[u8],
-        caller: &Caller,
-        destination: &Destination,
-    ) -> Result<Option<Swapped>, Refusal> {
-        let found: Vec<(Range<usize>, &Credential)> = self
-            .placeholders
-            .find_iter(data)
-            .filter_map(|m| {
-                let c = self
-                    .credentials
-                    .iter()
-                    .find(|c| c.placeholder.as_bytes() == m.as_bytes())?;
-                Some((m.range(), c))
-            })
-            .collect();
-        if found.is_empty() {
-            return Ok(None);
-        }
-        for (_, c) in &found {
-            c.authorize(caller, destination)?;
-        }
-        let mut bytes = Vec::with_capacity(data.len());
+        at_end: bool,
+        check: &mut Check,
+        out: &mut Vec<u8>,
+        used: &mut Vec<String>,
+    ) -> Result<usize, Refusal> {
+        let start = out.len();
         let mut at = 0;
-        let mut used: Vec<String> = Vec::new();
-        for (range, c) in found {
-            bytes.extend_from_slice(&data[at..range.start]);
-            bytes.extend_from_slice(c.secret.expose().as_bytes());
-            at = range.end;
+        for m in self.placeholders.find_iter(data) {
+            let Some(c) = self
+                .credentials
+                .iter()
+                .find(|c| c.placeholder.as_bytes() == m.as_bytes())
+            else {
+                continue;
+            };
+            if let Err(refusal) = check(c) {
+                out.truncate(start);
+                return Err(refusal);
+            }
+            out.extend_from_slice(&data[at..m.start()]);
+            out.extend_from_slice(c.secret.expose().as_bytes());
+            at = m.end();
             if !used.contains(&c.name) {
                 used.push(c.name.clone());
             }
         }
-        bytes.extend_from_slice(&data[at..]);
-        Ok(Some(Swapped { bytes, used }))
+        let keep = if at_end {
+            data.len()
+        } else {
+            self.open_prefix(data, at)
+        };
+        out.extend_from_slice(&data[at..keep]);
+        Ok(keep)
+    }
+
+    /// Where the bytes from `from` on could begin a placeholder that continues past the end
+    /// of `data`; `data.len()` when none can.
+    fn open_prefix(&self, data: &[u8], from: usize) -> usize {
+        let longest = self.credentials.iter().map(|c| c.placeholder.len()).max();
+        let from = from.max(data.len().saturating_sub(longest.unwrap_or(0)));
+        (from..data.len())
+            .find(|&i| {
+                let rest = &data[i..];
+                self.credentials.iter().any(|c| {
+                    c.placeholder.len() > rest.len() && c.placeholder.as_bytes().starts_with(rest)
+                })
+            })
+            .unwrap_or(data.len())
+    }
+
+    /// Every placeholder: never a secret (the masking engine exempts them, so a placeholder
+    /// in a body reaches the swap that runs after masking).
+    pub fn placeholders(&self) -> Vec<Vec<u8>> {
+        self.credentials
+            .iter()
+            .map(|c| c.placeholder.clone().into_bytes())
+            .collect()
     }
 
     /// One detection rule per real credential, so a response that echoes it is masked.
@@ -276,8 +313,12 @@ impl Vault {
     }
 }
 
+/// Decides whether a credential may be injected into the traffic at hand.
+pub type Check<'a> = dyn FnMut(&Credential) -> Result<(), Refusal> + Send + 'a;
+
 impl Credential {
-    fn authorize(&self, caller: &Caller, destination: &Destination) -> Result<(), Refusal> {
+    /// The vault's own rule: this caller may send this credential to this destination.
+    pub fn authorize(&self, caller: &Caller, destination: &Destination) -> Result<(), Refusal> {
         if !self.identities.iter().any(|i| i.matches(caller)) {
             return Err(Refusal::Identity {
                 name: self.name.clone(),
@@ -422,6 +463,58 @@ impl SharedVault {
             return Ok(false);
         }
         self.reload().map(|()| true)
+    }
+}
+
+/// Swaps placeholders in a stream (a request body) chunk by chunk. Only a tail that could
+/// be the start of a placeholder split across chunks is held back (shorter than the longest
+/// placeholder), so a body is never buffered whole.
+pub struct StreamSwap {
+    vault: Arc<Vault>,
+    check: Box<Check<'static>>,
+    held: Vec<u8>,
+    used: Vec<String>,
+}
+
+impl StreamSwap {
+    pub fn new(vault: Arc<Vault>, check: Box<Check<'static>>) -> StreamSwap {
+        StreamSwap {
+            vault,
+            check,
+            held: Vec::new(),
+            used: Vec::new(),
+        }
+    }
+
+    /// Appends to `out` what can go on now, placeholders swapped.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), Refusal> {
+        if self.held.is_empty() {
+            let keep = self.swap(chunk, false, out)?;
+            self.held.extend_from_slice(&chunk[keep..]);
+        } else {
+            let mut data = std::mem::take(&mut self.held);
+            data.extend_from_slice(chunk);
+            let keep = self.swap(&data, false, out)?;
+            data.drain(..keep);
+            self.held = data;
+        }
+        Ok(())
+    }
+
+    /// End of the stream: the held tail.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), Refusal> {
+        let held = std::mem::take(&mut self.held);
+        self.swap(&held, true, out).map(|_| ())
+    }
+
+    fn swap(&mut self, data: &[u8], at_end: bool, out: &mut Vec<u8>) -> Result<usize, Refusal> {
+        self.vault
+            .swap_into(data, at_end, &mut self.check, out, &mut self.used)
+    }
+
+    /// Names of the credentials swapped in so far.
+    pub fn used(&self) -> &[String] {
+        &self.used
     }
 }
 

@@ -42,6 +42,14 @@ fn python() -> Caller<'static> {
     }
 }
 
+/// The vault's own check for `caller` toward `to` (no policy on top).
+fn allow<'a>(
+    caller: &'a Caller<'a>,
+    to: &'a Destination<'a>,
+) -> impl FnMut(&Credential) -> Result<(), Refusal> + Send + 'a {
+    move |c| c.authorize(caller, to)
+}
+
 const OPENAI: Destination = Destination {
     host: "api.openai.com",
     path: "/v1/chat/completions",
@@ -53,7 +61,7 @@ fn swaps_for_an_allowed_identity_and_destination() {
     let vault = Vault::load(&write_vault(dir.path(), "v.yaml", &vault_text(REAL))).unwrap();
     let header = format!("Bearer {PLACEHOLDER}");
     let swapped = vault
-        .swap(header.as_bytes(), &python(), &OPENAI)
+        .swap(header.as_bytes(), &mut allow(&python(), &OPENAI))
         .unwrap()
         .unwrap();
     assert_eq!(swapped.bytes, format!("Bearer {REAL}").as_bytes());
@@ -69,7 +77,7 @@ fn swaps_for_an_allowed_identity_and_destination() {
     };
     let body = format!("{{\"k\":\"{PLACEHOLDER}\",\"k2\":\"{PLACEHOLDER}\"}}");
     let swapped = vault
-        .swap(body.as_bytes(), &container, &azure)
+        .swap(body.as_bytes(), &mut allow(&container, &azure))
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -77,7 +85,7 @@ fn swaps_for_an_allowed_identity_and_destination() {
         format!("{{\"k\":\"{REAL}\",\"k2\":\"{REAL}\"}}").as_bytes()
     );
     assert_eq!(
-        vault.swap(b"no placeholder here", &python(), &OPENAI),
+        vault.swap(b"no placeholder here", &mut allow(&python(), &OPENAI)),
         Ok(None)
     );
 }
@@ -91,7 +99,7 @@ fn refuses_the_wrong_identity_or_destination_with_a_reason() {
         exe: Some("/usr/bin/curl"),
         ..python()
     };
-    let err = vault.swap(data, &curl, &OPENAI).unwrap_err();
+    let err = vault.swap(data, &mut allow(&curl, &OPENAI)).unwrap_err();
     assert!(matches!(err, Refusal::Identity { .. }));
     let reason = err.to_string();
     assert!(
@@ -101,7 +109,7 @@ fn refuses_the_wrong_identity_or_destination_with_a_reason() {
     assert!(!reason.contains(REAL));
     let other_uid = Caller { uid: 0, ..python() };
     assert!(matches!(
-        vault.swap(data, &other_uid, &OPENAI),
+        vault.swap(data, &mut allow(&other_uid, &OPENAI)),
         Err(Refusal::Identity { .. })
     ));
     for (host, path) in [
@@ -111,7 +119,7 @@ fn refuses_the_wrong_identity_or_destination_with_a_reason() {
         ("openai.azure.com.evil", "/"),
     ] {
         let err = vault
-            .swap(data, &python(), &Destination { host, path })
+            .swap(data, &mut allow(&python(), &Destination { host, path }))
             .unwrap_err();
         assert!(matches!(err, Refusal::Destination { .. }), "{host}{path}");
         assert!(err.to_string().contains(host), "{err}");
@@ -159,7 +167,7 @@ fn reloads_a_changed_vault_and_keeps_the_old_one_on_error() {
     assert!(shared.reload_if_changed().unwrap());
     let swapped = shared
         .current()
-        .swap(PLACEHOLDER.as_bytes(), &python(), &OPENAI)
+        .swap(PLACEHOLDER.as_bytes(), &mut allow(&python(), &OPENAI))
         .unwrap()
         .unwrap();
     assert_eq!(swapped.bytes, rotated.as_bytes());
@@ -182,4 +190,57 @@ fn a_response_echoing_the_real_value_is_masked() {
     let masked = mask_all(&engine, response.as_bytes()).unwrap();
     assert!(!contains(&masked, REAL.as_bytes()));
     assert_eq!(masked.len(), response.len());
+}
+
+/// A body with placeholders, cut at every point: the stream swaps them all, holds back at
+/// most one placeholder's length, and a refusal names the credential.
+#[test]
+fn a_stream_swaps_placeholders_split_at_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault =
+        Arc::new(Vault::load(&write_vault(dir.path(), "v.yaml", &vault_text(REAL))).unwrap());
+    let body = format!("{{\"key\": \"{PLACEHOLDER}\", \"again\": \"{PLACEHOLDER}\", \"itk_\": 1}}");
+    let want = body.replace(PLACEHOLDER, REAL);
+    let check =
+        || -> Box<Check<'static>> { Box::new(|c: &Credential| c.authorize(&python(), &OPENAI)) };
+    for split in 0..=body.len() {
+        for second in [split, (split + 5).min(body.len())] {
+            let mut s = StreamSwap::new(vault.clone(), check());
+            let mut out = Vec::new();
+            for piece in [&body[..split], &body[split..second], &body[second..]] {
+                s.push(piece.as_bytes(), &mut out).unwrap();
+                assert!(s.held.len() < PLACEHOLDER.len(), "split {split}");
+            }
+            s.finish(&mut out).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                want,
+                "split {split}/{second}"
+            );
+            assert_eq!(s.used(), ["openai-prod"]);
+        }
+    }
+    // Plain text is not held back at all.
+    let mut s = StreamSwap::new(vault.clone(), check());
+    let mut out = Vec::new();
+    s.push(b"plain text, nothing to swap", &mut out).unwrap();
+    assert_eq!(out, b"plain text, nothing to swap");
+    // The policy refuses: nothing of the refused chunk is written.
+    let mut s = StreamSwap::new(
+        vault,
+        Box::new(|c: &Credential| {
+            Err(Refusal::Policy {
+                name: c.name.clone(),
+                rule: "ci".into(),
+            })
+        }),
+    );
+    let mut out = Vec::new();
+    let err = s.push(body.as_bytes(), &mut out).unwrap_err();
+    assert!(out.is_empty());
+    assert!(
+        err.to_string()
+            .contains("\"openai-prod\" is not allowed by policy rule \"ci\""),
+        "{err}"
+    );
 }
