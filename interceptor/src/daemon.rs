@@ -98,7 +98,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     if let Some(masking) = &secrets.masking {
         masking.follow_policy(current_policy.clone());
     }
-    let approvals = open_approvals(&config.data_dir, &store)?;
+    let tls = crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
+        .context("setting up TLS interception")?;
+    // https webhooks are verified like upstreams: the system's roots plus --upstream-ca.
+    let webhooks = approvals::Webhooks::new(tls.upstream_connector());
+    let approvals = open_approvals(&config.data_dir, &store, webhooks)?;
     let mut denied = kernel.take_denied_events()?;
     let registry = Registry::default();
     let gate = crate::gate::Gate {
@@ -119,8 +123,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         connect_timeout: config.connect_timeout,
         mark: BYPASS_MARK,
         live: AtomicU64::new(0),
-        tls: crate::tls::TlsLayer::new(&config.data_dir, &config.tls)
-            .context("setting up TLS interception")?,
+        tls,
         http: crate::http::HttpLayer::new(hooks, config.header_timeout),
         gate,
         masking: secrets.masking,
@@ -187,10 +190,14 @@ async fn reload_on_sighup(daemon: Arc<Daemon>) -> anyhow::Result<()> {
 }
 
 /// Pending approvals and grants, kept in the data directory; every event goes to the store.
-fn open_approvals(data_dir: &std::path::Path, store: &Store) -> anyhow::Result<Arc<Approvals>> {
+fn open_approvals(
+    data_dir: &std::path::Path,
+    store: &Store,
+    webhooks: approvals::Webhooks,
+) -> anyhow::Result<Arc<Approvals>> {
     let store = store.clone();
     let file = data_dir.join("approvals.json");
-    Approvals::open(&file, move |e: ApprovalEvent| {
+    Approvals::open(&file, webhooks, move |e: ApprovalEvent| {
         store.append(Event::Approval(e))
     })
     .with_context(|| format!("reading {}", file.display()))

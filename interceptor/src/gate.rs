@@ -49,6 +49,22 @@ impl Gate {
         self.hold(hold).await
     }
 
+    /// Whether the connection's decision is final before anything is seen of it (an allow no
+    /// host name can change), so its upstream can be dialled at once. Otherwise a later stage
+    /// may still refuse or hold it, and the upstream is dialled only once it lets it through.
+    pub fn dial_at_once(
+        &self,
+        identity: &Identity,
+        enrollment: Option<&str>,
+        dest: SocketAddr,
+    ) -> bool {
+        let policy = self.policy.get();
+        let facts = facts(identity, enrollment, None, dest);
+        policy
+            .decide_before_dial(&facts)
+            .is_some_and(|d| d.verdict != Verdict::Inspect)
+    }
+
     /// A connection with its host name (the SNI) known, before anything is sent upstream:
     /// the deciding rule, and Err(why) to refuse it; an approve holds it here. Ok says how
     /// to treat its TLS.

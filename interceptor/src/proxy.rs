@@ -9,6 +9,7 @@ mod dispatch;
 pub mod peek;
 mod prefixed;
 mod sniff;
+mod upstream;
 
 use std::collections::HashMap;
 use std::io;
@@ -28,6 +29,7 @@ use crate::relay::{self, Traffic};
 use crate::sessions::record::SecretFinding;
 use crate::sessions::{Event, Outcome, SessionEnd, SessionStart, Store};
 use dispatch::Peer;
+use upstream::{Dialer, Upstream};
 
 /// What the proxy knows of a live enrollment.
 pub struct EnrollmentLive {
@@ -109,15 +111,18 @@ impl Proxy {
             return;
         }
         let traffic = Arc::new(Traffic::default());
-        let (outcome, error) = match ns.connect(dest, self.mark, self.connect_timeout).await {
-            Err(e) => {
-                // Reset rather than close: a clean EOF would read as "connected, got nothing".
-                relay::reset(&client);
-                (
-                    connect_outcome(&e),
-                    Some(format!("connecting to {dest}: {e}")),
-                )
-            }
+        let dialer = Dialer {
+            ns,
+            dest,
+            mark: self.mark,
+            timeout: self.connect_timeout,
+        };
+        let upstream = match self.gate.dial_at_once(&gate_identity, name, dest) {
+            true => dialer.dial().await.map(Upstream::Dialled),
+            false => Ok(Upstream::Later(dialer)),
+        };
+        let (outcome, error) = match upstream {
+            Err(e) => dial_failed(&client, dest, &e),
             Ok(upstream) => {
                 (self.store.metrics().connection_setup).observe(accepted.elapsed());
                 let peer = Peer {
@@ -198,6 +203,16 @@ where
         Err(e) if e.kind() != io::ErrorKind::UnexpectedEof => Err(e),
         _ => Ok(()),
     }
+}
+
+/// The upstream could not be dialled: the client is reset (rather than closed: a clean EOF
+/// would read as "connected, got nothing").
+fn dial_failed(client: &TcpStream, dest: SocketAddr, e: &io::Error) -> dispatch::Ended {
+    relay::reset(client);
+    (
+        connect_outcome(e),
+        Some(format!("connecting to {dest}: {e}")),
+    )
 }
 
 fn connect_outcome(e: &io::Error) -> Outcome {

@@ -7,9 +7,11 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use interceptor_tests::https::TestPki;
 use interceptor_tests::*;
 use serde_json::Value;
 
@@ -213,15 +215,83 @@ fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
     Ok(())
 }
 
-/// Reads HTTP requests on `listener` and answers 200; returns the JSON bodies of `n` POSTs.
-fn webhook_bodies(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Result<Vec<Value>>> {
+/// `approvals list --watch`, started before anything is held, prints a held connection when
+/// it appears and says it is resolved once approved.
+#[test]
+fn watch_shows_a_held_connection_then_its_resolution() -> Result<()> {
+    use std::io::BufRead;
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, POLICY)?;
+    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
+    let seven = Server::hash("127.0.0.7", 10, "v7")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+
+    // Killed by its pid on drop, like a held client.
+    let mut watcher = HeldClient(Some(
+        d.cli_command(["approvals", "list", "--watch"])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    ));
+    let stdout = (watcher.0.as_mut())
+        .and_then(|c| c.stdout.take())
+        .context("watcher stdout")?;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line.map(|l| tx.send(l)).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |what: &str| -> Result<String> {
+        lines
+            .recv_timeout(WAIT)
+            .with_context(|| format!("the watcher printed no {what}"))
+    };
+    // Nothing is held yet: the watcher has nothing to say.
+    ensure!(
+        lines.recv_timeout(Duration::from_millis(700)).is_err(),
+        "the watcher printed before anything was held"
+    );
+
+    let client = HeldClient::start(cg.path(), 65534, &seven.addr())?;
+    let held = next_line("held connection")?;
+    let id = one_pending(&d)?["id"].to_string();
+    ensure!(
+        held.starts_with(&format!("{id}\tpending\trule hold-seven"))
+            && held.contains(&seven.addr()),
+        "{held}"
+    );
+    d.cli_ok(["approvals", "approve", &id])?;
+    let resolved = next_line("resolution")?;
+    ensure!(
+        resolved == format!("{id}\tresolved\trule hold-seven\t{}", seven.addr()),
+        "{resolved}"
+    );
+    ensure!(client.report()?.results[0].received == 10);
+    Ok(())
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Reads HTTP requests on `listener` (over TLS with `tls`) and answers 200; returns the JSON
+/// bodies of `n` POSTs.
+fn webhook_bodies(
+    listener: TcpListener,
+    n: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::thread::JoinHandle<Result<Vec<Value>>> {
     std::thread::spawn(move || {
         let mut bodies = Vec::new();
         let deadline = Instant::now() + WAIT;
         listener.set_nonblocking(true)?;
         while bodies.len() < n {
-            let mut conn = match listener.accept() {
-                Ok((conn, _)) => conn,
+            let tcp = match listener.accept() {
+                Ok((tcp, _)) => tcp,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ensure!(
                         Instant::now() < deadline,
@@ -233,8 +303,15 @@ fn webhook_bodies(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Re
                 }
                 Err(e) => return Err(e.into()),
             };
-            conn.set_nonblocking(false)?;
-            conn.set_read_timeout(Some(WAIT))?;
+            tcp.set_nonblocking(false)?;
+            tcp.set_read_timeout(Some(WAIT))?;
+            let mut conn: Box<dyn Stream> = match &tls {
+                Some(config) => Box::new(rustls::StreamOwned::new(
+                    rustls::ServerConnection::new(config.clone())?,
+                    tcp,
+                )),
+                None => Box::new(tcp),
+            };
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
             let body = loop {
@@ -263,6 +340,56 @@ fn webhook_bodies(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Re
     })
 }
 
+/// A policy holding connections to 127.0.0.7 for root, announced at `webhook`.
+fn webhook_policy(dir: &std::path::Path, webhook: &str) -> Result<std::path::PathBuf> {
+    let file = dir.join("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[rule]]\nname = \"hold-seven\"\naction = \"approve\"\n[rule.match]\n\
+             cidr = [\"127.0.0.7/32\"]\n[rule.approval]\nusers = [\"root\"]\ntimeout = \"60s\"\n\
+             webhook = \"{webhook}\"\n\n[default]\naction = \"allow\"\n"
+        ),
+    )?;
+    Ok(file)
+}
+
+/// An https webhook is verified against the system's roots plus `--upstream-ca` (here the
+/// only CA that signed its certificate) and receives the pending approval's JSON.
+#[test]
+fn https_webhook_verified_with_the_upstream_ca() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("webhook test CA")?;
+    let hook = TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("https://127.0.0.1:{}/hook", hook.local_addr()?.port());
+    let hooks = webhook_bodies(hook, 1, Some(pki.server_config(&["127.0.0.1"])?));
+    let dir = tempfile::tempdir()?;
+    let file = webhook_policy(dir.path(), &url)?;
+    let d = Daemon::start_with(&[
+        "--policy",
+        file.to_str().context("utf-8")?,
+        "--upstream-ca",
+        pki.ca_file.to_str().context("utf-8")?,
+    ])?;
+    let seven = Server::hash("127.0.0.7", 10, "w7")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+    let client = HeldClient::start(cg.path(), 65534, &seven.addr())?;
+    let p = one_pending(&d)?;
+    let bodies = hooks.join().expect("webhook thread")?;
+    ensure!(
+        bodies[0]["id"] == p["id"]
+            && bodies[0]["rule"] == "hold-seven"
+            && bodies[0]["destination"] == seven.addr().as_str(),
+        "webhook: {} pending: {p}",
+        bodies[0]
+    );
+    d.cli_ok(["approvals", "approve", &p["id"].to_string()])?;
+    let r = client.report()?;
+    ensure!(r.results[0].received == 10, "{:?}", r.results[0]);
+    Ok(())
+}
+
 /// 100 connections held at once, each announced by the webhook, all approved in one command;
 /// every one then completes its echo exchange.
 #[test]
@@ -270,17 +397,9 @@ fn hundred_held_connections_approved_in_one_go_with_webhooks() -> Result<()> {
     require_root();
     let hook = TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}/hook", hook.local_addr()?);
-    let hooks = webhook_bodies(hook, 100);
+    let hooks = webhook_bodies(hook, 100, None);
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[rule]]\nname = \"hold-seven\"\naction = \"approve\"\n[rule.match]\n\
-             cidr = [\"127.0.0.7/32\"]\n[rule.approval]\nusers = [\"root\"]\ntimeout = \"60s\"\n\
-             webhook = \"{url}\"\n\n[default]\naction = \"allow\"\n"
-        ),
-    )?;
+    let file = webhook_policy(dir.path(), &url)?;
     let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
     let echo = Server::echo("127.0.0.7")?;
     let cg = TestCgroup::new(None)?;

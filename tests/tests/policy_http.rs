@@ -328,10 +328,29 @@ fn held_request_shows_a_masked_body_preview_then_forwards_the_whole_body() -> Re
     Ok(())
 }
 
+/// Held by its SNI before the upstream is even dialled: the server sees no connection while
+/// it waits, nor after a deny; one after approval.
 #[test]
-fn host_name_approve_holds_the_connection_before_the_upstream_handshake() -> Result<()> {
+fn host_name_approve_holds_the_connection_before_the_upstream_is_dialled() -> Result<()> {
     let s = setup()?;
     let (resolve, url) = by_name(&s.server, "held.test", "/hello");
+    let accepted = || {
+        s.server
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let client = background_curl(&s, &["--resolve", &resolve, &url]);
+    let (_, id) = pending(&s.d)?;
+    ensure!(accepted() == 0, "the server was dialled during the hold");
+    s.d.cli_ok(["approvals", "deny", &id])?;
+    let out = client.join().expect("client thread")?;
+    ensure!(!out.status.success(), "curl: {}", text(&out.stdout));
+    ensure!(
+        accepted() == 0,
+        "the server was dialled for a denied connection"
+    );
+
     let client = background_curl(&s, &["--resolve", &resolve, &url]);
     let (p, id) = pending(&s.d)?;
     ensure!(
@@ -339,6 +358,8 @@ fn host_name_approve_holds_the_connection_before_the_upstream_handshake() -> Res
             && p["destination"] == format!("held.test:{}", s.server.addr.port()),
         "pending: {p:#}"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(accepted() == 0, "the server was dialled during the hold");
     s.d.cli_ok(["approvals", "approve", &id])?;
     let out = client.join().expect("client thread")?;
     ensure!(
@@ -347,6 +368,7 @@ fn host_name_approve_holds_the_connection_before_the_upstream_handshake() -> Res
         text(&out.stdout),
         text(&out.stderr)
     );
+    ensure!(accepted() == 1, "connections: {}", accepted());
     Ok(())
 }
 
@@ -369,6 +391,43 @@ fn a_stream_that_is_not_http_is_decided_without_the_http_rules() -> Result<()> {
         rec["outcome"] == "denied" && error.contains("no-raw-four"),
         "session: {rec:#}"
     );
+    // Not even dialled: nothing waits in the listener's backlog.
+    listener.set_nonblocking(true)?;
+    ensure!(
+        listener
+            .accept()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the denied destination was dialled"
+    );
+    Ok(())
+}
+
+/// Under host-name rules the upstream is dialled only after the client's first bytes; a
+/// client that waits for the server to speak first (SMTP-like) still gets its greeting.
+#[test]
+fn a_server_that_speaks_first_is_reached_when_the_client_waits() -> Result<()> {
+    let s = setup()?;
+    let listener = std::net::TcpListener::bind("127.0.0.5:0")?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept()?;
+        conn.write_all(b"220 greetings first\n")
+    });
+    let script = format!("exec 3<>/dev/tcp/127.0.0.5/{port}; head -1 <&3");
+    let out = run_with_timeout(
+        &mut s
+            .d
+            .exec_command(&["--include-loopback"], &["bash", "-c", &script]),
+        RUN,
+    )?;
+    ensure!(
+        text(&out.stdout) == "220 greetings first\n",
+        "client: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    server.join().expect("server thread")?;
     Ok(())
 }
 

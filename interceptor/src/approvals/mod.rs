@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::policy::Approval;
+pub use webhook::Webhooks;
 
 /// The workload whose traffic is held.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +225,7 @@ pub struct Approvals {
     record: Recorder,
     /// Where [`Saved`] is kept; None: in memory only.
     file: Option<PathBuf>,
+    webhooks: Webhooks,
 }
 
 impl Approvals {
@@ -236,13 +238,15 @@ impl Approvals {
             }),
             record: Box::new(record),
             file: None,
+            webhooks: Webhooks::default(),
         })
     }
 
     /// Like [`new`](Self::new), kept in `file` across restarts: grants survive, approvals
-    /// that were pending are recorded as expired.
+    /// that were pending are recorded as expired. Webhooks are sent with `webhooks`.
     pub fn open(
         file: &Path,
+        webhooks: Webhooks,
         record: impl Fn(ApprovalEvent) + Send + Sync + 'static,
     ) -> std::io::Result<Arc<Approvals>> {
         let saved: Saved = match std::fs::read(file) {
@@ -263,6 +267,7 @@ impl Approvals {
             }),
             record: Box::new(record),
             file: Some(file.to_path_buf()),
+            webhooks,
         };
         approvals.save(&approvals.state());
         Ok(Arc::new(approvals))
@@ -335,7 +340,7 @@ impl Approvals {
         tracing::info!(id, rule = %pending.rule, destination = %pending.destination, uid = pending.workload.uid, "held for approval");
         (self.record)(ApprovalEvent::Created(pending.clone()));
         if let Some(url) = &req.approval.webhook {
-            webhook::notify(url.clone(), pending);
+            self.webhooks.notify(url.clone(), pending);
         }
         // Expires the hold also when this future is dropped (the workload went away).
         let guard = ExpireOnDrop {

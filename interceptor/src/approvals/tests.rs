@@ -317,7 +317,7 @@ async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
     let sink = events.clone();
     let record =
         move |e: ApprovalEvent| sink.lock().unwrap().push(serde_json::to_value(&e).unwrap());
-    let a = Approvals::open(&file, record.clone()).unwrap();
+    let a = Approvals::open(&file, Webhooks::default(), record.clone()).unwrap();
     let alice = person(1001, "alice", &[]);
     let held = tokio::spawn({
         let a = a.clone();
@@ -344,7 +344,7 @@ async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
 
     // The "restart".
     events.lock().unwrap().clear();
-    let a = Approvals::open(&file, record).unwrap();
+    let a = Approvals::open(&file, Webhooks::default(), record).unwrap();
     let expired = events.lock().unwrap().clone();
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(

@@ -1,6 +1,7 @@
 //! `interceptor approvals list | grants | approve | deny | revoke`. The daemon decides in the
 //! name of the caller's uid (the control socket's peer credentials).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use crate::control::protocol::{ApprovalsRequest, Request};
 pub enum ApprovalsCommand {
     /// Connections and requests held for approval, oldest first.
     List {
-        /// Print the list again whenever it changes, until interrupted.
+        /// Keep watching until interrupted: print each approval when it is held and say when
+        /// it is resolved (approved, denied, expired or given up by the workload).
         #[arg(long)]
         watch: bool,
         #[arg(long)]
@@ -47,28 +49,51 @@ pub enum ApprovalsCommand {
     Revoke { id: u64 },
 }
 
+/// How much of a body preview a human listing shows.
+const PREVIEW_CHARS: usize = 160;
+/// How often `list --watch` asks the daemon.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
 pub fn run(socket: &Path, cmd: ApprovalsCommand) -> anyhow::Result<i32> {
     let call = |r: ApprovalsRequest| -> anyhow::Result<serde_json::Value> {
         client::call(socket, &Request::Approvals(r))
     };
     match cmd {
-        ApprovalsCommand::List { watch, json } => {
-            let mut shown = None;
+        ApprovalsCommand::List { watch: false, json } => {
+            let pending: Vec<Pending> = serde_json::from_value(call(ApprovalsRequest::List)?)?;
+            if json {
+                println!("{}", serde_json::to_string(&pending)?);
+            } else if pending.is_empty() {
+                println!("no pending approvals");
+            } else {
+                pending.iter().for_each(print_pending);
+            }
+            Ok(0)
+        }
+        ApprovalsCommand::List { watch: true, json } => {
+            let mut shown: BTreeMap<u64, Pending> = BTreeMap::new();
             loop {
-                let list = call(ApprovalsRequest::List)?;
-                if shown.as_ref() != Some(&list) {
-                    let pending: Vec<Pending> = serde_json::from_value(list.clone())?;
-                    if json {
-                        println!("{}", serde_json::to_string(&pending)?);
-                    } else {
-                        print_pending(&pending);
+                let list: Vec<Pending> = serde_json::from_value(call(ApprovalsRequest::List)?)?;
+                let now: BTreeSet<u64> = list.iter().map(|p| p.id).collect();
+                for gone in shown.keys().filter(|id| !now.contains(id)) {
+                    let p = &shown[gone];
+                    match json {
+                        true => println!("{}", serde_json::json!({"resolved": p.id})),
+                        false => println!("{}\tresolved\trule {}\t{}", p.id, p.rule, p.destination),
                     }
-                    shown = Some(list);
                 }
-                if !watch {
-                    return Ok(0);
+                shown.retain(|id, _| now.contains(id));
+                for p in list {
+                    if shown.contains_key(&p.id) {
+                        continue;
+                    }
+                    match json {
+                        true => println!("{}", serde_json::json!({ "pending": p })),
+                        false => print_pending(&p),
+                    }
+                    shown.insert(p.id, p);
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(WATCH_INTERVAL);
             }
         }
         ApprovalsCommand::Grants { json } => {
@@ -132,20 +157,20 @@ pub fn run(socket: &Path, cmd: ApprovalsCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn print_pending(list: &[Pending]) {
-    if list.is_empty() {
-        println!("no pending approvals");
-    }
-    for p in list {
-        println!(
-            "{}\trule {}\tuid {} {}\t{} {}\texpires {}",
-            p.id,
-            p.rule,
-            p.workload.uid,
-            p.workload.exe.as_deref().unwrap_or("?"),
-            p.destination,
-            p.request_line.as_deref().unwrap_or("(TCP connection)"),
-            humantime::format_rfc3339_seconds(p.expires_at)
-        );
+fn print_pending(p: &Pending) {
+    println!(
+        "{}\tpending\trule {}\tuid {} {}\t{} {}\texpires {}",
+        p.id,
+        p.rule,
+        p.workload.uid,
+        p.workload.exe.as_deref().unwrap_or("?"),
+        p.destination,
+        p.request_line.as_deref().unwrap_or("(TCP connection)"),
+        humantime::format_rfc3339_seconds(p.expires_at)
+    );
+    if let Some(preview) = &p.body_preview {
+        // The start of the preview; --json has all of it.
+        let start: String = preview.chars().take(PREVIEW_CHARS).collect();
+        println!("\tbody (secrets masked): {}", start.escape_debug());
     }
 }

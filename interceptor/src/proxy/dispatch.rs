@@ -12,9 +12,9 @@ use tokio::time::timeout;
 
 use super::Proxy;
 use super::counted::Counted;
-use super::peek::peek_until;
 use super::prefixed::Prefixed;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
+use super::upstream::Upstream;
 use crate::gate::Tls as GateTls;
 use crate::http::masking::Masking;
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
@@ -45,15 +45,11 @@ impl Proxy {
         &self,
         peer: Peer,
         client: TcpStream,
-        upstream: TcpStream,
+        upstream: Upstream,
         traffic: Arc<Traffic>,
     ) -> Ended {
         let (id, dest) = (peer.id, peer.dest);
-        // Whoever speaks first: a server that greets (SSH, SMTP) means raw TCP.
-        let protocol = tokio::select! {
-            p = peek_until(&client, MAX_SNIFF, classify) => p.unwrap_or(Protocol::Other),
-            _ = upstream.readable() => Protocol::Other,
-        };
+        let protocol = upstream.sniff(&client).await;
         tracing::debug!(session = id, ?protocol, "first bytes");
         let version = match protocol {
             Protocol::Tls => {
@@ -72,6 +68,10 @@ impl Proxy {
                     relay::reset(&client);
                     return (Outcome::Denied, Some(why));
                 }
+                let upstream = match upstream.connect().await {
+                    Ok(u) => u,
+                    Err(e) => return super::dial_failed(&client, dest, &e),
+                };
                 // Scanned when the policy's decision for it selects secret rules.
                 let scanner = self.masking.as_ref().and_then(|m| {
                     let relay =
@@ -95,6 +95,10 @@ impl Proxy {
             identity: peer.identity,
             enrollment: peer.enrollment,
         };
+        let upstream = match upstream.connect().await {
+            Ok(u) => u,
+            Err(e) => return super::dial_failed(&client, dest, &e),
+        };
         let client = Counted::client(client, traffic.clone());
         let upstream = Counted::upstream(upstream, traffic);
         self.serve_http(info, version, client, upstream).await
@@ -104,7 +108,7 @@ impl Proxy {
         &self,
         peer: Peer,
         mut client: TcpStream,
-        upstream: TcpStream,
+        upstream: Upstream,
         traffic: Arc<Traffic>,
     ) -> Ended {
         let (id, dest) = (peer.id, peer.dest);
@@ -145,6 +149,13 @@ impl Proxy {
                 self.store.append(Event::Tls(info));
                 let _ = client.write_all(&ACCESS_DENIED).await;
                 return (Outcome::Denied, Some(why));
+            }
+        };
+        let upstream = match upstream.connect().await {
+            Ok(u) => u,
+            Err(e) => {
+                self.store.append(Event::Tls(info));
+                return super::dial_failed(&client, dest, &e);
             }
         };
         let passthrough = match policy_tls {

@@ -102,6 +102,11 @@ impl TlsLayer {
         })
     }
 
+    /// TLS to servers the daemon talks to itself (approval webhooks), verified like upstreams.
+    pub fn upstream_connector(&self) -> TlsConnector {
+        self.upstream.clone()
+    }
+
     pub fn ca(&self) -> &CertificateAuthority {
         &self.ca
     }
