@@ -56,15 +56,24 @@ struct RecordingServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Path → (`Content-Encoding`, body as sent).
+type Encoded = Vec<(String, &'static str, Vec<u8>)>;
+
 impl RecordingServer {
     fn start(pki: &TestPki) -> Result<RecordingServer> {
+        Self::start_with(pki, Vec::new())
+    }
+
+    /// Also serves `encoded` bodies as they are, with their `Content-Encoding`.
+    fn start_with(pki: &TestPki, encoded: Encoded) -> Result<RecordingServer> {
+        let encoded = Arc::new(encoded);
         let config = pki.server_config(&["127.0.0.2", "api.test", "other.test"])?;
         let listener = std::net::TcpListener::bind("127.0.0.2:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let sink = received.clone();
+        let (sink, routes) = (received.clone(), encoded.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -79,12 +88,14 @@ impl RecordingServer {
                             continue;
                         };
                         let (acceptor, sink) = (acceptor.clone(), sink.clone());
+                        let routes = routes.clone();
                         tokio::spawn(async move {
                             let Ok(tls) = acceptor.accept(tcp).await else {
                                 return;
                             };
-                            let service =
-                                hyper::service::service_fn(move |req| record(req, sink.clone()));
+                            let service = hyper::service::service_fn(move |req| {
+                                record(req, sink.clone(), routes.clone())
+                            });
                             let _ =
                                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                                     .serve_connection(TokioIo::new(tls), service)
@@ -133,7 +144,14 @@ impl Drop for RecordingServer {
 async fn record(
     req: Request<Incoming>,
     sink: Arc<Mutex<Vec<Received>>>,
+    encoded: Arc<Encoded>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if let Some((_, coding, body)) = encoded.iter().find(|(p, ..)| p == req.uri().path()) {
+        let mut resp = Response::new(Full::new(Bytes::from(body.clone())));
+        resp.headers_mut()
+            .insert("content-encoding", coding.parse().expect("a token"));
+        return Ok(resp);
+    }
     let (head, body) = req.into_parts();
     let body = body.collect().await?.to_bytes().to_vec();
     let headers: Vec<(String, String)> = head
@@ -707,4 +725,115 @@ fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() 
     );
     findings(&d, server.port, 4)?;
     ensure_nothing_at_rest(&d, &[REAL])
+}
+
+/// `plain` compressed by Python's codec for `coding` (gzip, br, zstd).
+fn compress(coding: &str, plain: &[u8]) -> Result<Vec<u8>> {
+    let module = match coding {
+        "gzip" => "import gzip as m; c = lambda b: m.compress(b, 1)",
+        "br" => "import brotli as m; c = lambda b: m.compress(b, quality=1)",
+        _ => "import zstandard as m; c = m.ZstdCompressor(level=1).compress",
+    };
+    let script =
+        format!("{module}\nimport sys\nsys.stdout.buffer.write(c(sys.stdin.buffer.read()))");
+    let mut child = std::process::Command::new(python())
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let input = plain.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output()?;
+    writer.join().expect("writer")?;
+    ensure!(out.status.success(), "compressing with {coding} failed");
+    Ok(out.stdout)
+}
+
+#[test]
+fn compressed_responses_are_masked_and_reencoded_and_a_bomb_ends_only_its_exchange() -> Result<()> {
+    require_root();
+    // A JSON listing long enough to span many chunks, the secret in its middle.
+    let filler: String = (0..3000)
+        .map(|i| format!("{{\"id\": {i}, \"name\": \"item {i}\"}},\n"))
+        .collect();
+    let plain = format!("[{filler}{{\"slack_token\": \"{RESPONSE_SECRET}\"}},\n{filler}{{}}]\n");
+    let mut routes: Encoded = Vec::new();
+    for coding in ["gzip", "br", "zstd"] {
+        routes.push((
+            format!("/{coding}/leak"),
+            coding,
+            compress(coding, plain.as_bytes())?,
+        ));
+    }
+    // 80 MiB of zeros: about 80 KB of gzip, over the 64 MiB decoded cap.
+    routes.push((
+        "/gzip/bomb".into(),
+        "gzip",
+        compress("gzip", &vec![0u8; 80 << 20])?,
+    ));
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start_with(&pki, routes)?;
+    let d = daemon(&pki, &[])?;
+    for coding in ["gzip", "br", "zstd"] {
+        for version in ["--http1.1", "--http2"] {
+            let path = format!("/{coding}/leak");
+            // curl decodes the body: it must be valid in its coding, and masked.
+            let out = curl(&d, &server, "api.test", &path, &[version, "--compressed"])?;
+            let text = stdout(&out);
+            ensure!(
+                !text.contains(RESPONSE_SECRET),
+                "{coding} {version}: secret reached the client"
+            );
+            ensure!(
+                text.len() == plain.len() && text.contains("\"xoxb****") && text.ends_with("{}]\n"),
+                "{coding} {version}: decoded {} bytes: {}",
+                text.len(),
+                &text[..text.len().min(200)]
+            );
+        }
+    }
+    let all = findings(&d, server.port, 6)?;
+    ensure_finding(&all, "slack.bot-token", "down", "body")?;
+    ensure!(
+        all.iter()
+            .filter(|f| f["rule"] == "slack.bot-token")
+            .count()
+            == 6,
+        "one finding per response: {all:#?}"
+    );
+    // The bomb: curl sees a broken transfer; the daemon carries on.
+    let (resolve, url) = (
+        server.resolve("api.test"),
+        server.url("api.test", "/gzip/bomb"),
+    );
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "--http1.1",
+            "--compressed",
+            "-o",
+            "/dev/null",
+            "--resolve",
+            &resolve,
+            &url,
+        ],
+    )?;
+    ensure!(!out.status.success(), "the bomb was delivered whole");
+    let out = curl(&d, &server, "api.test", "/hello", &[])?;
+    ensure!(stdout(&out) == "ok", "after the bomb: {}", stdout(&out));
+    let http = exchanges(&d, server.port, 8)?;
+    let bomb = http
+        .iter()
+        .find(|e| e["path"] == "/gzip/bomb")
+        .context("no record of the bomb")?;
+    ensure!(
+        bomb["error"].as_str().is_some_and(
+            |e| e.contains("response body") && e.contains("exceeds the cap of 67108864 bytes")
+        ),
+        "bomb record: {bomb}"
+    );
+    ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
 }

@@ -278,7 +278,9 @@ fn short(d: Duration) -> String {
 
 /// Rule, direction, where, the salted hash, and whether the secret was masked.
 pub fn finding_line(f: &SecretFinding, paint: Paint) -> String {
-    let fate = if f.finding.forwarded_unmasked > 0 {
+    let fate = if f.finding.report_only {
+        "reported (policy: not masked)"
+    } else if f.finding.forwarded_unmasked > 0 {
         "PARTLY FORWARDED"
     } else {
         "masked"
