@@ -3,6 +3,8 @@
 //!
 //! * `GET /hello` → `hello over HTTP/x.y`
 //! * `GET /bytes/N` → N bytes of `x`
+//! * `GET /text/N` → N bytes of JSON log lines (realistic text without secrets), in 64 KiB
+//!   frames that share one buffer
 //! * `GET /delay/MS` → `late` after MS milliseconds
 //! * `POST /echo` → the request body (and the trailers its `Trailer` header announces),
 //!   streamed back
@@ -264,6 +266,63 @@ fn full(data: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// 64 KiB of JSON log lines, built once: what an API or a log shipper sends.
+fn text_block() -> Bytes {
+    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BLOCK
+        .get_or_init(|| {
+            let mut block = String::new();
+            for i in 0u64.. {
+                let line = format!(
+                    "{{\"ts\": \"2026-11-23T08:{:02}:{:02}Z\", \"level\": \"info\", \"user\": \"user{}\", \"msg\": \"GET /api/v1/items?page={} 200 {}ms\", \"trace\": \"{:016x}\"}}\n",
+                    i / 60 % 60,
+                    i % 60,
+                    i % 97,
+                    i % 13,
+                    i % 250,
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                );
+                if block.len() + line.len() > 64 * 1024 {
+                    break;
+                }
+                block.push_str(&line);
+            }
+            Bytes::from(block)
+        })
+        .clone()
+}
+
+/// `left` bytes of `block` repeated, each frame a slice of it (no copy per frame).
+struct Repeat {
+    block: Bytes,
+    left: usize,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let n = self.left.min(self.block.len());
+        if n == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.block.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left as u64)
+    }
+}
+
 async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let response = if path == "/hello" {
@@ -271,6 +330,14 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::new(full(vec![b'x'; n]))
+    } else if let Some(n) = path.strip_prefix("/text/") {
+        Response::new(
+            Repeat {
+                block: text_block(),
+                left: n.parse().unwrap_or(0),
+            }
+            .boxed(),
+        )
     } else if path == "/planted-secret" {
         Response::new(full(format!("{{\"token\": \"{PLANTED_SECRET}\"}}")))
     } else if let Some(ms) = path.strip_prefix("/delay/") {
