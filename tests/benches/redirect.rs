@@ -5,6 +5,10 @@
 //! Run (as root): `cargo xtask bench` (builds the release daemon, then runs this).
 //! The same binary is the client: `redirect client bulk|latency ADDR`, started once directly
 //! and once under `interceptor exec`, so both paths run identical code.
+//!
+//! A third path gives the floor any userspace proxy pays on this machine: a minimal tokio
+//! forwarder (accept, dial, `copy_bidirectional`; no identity, policy or recording) that the
+//! client connects to explicitly. What interceptor adds beyond it is what interceptor costs.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -41,37 +45,67 @@ fn bench() -> Result<()> {
     interceptor_tests::bench_report::prepare("redirect")?;
     let bulk = serve(SERVER_IP, bulk_sink)?;
     let echo = serve(SERVER_IP, first_byte_echo)?;
+    let floor = (forwarder(bulk)?, forwarder(echo)?);
     let daemon = Daemon::start()?;
     let me = std::env::current_exe()?;
 
-    let mut direct = Vec::new();
-    let mut through = Vec::new();
+    let (mut direct, mut forwarded, mut through) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         direct.push(run_client(None, &me, bulk, echo)?);
+        forwarded.push(run_client(None, &me, floor.0, floor.1)?);
         through.push(run_client(Some(&daemon), &me, bulk, echo)?);
     }
-    let d = median(&direct);
-    let t = median(&through);
+    let (d, f, t) = (median(&direct), median(&forwarded), median(&through));
+    let row = |metric: &str, unit: &str, get: fn(&Measured) -> f64, vs: &str| {
+        format!(
+            "| {metric} | {:.1} {unit} | {:.1} {unit} | {:.1} {unit} | {vs} |\n",
+            get(&d),
+            get(&f),
+            get(&t)
+        )
+    };
+    let gbps = |m: &Measured| m.throughput / 1e9;
     let report = format!(
         "## Redirect: relay throughput and connection set-up (issue 2)\n\n\
-         Command: `cargo xtask bench` (release build; {RUNS} alternating runs each, median shown). \
-         Client and server are the same binary on one host; the server listens on {SERVER_IP}; \
-         \"through interceptor\" runs the client under `interceptor exec --include-loopback`.\n\n\
-         | metric | direct | through interceptor | ratio / added |\n\
-         | --- | --- | --- | --- |\n\
-         | bulk throughput ({} GiB upload) | {:.2} GB/s | {:.2} GB/s | {:.0}% of direct (target ≥ 80%) |\n\
-         | connect + first byte, p50 | {:.1} µs | {:.1} µs | +{:.1} µs (target < 100 µs) |\n\
-         | connect + first byte, p99 | {:.1} µs | {:.1} µs | +{:.1} µs |\n",
-        BULK_BYTES >> 30,
-        d.throughput / 1e9,
-        t.throughput / 1e9,
-        100.0 * t.throughput / d.throughput,
-        d.p50_us,
-        t.p50_us,
-        t.p50_us - d.p50_us,
-        d.p99_us,
-        t.p99_us,
-        t.p99_us - d.p99_us,
+         Command: `cargo xtask bench redirect` (release build; {RUNS} alternating runs each, median \
+         shown). Client and server are the same binary on one host; the server listens on \
+         {SERVER_IP}. \"through interceptor\" runs the client under `interceptor exec \
+         --include-loopback`; \"plain forwarder\" is the floor of any userspace proxy here: a \
+         minimal tokio forwarder (accept, dial, `copy_bidirectional`, nothing else) the client \
+         connects to explicitly.\n\n\
+         | metric | direct | plain forwarder | through interceptor | interceptor vs direct (target) · vs forwarder |\n\
+         | --- | --- | --- | --- | --- |\n\
+         {}{}{}",
+        row(
+            &format!("bulk throughput ({} GiB upload)", BULK_BYTES >> 30),
+            "GB/s",
+            gbps,
+            &format!(
+                "{:.0}% (≥ 80%) · {:.0}%",
+                100.0 * t.throughput / d.throughput,
+                100.0 * t.throughput / f.throughput
+            ),
+        ),
+        row(
+            "connect + first byte, p50",
+            "µs",
+            |m| m.p50_us,
+            &format!(
+                "+{:.1} µs (< 100 µs) · +{:.1} µs",
+                t.p50_us - d.p50_us,
+                t.p50_us - f.p50_us
+            ),
+        ),
+        row(
+            "connect + first byte, p99",
+            "µs",
+            |m| m.p99_us,
+            &format!(
+                "+{:.1} µs · +{:.1} µs",
+                t.p99_us - d.p99_us,
+                t.p99_us - f.p99_us
+            ),
+        ),
     );
     println!("{report}");
     interceptor_tests::bench_report::write_section("redirect", &report)?;
@@ -196,6 +230,29 @@ fn serve(ip: &str, handler: fn(TcpStream) -> std::io::Result<()>) -> Result<Sock
                 let _ = handler(stream);
             });
         }
+    });
+    Ok(addr)
+}
+
+/// A minimal userspace TCP forwarder to `to` on 127.0.0.1:0, on a tokio runtime of its own
+/// with the daemon's defaults (one worker per CPU).
+fn forwarder(to: SocketAddr) -> Result<SocketAddr> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = client.set_nodelay(true);
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let _ = upstream.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        })
     });
     Ok(addr)
 }
