@@ -30,9 +30,9 @@ pub async fn peek_until<T>(
     let mut want = 1;
     // Also when this future is dropped half-way (the upstream spoke first, a timeout): a
     // low-water mark left behind would stall the relay that takes the socket next.
-    let _reset = LowWaterReset(tcp);
+    let mut low_water = LowWater { tcp, raised: false };
     loop {
-        set_rcvlowat(tcp, want)?;
+        low_water.set(want)?;
         let ready = tcp.ready(Interest::READABLE).await?;
         match tcp.try_io(Interest::READABLE, || {
             let n = recv_peek(tcp, &mut buf)?;
@@ -54,11 +54,28 @@ pub async fn peek_until<T>(
     }
 }
 
-struct LowWaterReset<'a>(&'a TcpStream);
+/// `SO_RCVLOWAT` while peeking. Most connections are classified from the bytes already
+/// there, so the option is only touched (and put back) when the peek has to wait for more.
+struct LowWater<'a> {
+    tcp: &'a TcpStream,
+    raised: bool,
+}
 
-impl Drop for LowWaterReset<'_> {
+impl LowWater<'_> {
+    fn set(&mut self, bytes: usize) -> io::Result<()> {
+        if bytes > 1 || self.raised {
+            set_rcvlowat(self.tcp, bytes)?;
+            self.raised = bytes > 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LowWater<'_> {
     fn drop(&mut self) {
-        let _ = set_rcvlowat(self.0, 1);
+        if self.raised {
+            let _ = set_rcvlowat(self.tcp, 1);
+        }
     }
 }
 
