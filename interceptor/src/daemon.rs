@@ -276,13 +276,12 @@ impl Daemon {
             }
             Request::Sessions => serde_json::to_value(self.sessions().await?)?,
             Request::Session { id } => {
-                let session = self
-                    .sessions()
-                    .await?
-                    .into_iter()
-                    .find(|s| s.id.to_string() == id)
-                    .with_context(|| format!("no session with id {id}"))?;
-                serde_json::to_value(session)?
+                let store = self.proxy.store.clone();
+                let session = match id.parse::<u64>() {
+                    Ok(n) => tokio::task::spawn_blocking(move || store.session(n)).await??,
+                    Err(_) => None,
+                };
+                serde_json::to_value(session.with_context(|| format!("no session with id {id}"))?)?
             }
             Request::PolicyReload => serde_json::to_value(self.reload_policy("control").await?)?,
             Request::Approvals(_) => {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run(args) => run_daemon(cli.socket, args).map(|()| 0),
+        Command::Run(args) => run_daemon(cli.socket, *args).map(|()| 0),
         _ => cli::run_client(cli),
     };
     match result {

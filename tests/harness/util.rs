@@ -163,3 +163,20 @@ pub fn closed_port(ip: &str) -> Result<(std::os::fd::OwnedFd, u16)> {
     let addr: SockaddrIn = getsockname(fd.as_raw_fd())?;
     Ok((fd, addr.port()))
 }
+
+/// Files under `dir`, recursively, whose bytes contain `needle`.
+pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle)?);
+        } else if std::fs::read(&path)?
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}

@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon in the foreground.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Intercept the outbound TCP connections of a cgroup, a process's cgroup, or a container.
     Enroll(EnrollArgs),
     /// Stop intercepting a cgroup.

@@ -104,8 +104,19 @@ pub struct Link {
 pub struct EventKind {
     #[serde(rename = "event")]
     pub kind: String,
-    /// The session, for the kinds that belong to one.
+    /// The session, for the kinds that belong to one (approvals carry their own ids here).
     pub id: Option<u64>,
+}
+
+impl EventKind {
+    /// The session this event belongs to; None for store events (approvals, retention,
+    /// policy loads), whose `id`, if any, is something else.
+    pub fn session(&self) -> Option<u64> {
+        match self.kind.as_str() {
+            "approval" | "retention" | "policy_loaded" => None,
+            _ => self.id,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod index;
 pub mod record;
 pub mod retention;
 pub mod segment;
+pub mod spans;
 pub mod store;
 pub mod tail;
 pub mod verify;

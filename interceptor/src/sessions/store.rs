@@ -24,6 +24,7 @@ use super::index::StartIndex;
 use super::record::{Event, Outcome, Session, SessionEnd};
 use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
 use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
+use super::spans::{self, Spans};
 use crate::metrics::Metrics;
 
 /// How long the writer lets events gather after a write.
@@ -180,6 +181,16 @@ impl Store {
         read_sessions(&self.dir)
     }
 
+    /// One session, read only from the segments (and in closed ones, the byte ranges) that
+    /// hold its records; None when its start is not in the store.
+    pub fn session(&self, id: u64) -> Result<Option<Session>, StoreError> {
+        let Some(from) = self.starts.find(id) else {
+            return Ok(None);
+        };
+        let writing = self.written.borrow().segment;
+        read_session(&self.dir, id, from.segment, writing)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -235,6 +246,51 @@ pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
         }
     }
     Ok(sessions)
+}
+
+/// Folds session `id` from segment `first` on; segments below `writing` (closed, never
+/// written again) are read only where their span index puts the session's records.
+fn read_session(
+    dir: &Path,
+    id: u64,
+    first: u64,
+    writing: u64,
+) -> Result<Option<Session>, StoreError> {
+    let mut session: Option<Session> = None;
+    for path in segment_paths(dir).map_err(io_err(dir))? {
+        let number = segment_number(&path).expect("listed as a segment");
+        if number < first {
+            continue;
+        }
+        let bytes = if number < writing {
+            let spans = Spans::of_segment(dir, number).map_err(io_err(&path))?;
+            let Some(range) = spans.sessions.get(&id) else {
+                continue;
+            };
+            spans::read_range(dir, number, range.clone()).map_err(io_err(&path))?
+        } else {
+            fs::read(&path).map_err(io_err(&path))?
+        };
+        for (_, payload) in Frames::new(&bytes) {
+            let link = serde_json::from_slice::<Link>(payload).ok();
+            if link.and_then(|l| l.event.session()) != Some(id) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<Record>(payload) else {
+                continue;
+            };
+            match (record.event, session.as_mut()) {
+                (Event::Start(start), None) => session = Some(Session::from_start(start)),
+                (Event::End(end), Some(s)) => {
+                    s.apply(Event::End(end));
+                    return Ok(session);
+                }
+                (event, Some(s)) => s.apply(event),
+                (_, None) => {}
+            }
+        }
+    }
+    Ok(session)
 }
 
 /// What a scan of the segments on open finds.
@@ -309,7 +365,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
                 })?;
             head = Hash::of(payload);
             next_seq = link.seq + 1;
-            max_id = max_id.max(link.event.id.unwrap_or(0));
+            max_id = max_id.max(link.event.session().unwrap_or(0));
             match (link.event.kind.as_str(), link.event.id) {
                 ("start", Some(id)) => {
                     open.insert(id);
@@ -581,6 +637,8 @@ impl Writer {
             let path = self.dir.join(segment_name(meta.number));
             match fs::remove_file(&path) {
                 Ok(()) => {
+                    // Derived data; absent when nobody asked about the segment.
+                    let _ = fs::remove_file(spans::spans_path(&self.dir, meta.number));
                     self.counters.bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
                     self.starts.remove(meta.number);
                     tracing::info!(segment = %path.display(), reason, "retention removed a session segment")
@@ -753,6 +811,52 @@ pub mod tests {
         writer.finish();
         let (store, writer) = Store::open(dir.path(), options).unwrap();
         assert_eq!(found(&store)[..3], [Some(1), Some(2), Some(3)]);
+        drop(store);
+        writer.finish();
+    }
+
+    #[test]
+    fn one_session_is_read_through_the_span_index_and_matches_the_full_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            segment_bytes: 1,
+            ..quick()
+        };
+        let (store, writer) = Store::open(dir.path(), options).unwrap();
+        // One batch, and so one segment, each: 2 ends three segments after it started.
+        let events = [start(1), start(2), end(1, 3), start(3), end(2, 9)];
+        let n = events.len() as u64;
+        for e in events {
+            store.append(e);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.status().recorded < n {
+            assert!(Instant::now() < deadline, "not written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let json = |s: &Session| serde_json::to_value(s).unwrap();
+        let all = read_sessions(dir.path()).unwrap();
+        assert_eq!(all.len(), 3);
+        for s in &all {
+            let one = store.session(s.id).unwrap().unwrap();
+            assert_eq!(json(&one), json(s));
+        }
+        assert!(store.session(99).unwrap().is_none());
+        // Closed segments that were asked about are indexed; the one being written is not.
+        let writing = store.written().borrow().segment;
+        assert_eq!(writing, 5);
+        for number in 1..writing {
+            assert!(spans::spans_path(dir.path(), number).exists(), "{number}");
+        }
+        assert!(!spans::spans_path(dir.path(), writing).exists());
+        // The spans are what is read: without session 2 in its start segment's, its start
+        // is not found there.
+        let path = spans::spans_path(dir.path(), 2);
+        let mut edited: Spans = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        edited.sessions.remove(&2);
+        fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+        assert!(store.session(2).unwrap().is_none());
         drop(store);
         writer.finish();
     }
