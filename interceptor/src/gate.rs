@@ -28,41 +28,36 @@ pub enum Tls {
     Passthrough,
 }
 
+/// When to dial a connection that the policy let through before dialing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// Its decision is final: no host name or stream can change it.
+    Now,
+    /// A later stage (the SNI, a stream that is not HTTP) may still refuse or hold it: dial
+    /// only once that stage has let it through, so nothing held or refused reaches upstream.
+    Later,
+}
+
 impl Gate {
-    /// Ok to dial; Err(why) to refuse the connection.
+    /// When to dial; Err(why) to refuse the connection. An approve holds it here.
     pub async fn before_dial(
         &self,
         session: u64,
         identity: &Identity,
         enrollment: Option<&str>,
         dest: SocketAddr,
-    ) -> Result<(), String> {
+    ) -> Result<Dial, String> {
         let policy = self.policy.get();
         let facts = facts(identity, enrollment, None, dest);
         let d = match policy.decide_before_dial(&facts) {
             Some(d) if matches!(d.verdict, Verdict::Deny | Verdict::Approve) => d,
-            _ => return Ok(()),
+            Some(d) if d.verdict == Verdict::Allow => return Ok(Dial::Now),
+            _ => return Ok(Dial::Later),
         };
         let hold = held(&d, session, identity, dest.to_string())?;
         // The policy snapshot is not kept across the wait: reloads go on meanwhile.
         drop(policy);
-        self.hold(hold).await
-    }
-
-    /// Whether the connection's decision is final before anything is seen of it (an allow no
-    /// host name can change), so its upstream can be dialled at once. Otherwise a later stage
-    /// may still refuse or hold it, and the upstream is dialled only once it lets it through.
-    pub fn dial_at_once(
-        &self,
-        identity: &Identity,
-        enrollment: Option<&str>,
-        dest: SocketAddr,
-    ) -> bool {
-        let policy = self.policy.get();
-        let facts = facts(identity, enrollment, None, dest);
-        policy
-            .decide_before_dial(&facts)
-            .is_some_and(|d| d.verdict != Verdict::Inspect)
+        self.hold(hold).await.map(|()| Dial::Now)
     }
 
     /// A connection with its host name (the SNI) known, before anything is sent upstream:

@@ -22,6 +22,7 @@ use interceptor_ebpf::{ConnKey, ConnectInfo};
 use tokio::net::TcpStream;
 
 use crate::cgroup::Cgroup;
+use crate::gate::Dial;
 use crate::identity::{Identity, IdentityResolver};
 use crate::kernel::OriginalDstTable;
 use crate::redirect::Namespace;
@@ -97,19 +98,22 @@ impl Proxy {
 
         let _live = LiveGuard::new(&self.live, enrollment.as_deref());
         let name = enrollment.as_ref().and_then(|e| e.name.as_deref());
-        if let Err(why) = self.gate.before_dial(id, &gate_identity, name, dest).await {
-            tracing::info!(session = id, %dest, %why, "connection refused by policy");
-            relay::reset(&client);
-            self.store.append(Event::End(SessionEnd {
-                id,
-                ended_at: SystemTime::now(),
-                bytes_up: 0,
-                bytes_down: 0,
-                outcome: Outcome::Denied,
-                error: Some(why),
-            }));
-            return;
-        }
+        let dial = match self.gate.before_dial(id, &gate_identity, name, dest).await {
+            Ok(dial) => dial,
+            Err(why) => {
+                tracing::info!(session = id, %dest, %why, "connection refused by policy");
+                relay::reset(&client);
+                self.store.append(Event::End(SessionEnd {
+                    id,
+                    ended_at: SystemTime::now(),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    outcome: Outcome::Denied,
+                    error: Some(why),
+                }));
+                return;
+            }
+        };
         let traffic = Arc::new(Traffic::default());
         let dialer = Dialer {
             ns,
@@ -117,9 +121,9 @@ impl Proxy {
             mark: self.mark,
             timeout: self.connect_timeout,
         };
-        let upstream = match self.gate.dial_at_once(&gate_identity, name, dest) {
-            true => dialer.dial().await.map(Upstream::Dialled),
-            false => Ok(Upstream::Later(dialer)),
+        let upstream = match dial {
+            Dial::Now => dialer.dial().await.map(Upstream::Dialled),
+            Dial::Later => Ok(Upstream::Later(dialer)),
         };
         let (outcome, error) = match upstream {
             Err(e) => dial_failed(&client, dest, &e),
