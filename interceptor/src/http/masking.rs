@@ -532,14 +532,21 @@ impl BodyRecord {
             }
         }
         buf.truncate(self.cap);
-        let (data, base64) = match std::str::from_utf8(&buf) {
-            Ok(text) => (text.to_owned(), false),
+        // Text as text; anything else (binary, or control characters JSON would escape to
+        // six bytes each) in base64, so the record stays within twice the cap.
+        let text = match std::str::from_utf8(&buf) {
+            Ok(text) => Some(text),
             // Cut in the middle of a character by the cap: keep the whole ones.
-            Err(e) if e.error_len().is_none() => (
-                String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned(),
-                false,
-            ),
-            Err(_) => (base64::engine::general_purpose::STANDARD.encode(&buf), true),
+            Err(e) if e.error_len().is_none() => std::str::from_utf8(&buf[..e.valid_up_to()]).ok(),
+            Err(_) => None,
+        }
+        .filter(|t| {
+            t.bytes()
+                .all(|b| (b >= 0x20 && b != 0x7f) || matches!(b, b'\n' | b'\r' | b'\t'))
+        });
+        let (data, base64) = match text {
+            Some(text) => (text.to_owned(), false),
+            None => (base64::engine::general_purpose::STANDARD.encode(&buf), true),
         };
         Some(RecordedBody {
             data,
@@ -902,5 +909,26 @@ mod tests {
         let mut head = post();
         let fresh = super::tests::info();
         assert!(masking.on_request(&fresh, &mut head).await.body.is_none());
+    }
+
+    #[tokio::test]
+    async fn binary_bodies_are_recorded_in_base64_and_the_cap_has_a_ceiling() {
+        let (masking, _) = masking_under("record_body_bytes = 4");
+        let mut head = post();
+        let mut t = masking.on_request(&info(), &mut head).await.body.unwrap();
+        stream(t.as_mut(), &[0, 159, 146, 150, 7, 7], 2);
+        let recorded = t.recorded().unwrap();
+        assert_eq!(
+            (recorded.data.as_str(), recorded.base64, recorded.truncated),
+            ("AJ+Slg==", true, true)
+        );
+        let (masking, _) = masking_under("record_body_bytes = 1000000000");
+        let mut head = post();
+        let fresh = info();
+        masking.on_request(&fresh, &mut head).await;
+        assert_eq!(
+            fresh.plan.get().unwrap().record_cap(),
+            super::super::settings::MAX_RECORDED_BODY
+        );
     }
 }

@@ -24,6 +24,11 @@ use crate::identity::Identity;
 /// back is always masked, whatever the policy says of other rules.
 const VAULT_RULE_PREFIX: &str = "vault.";
 
+/// Most of one body an exchange record keeps, whatever the policy asks: a record (two
+/// bodies, each at most twice its size once encoded) must stay well under the session
+/// store's frame limit.
+pub const MAX_RECORDED_BODY: usize = 2 << 20;
+
 /// What the secret layers do with one connection or request.
 pub struct Plan {
     /// The deciding policy rule's name ("default").
@@ -75,9 +80,12 @@ impl Plan {
         )
     }
 
-    /// How many bytes of each body to record.
+    /// How many bytes of each body to record: the policy's `record_body_bytes`, at most
+    /// [`MAX_RECORDED_BODY`].
     pub fn record_cap(&self) -> usize {
-        usize::try_from(self.settings.record_body_bytes).unwrap_or(usize::MAX)
+        usize::try_from(self.settings.record_body_bytes)
+            .unwrap_or(usize::MAX)
+            .min(MAX_RECORDED_BODY)
     }
 }
 
