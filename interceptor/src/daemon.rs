@@ -274,7 +274,14 @@ impl Daemon {
                     counts: (self.proxy.store.metrics()).counts(g.held_approvals, g.store.lost),
                 })?
             }
-            Request::Sessions => serde_json::to_value(self.sessions().await?)?,
+            Request::Sessions { last } => {
+                let store = self.proxy.store.clone();
+                let sessions = tokio::task::spawn_blocking(move || match last {
+                    None => store.sessions(),
+                    Some(n) => store.newest_sessions(n),
+                });
+                serde_json::to_value(sessions.await??)?
+            }
             Request::Session { id } => {
                 let store = self.proxy.store.clone();
                 let session = match id.parse::<u64>() {
@@ -367,10 +374,5 @@ impl Daemon {
 
     pub fn store(&self) -> &crate::sessions::Store {
         &self.proxy.store
-    }
-
-    async fn sessions(&self) -> anyhow::Result<Vec<crate::sessions::Session>> {
-        let store = self.proxy.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.sessions()).await??)
     }
 }

@@ -773,6 +773,10 @@ fn show_reads_sessions_across_rolled_segments_also_after_kill_9() -> Result<()> 
         serde_json::from_slice::<Value>(&unparsed).is_ok(),
         "torn index not rebuilt"
     );
+    // The newest few, read from where they begin.
+    let all: Vec<Value> = d.cli_json(["sessions", "list", "--json"])?;
+    let last: Vec<Value> = d.cli_json(["sessions", "list", "--last", "3", "--json"])?;
+    ensure!(last[..] == all[all.len() - 3..], "--last 3: {last:#?}");
     verify_ok(&d)?;
     Ok(())
 }

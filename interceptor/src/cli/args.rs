@@ -249,6 +249,9 @@ pub struct ExecArgs {
 pub enum SessionsCommand {
     /// Every recorded connection, oldest first.
     List {
+        /// Only the newest N (read from the segment where they begin, not the whole store).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        last: Option<u64>,
         #[arg(long)]
         json: bool,
     },

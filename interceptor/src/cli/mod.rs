@@ -89,8 +89,8 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
         Command::Approvals(cmd) => approvals::run(socket, cmd),
         Command::Ca(command) => ca::run(socket, command).map(|()| 0),
         Command::Rules(command) => secrets::run(command),
-        Command::Sessions(SessionsCommand::List { json }) => {
-            let sessions: Vec<Session> = client::call(socket, &Request::Sessions)?;
+        Command::Sessions(SessionsCommand::List { last, json }) => {
+            let sessions: Vec<Session> = client::call(socket, &Request::Sessions { last })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else {

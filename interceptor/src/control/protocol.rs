@@ -16,7 +16,11 @@ pub enum Request {
         target: Target,
     },
     Status,
-    Sessions,
+    Sessions {
+        /// Only the newest this many.
+        #[serde(default)]
+        last: Option<u64>,
+    },
     Session {
         id: String,
     },

@@ -25,6 +25,20 @@ impl StartIndex {
         self.0.lock().unwrap().remove(&segment);
     }
 
+    /// The highest id of a session whose start is written.
+    pub fn newest(&self) -> Option<u64> {
+        self.0.lock().unwrap().values().map(|r| r.1).max()
+    }
+
+    /// Where to start reading for the sessions from `id` on: the first segment in which a
+    /// session with an id as high started (every earlier one holds only lower ids).
+    pub fn find_from(&self, id: u64) -> Option<Position> {
+        let map = self.0.lock().unwrap();
+        map.iter()
+            .find(|(_, (_, high))| *high >= id)
+            .map(|(&segment, _)| Position { segment, offset: 0 })
+    }
+
     /// Where to start reading for session `id`, if its start is in the store.
     pub fn find(&self, id: u64) -> Option<Position> {
         let map = self.0.lock().unwrap();
@@ -49,6 +63,12 @@ mod tests {
         assert_eq!(
             (at(1), at(3), at(5), at(8), at(9)),
             (Some(1), Some(1), Some(2), Some(3), None)
+        );
+        assert_eq!(index.newest(), Some(8));
+        let from = |id| index.find_from(id).map(|p| p.segment);
+        assert_eq!(
+            (from(2), from(5), from(8), from(9)),
+            (Some(1), Some(2), Some(3), None)
         );
         index.remove(1);
         assert_eq!(at(3), Some(2));

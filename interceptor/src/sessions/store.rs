@@ -181,6 +181,18 @@ impl Store {
         read_sessions(&self.dir)
     }
 
+    /// The newest `n` sessions, oldest first, read from the segment where they begin.
+    pub fn newest_sessions(&self, n: u64) -> Result<Vec<Session>, StoreError> {
+        let Some(newest) = self.starts.newest() else {
+            return Ok(Vec::new());
+        };
+        let first = newest.saturating_sub(n.saturating_sub(1)).max(1);
+        match self.starts.find_from(first) {
+            Some(from) => fold_sessions(&self.dir, from.segment, first),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// One session, read only from the segments (and in closed ones, the byte ranges) that
     /// hold its records; None when its start is not in the store.
     pub fn session(&self, id: u64) -> Result<Option<Session>, StoreError> {
@@ -220,9 +232,21 @@ impl StoreWriter {
 
 /// Folds the events of every segment into sessions, oldest first.
 pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
+    fold_sessions(dir, 0, 0)
+}
+
+/// Folds the sessions with ids from `first_id` on, reading segments from `first_segment`.
+fn fold_sessions(
+    dir: &Path,
+    first_segment: u64,
+    first_id: u64,
+) -> Result<Vec<Session>, StoreError> {
     let mut sessions: Vec<Session> = Vec::new();
     let mut index = HashMap::new();
     for path in segment_paths(dir).map_err(io_err(dir))? {
+        if segment_number(&path).is_some_and(|n| n < first_segment) {
+            continue;
+        }
         let bytes = fs::read(&path).map_err(io_err(&path))?;
         for (_, payload) in Frames::new(&bytes) {
             let record: Record = match serde_json::from_slice(payload) {
@@ -233,6 +257,7 @@ pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
                 }
             };
             match record.event {
+                Event::Start(start) if start.id < first_id => {}
                 Event::Start(start) => {
                     index.insert(start.id, sessions.len());
                     sessions.push(Session::from_start(start));
@@ -843,6 +868,12 @@ pub mod tests {
             assert_eq!(json(&one), json(s));
         }
         assert!(store.session(99).unwrap().is_none());
+        // The newest n, from the segment where they begin.
+        let ids = |v: Vec<Session>| v.iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.newest_sessions(1).unwrap()), vec![3]);
+        assert_eq!(ids(store.newest_sessions(2).unwrap()), vec![2, 3]);
+        assert_eq!(ids(store.newest_sessions(9).unwrap()), vec![1, 2, 3]);
+        assert_eq!(json(&store.newest_sessions(2).unwrap()[0]), json(&all[1]));
         // Closed segments that were asked about are indexed; the one being written is not.
         let writing = store.written().borrow().segment;
         assert_eq!(writing, 5);
