@@ -307,7 +307,15 @@ fn held_request_shows_a_masked_body_preview_then_forwards_the_whole_body() -> Re
     let rules = workspace_root().join("policies/rules");
     let s = setup_with(&["--rules", rules.to_str().context("utf-8")?])?;
     let secret = "AKIAQYLPMN5HHHFPZAM2";
-    let payload = format!("key={secret}\n{}END", "0123456789abcdef".repeat(1024));
+    // A second copy straddles the preview's end (byte 4096): it is masked there too.
+    let head = format!("key={secret}\n");
+    let filler = "0123456789abcdef".repeat(1024);
+    let payload = format!(
+        "{head}{} {secret} {}END",
+        &filler[..4090 - head.len() - 1],
+        &filler[..8192]
+    );
+    assert_eq!(payload.find(&format!(" {secret}")), Some(4089));
     let masked = payload.replace(secret, "AKIA****************");
     let client = background_curl(&s, &["--data-binary", &payload, &s.server.url("/echo")]);
     let (p, id) = pending(&s.d)?;
