@@ -11,7 +11,7 @@ pub mod tail;
 pub mod verify;
 
 pub use record::{
-    Event, HttpExchange, Outcome, PolicyDecision, RecordedBody, Session, SessionEnd,
-    SessionStart, TlsInfo, TlsMode, UpgradedBytes,
+    Event, HttpExchange, Outcome, PolicyDecision, RecordedBody, Session, SessionEnd, SessionStart,
+    TlsInfo, TlsMode, UpgradedBytes,
 };
 pub use store::{Store, StoreWriter};
