@@ -8,8 +8,10 @@ pub mod counted;
 mod dispatch;
 pub mod peek;
 mod prefixed;
+pub mod scan;
 mod sniff;
 mod upstream;
+mod websocket;
 
 use std::collections::HashMap;
 use std::io;

@@ -138,6 +138,23 @@ impl TestPki {
         })
     }
 
+    /// A certificate for `names` signed by this CA, and its key, as PEM files (for servers
+    /// that are not in this process); returns (chain, key).
+    pub fn server_pem(&self, names: &[&str]) -> Result<(PathBuf, PathBuf)> {
+        let key = KeyPair::generate()?;
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        let dir = self.ca_file.parent().context("CA dir")?;
+        let (chain, key_file) = (
+            dir.join(format!("{}.pem", names[0])),
+            dir.join(format!("{}-key.pem", names[0])),
+        );
+        std::fs::write(&chain, cert.pem() + &self.ca.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        Ok((chain, key_file))
+    }
+
     /// A server configuration with a certificate for `names` (DNS names or IPs) signed by
     /// this CA, offering h2 and http/1.1.
     pub fn server_config(&self, names: &[&str]) -> Result<Arc<ServerConfig>> {

@@ -1,7 +1,8 @@
-//! Python test servers (tests/scripts/server.py): echo, hash, http.
+//! Python test servers (tests/scripts/server.py): echo, hash, http, say, ws.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,9 @@ pub struct ServerRecord {
     pub error: Option<String>,
     #[serde(default)]
     pub request: Option<String>,
+    /// say and ws modes: the line, or the end of each WebSocket payload.
+    #[serde(default)]
+    pub messages: Vec<String>,
 }
 
 /// A running test server. Drop kills it (by pid) and prints what it logged to stderr.
@@ -45,8 +49,10 @@ pub struct ServerOpts<'a> {
     pub netns: Option<&'a Netns>,
     /// hash mode: size of the reply payload.
     pub reply_bytes: usize,
-    /// hash mode: seed of the reply payload.
+    /// hash mode: seed of the reply payload; say and ws modes: the reply text.
     pub seed: &'a str,
+    /// TLS on every connection: certificate chain and key (PEM files).
+    pub tls: Option<(&'a Path, &'a Path)>,
 }
 
 impl Default for ServerOpts<'_> {
@@ -55,6 +61,7 @@ impl Default for ServerOpts<'_> {
             netns: None,
             reply_bytes: 0,
             seed: "reply",
+            tls: None,
         }
     }
 }
@@ -96,6 +103,14 @@ impl Server {
             .args(["--bind", ip])
             .args(["--reply-bytes", &opts.reply_bytes.to_string()])
             .args(["--seed", opts.seed])
+            .args(opts.tls.iter().flat_map(|(cert, key)| {
+                [
+                    "--tls-cert".as_ref(),
+                    cert.as_os_str(),
+                    "--tls-key".as_ref(),
+                    key.as_os_str(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

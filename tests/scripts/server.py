@@ -2,23 +2,32 @@
 """Test servers for the interceptor e2e tests.
 
 usage: server.py MODE --bind ADDR [--port P] [--reply-bytes N] [--seed S]
+                 [--tls-cert PEM --tls-key PEM]
 
 MODE
   echo  echoes everything back; after the client's EOF, shuts down its write side.
   hash  reads until EOF, then sends N bytes of the deterministic payload for SEED.
   http  one HTTP/1.1 request per connection; replies 200 with the request body (POST/PUT)
         or "ok\\n" (anything else). Honours "Expect: 100-continue".
+  say   reads one line, answers SEED and a newline, waits for EOF.
+  ws    a WebSocket server (HTTP/1.1 upgrade): answers every data frame with a text frame
+        SEED, until the client's close frame.
+
+With --tls-cert/--tls-key, each connection is TLS first (no ALPN).
 
 Prints "LISTENING <port>" once bound, then one JSON line per finished connection:
   {"mode", "peer", "local", "received", "sha256", "sent", "error"}
-where received/sha256 describe what the client sent (the HTTP body in http mode).
+where received/sha256 describe what the client sent (the HTTP body in http mode), and, in
+say and ws modes, "messages": the line, or the last 200 bytes of each WebSocket payload.
 The deterministic payload is sha256(f"{seed}:{i}") blocks, i = 0, 1, ..., cut to N bytes.
 """
 import argparse
+import base64
 import hashlib
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 
@@ -125,7 +134,72 @@ def serve_http(conn, rec, args):
         pass
 
 
-HANDLERS = {"echo": serve_echo, "hash": serve_hash, "http": serve_http}
+def serve_say(conn, rec, args):
+    f = conn.makefile("rb")
+    line = f.readline()
+    rec["received"] = len(line)
+    rec["messages"] = [line.decode(errors="replace").rstrip("\n")]
+    reply = args.seed.encode() + b"\n"
+    conn.sendall(reply)
+    rec["sent"] = len(reply)
+    while f.read(1 << 16):
+        pass
+
+
+def ws_frame(opcode, payload):
+    """A server frame (never masked), FIN set."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n <= 0xFFFF:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def ws_read_frame(f):
+    """(opcode, payload) of the next frame, unmasked; None at EOF."""
+    head = f.read(2)
+    if len(head) < 2:
+        return None
+    n = head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(f.read(8), "big")
+    key = f.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+    data = f.read(n)
+    return head[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def serve_ws(conn, rec, args):
+    f = conn.makefile("rb")
+    headers = {}
+    rec["request"] = f.readline().decode().rstrip("\r\n")
+    while (line := f.readline().decode().rstrip("\r\n")):
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    accept = base64.b64encode(hashlib.sha1(
+        headers["sec-websocket-key"].encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    rec["messages"] = []
+    while (frame := ws_read_frame(f)) is not None:
+        opcode, payload = frame
+        if opcode == 8:
+            conn.sendall(ws_frame(8, payload))
+            break
+        if opcode in (1, 2):
+            rec["received"] += len(payload)
+            rec["messages"].append(payload[-200:].decode(errors="replace"))
+            reply = ws_frame(1, args.seed.encode())
+            conn.sendall(reply)
+            rec["sent"] += len(reply)
+
+
+HANDLERS = {"echo": serve_echo, "hash": serve_hash, "http": serve_http, "say": serve_say,
+            "ws": serve_ws}
 
 
 def handle(conn, peer, args):
@@ -140,6 +214,8 @@ def handle(conn, peer, args):
     }
     try:
         conn.settimeout(120)
+        if args.tls:
+            conn = args.tls.wrap_socket(conn, server_side=True)
         HANDLERS[args.mode](conn, rec, args)
     except Exception as e:  # reported to the test, which decides
         rec["error"] = f"{type(e).__name__}: {e}"
@@ -155,7 +231,13 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--reply-bytes", type=int, default=0)
     p.add_argument("--seed", default="reply")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     args = p.parse_args()
+    args.tls = None
+    if args.tls_cert:
+        args.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        args.tls.load_cert_chain(args.tls_cert, args.tls_key)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     fam = socket.AF_INET6 if ":" in args.bind else socket.AF_INET

@@ -17,6 +17,11 @@ trust store only. Prints one JSON report on stdout.
                                            responses read in order
   tls_client.py trailers HOST PORT         TLS, a chunked POST /echo with a trailer; reads
                                            the chunked response and its trailers
+  tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
+                                           TEXT" and a 70000-byte masked binary frame ending
+                                           in " TEXT"; reports the server's replies
+  tls_client.py tlssay HOST PORT TEXT      TLS without ALPN, a line TEXT (not HTTP); reports
+                                           the line that comes back
   tls_client.py h2stall HOST PORT          TLS with ALPN h2, the preface and SETTINGS, then
                                            half a HEADERS frame and silence
 """
@@ -135,6 +140,52 @@ def frame_types(data):
     return types
 
 
+def ws_masked_frame(opcode, payload):
+    """A client frame, FIN set, masked with a fixed key."""
+    key = bytes.fromhex("37fa213d")
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n <= 0xFFFF:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def wssecret(host, port, text):
+    s = socket.create_connection((host, port), timeout=20)
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n" % host.encode())
+    f = s.makefile("rb")
+    status = f.readline().decode().rstrip("\r\n")
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    # Both frames in one write: the proxy must find the boundary inside its reads.
+    s.sendall(ws_masked_frame(1, b"token " + text.encode())
+              + ws_masked_frame(2, b"a" * (69999 - len(text)) + b" " + text.encode()))
+    received = []
+    for _ in range(2):
+        head = f.read(2)
+        n = head[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(f.read(2), "big")
+        received.append(f.read(n).decode(errors="replace"))
+    s.sendall(ws_masked_frame(8, b"\x03\xe8"))
+    closing = f.read(4)
+    s.close()
+    return {"status_line": status, "received": received, "close_hex": closing.hex()}
+
+
+def tlssay(host, port, text):
+    s = tls_connect(host, port)
+    s.sendall(text.encode() + b"\n")
+    reply = s.makefile("rb").readline().decode().rstrip("\n")
+    s.close()
+    return {"reply": reply}
+
+
 def h2stall(host, port):
     ctx = ssl.create_default_context()
     ctx.set_alpn_protocols(["h2"])
@@ -236,6 +287,10 @@ def main():
         out = parallel(sys.argv[2], int(sys.argv[3]))
     elif mode == "pipeline":
         out = pipeline(sys.argv[2], int(sys.argv[3]))
+    elif mode == "wssecret":
+        out = wssecret(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "tlssay":
+        out = tlssay(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2stall":
         out = h2stall(sys.argv[2], int(sys.argv[3]))
     elif mode == "trailers":

@@ -375,6 +375,7 @@ fn ipv6_to_netns_host() -> Result<()> {
             netns: Some(&ns),
             reply_bytes: 1_500_000,
             seed: "down-3",
+            ..Default::default()
         },
     )?;
     assert!(srv.addr().starts_with("[fd00:"));
@@ -440,6 +441,7 @@ fn netns_container_identity() -> Result<()> {
             netns: Some(&server_ns),
             reply_bytes: 1_000_000,
             seed: "down-5",
+            ..Default::default()
         },
     )?;
     let cid = sha256_hex(format!("container-{}-{}", std::process::id(), next_id()).as_bytes());

@@ -52,6 +52,7 @@ fn netns_veth_ipv6_and_hash_server() -> Result<()> {
                 netns: Some(&ns),
                 reply_bytes: 100_000,
                 seed: "ns-reply",
+                ..Default::default()
             },
         )?;
         let out = run_with_timeout(

@@ -1,5 +1,8 @@
 //! The HTTP layer's edges, end to end through `interceptor exec` with real clients: HTTP/1.1
-//! pipelining and trailers over intercepted TLS, the HTTP/2 header timeout.
+//! pipelining and trailers over intercepted TLS, the HTTP/2 header timeout, secrets masked
+//! in WebSocket frames and in decrypted streams that are not HTTP.
+
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use interceptor_tests::https::{
@@ -123,4 +126,138 @@ fn an_http2_client_that_never_finishes_its_headers_is_closed_after_the_header_ti
         "{s:#}"
     );
     Ok(())
+}
+
+/// Detected by the shipped rules: github.ghp going up, aws.access-key-id coming down.
+const UP_SECRET: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+const DOWN_SECRET: &str = "AKIAQYLPMN5HHHFPZAM2";
+
+/// A daemon as `setup` makes it, masking secrets with the shipped rules.
+fn masking_daemon(pki: &TestPki) -> Result<Daemon> {
+    let rules = workspace_root().join("policies/rules");
+    intercepting_daemon(pki, &["--rules", rules.to_str().unwrap()])
+}
+
+/// `text` holds the secret masked in place: its first bytes, then `*`, same length.
+fn masked_in(text: &str, secret: &str) -> bool {
+    !text.contains(secret) && text.contains(&format!("{}*", &secret[..4]))
+}
+
+/// The session's findings as (rule, direction, location).
+fn findings(s: &Value) -> Vec<(String, String, String)> {
+    s["secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let field = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+            (field("rule"), field("direction"), field("location"))
+        })
+        .collect()
+}
+
+fn ensure_found_both_ways(s: &Value) -> Result<()> {
+    let found = findings(s);
+    for want in [
+        ("github.ghp", "up", "stream"),
+        ("aws.access-key-id", "down", "stream"),
+    ] {
+        ensure!(
+            found
+                .iter()
+                .any(|f| (f.0.as_str(), f.1.as_str(), f.2.as_str()) == want),
+            "no {want:?} finding: {s:#}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn websocket_frames_are_unmasked_scanned_and_masked_again_both_ways() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let d = masking_daemon(&pki)?;
+    let reply = format!("key {DOWN_SECRET}");
+    let server = Server::start(
+        "ws",
+        "127.0.0.3",
+        ServerOpts {
+            seed: &reply,
+            ..Default::default()
+        },
+    )?;
+    let port = server.port().to_string();
+    let r = tls_client(&d, &["wssecret", "127.0.0.3", &port, UP_SECRET])?;
+    ensure!(
+        r["status_line"] == "HTTP/1.1 101 Switching Protocols",
+        "{r:#}"
+    );
+    let received: Vec<&str> = r["received"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        received.len() == 2
+            && received
+                .iter()
+                .all(|m| m.len() == reply.len() && masked_in(m, DOWN_SECRET)),
+        "server frames must arrive with the secret masked: {r:#}"
+    );
+    // The close frame after them still parses: framing survived the masking.
+    ensure!(r["close_hex"] == "880203e8", "{r:#}");
+    let rec = &server.wait_records(1, Duration::from_secs(30))?[0];
+    ensure!(
+        rec.messages.len() == 2
+            && rec.messages[0].len() == 6 + UP_SECRET.len()
+            && rec.messages.iter().all(|m| masked_in(m, UP_SECRET)),
+        "client frames must arrive unmasked by XOR, secret masked: {rec:?}"
+    );
+    ensure!(
+        rec.received == 6 + UP_SECRET.len() as u64 + 70_000,
+        "{rec:?}"
+    );
+    let s = ended_session(&d, server.port())?;
+    ensure!(s["http"][0]["status"] == 101, "{s:#}");
+    ensure_found_both_ways(&s)
+}
+
+#[test]
+fn a_secret_in_tls_that_is_not_http_is_masked_both_ways() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let d = masking_daemon(&pki)?;
+    let (chain, key) = pki.server_pem(&["127.0.0.2"])?;
+    let reply = format!("key {DOWN_SECRET}");
+    let server = Server::start(
+        "say",
+        "127.0.0.2",
+        ServerOpts {
+            seed: &reply,
+            tls: Some((&chain, &key)),
+            ..Default::default()
+        },
+    )?;
+    let port = server.port().to_string();
+    let r = tls_client(&d, &["tlssay", "127.0.0.2", &port, UP_SECRET])?;
+    let got = r["reply"].as_str().unwrap_or_default();
+    ensure!(
+        got.len() == reply.len() && masked_in(got, DOWN_SECRET),
+        "{r:#}"
+    );
+    let rec = &server.wait_records(1, Duration::from_secs(30))?[0];
+    ensure!(
+        rec.error.is_none()
+            && rec.messages.len() == 1
+            && rec.messages[0].len() == UP_SECRET.len()
+            && masked_in(&rec.messages[0], UP_SECRET),
+        "{rec:?}"
+    );
+    let s = ended_session(&d, server.port())?;
+    ensure!(
+        s["tls"]["mode"] == "terminated" && s["http"].as_array().is_none_or(Vec::is_empty),
+        "{s:#}"
+    );
+    ensure_found_both_ways(&s)
 }

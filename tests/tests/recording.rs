@@ -396,6 +396,12 @@ fn approvals_and_their_decisions_are_recorded() -> Result<()> {
         Ok(list.into_iter().next())
     })?;
     let approval = pending["id"].to_string();
+    let held: Value = s.d.cli_json(["status", "--json"])?;
+    ensure!(
+        held["counts"]["approvals"]["held"] == 1 && held["counts"]["approvals"]["requested"] == 1,
+        "status while held: {:#}",
+        held["counts"]
+    );
     s.d.cli_ok(["approvals", "approve", &approval, "--reason", "release day"])?;
     let out = client.wait()?;
     ensure!(
@@ -446,6 +452,17 @@ fn approvals_and_their_decisions_are_recorded() -> Result<()> {
             && approved["reason"] == "release day",
         "{approved:#}"
     );
+    // `sessions tail` prints both as lines of their own.
+    let lines = s.d.cli_ok(["sessions", "tail"])?;
+    for line in [
+        format!("approval #{approval} HELD for session {id} by rule needs-a-person: api.test:"),
+        format!("approval #{approval} approved by root: release day"),
+    ] {
+        ensure!(lines.contains(&line), "{line:?} not in:\n{lines}");
+    }
+    let after: Value = s.d.cli_json(["status", "--json"])?;
+    let a = &after["counts"]["approvals"];
+    ensure!(a["held"] == 0 && a["approved"] == 1, "status after: {a:#}");
     Ok(())
 }
 

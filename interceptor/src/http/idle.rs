@@ -129,6 +129,10 @@ mod tests {
         tokio::time::sleep(LIMIT / 2).await;
         drop(inflight.busy());
         idle.await.unwrap();
-        assert!(started.elapsed() >= LIMIT / 2 + LIMIT, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= LIMIT / 2 + LIMIT,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -28,10 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proxy::counted::Counted;
+use crate::proxy::scan::StreamScan;
 use crate::relay::Traffic;
 pub use exchange::Recorder;
 use exchange::{Exchange, HttpBody, Metered, Side};
 use hook::{ExchangeInfo, Hooks, Verdict};
+use interceptor::relay_scan::Counters;
 
 /// Drives the client connection toward the upstream.
 type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -70,6 +72,7 @@ struct Connection {
     sni: Option<String>,
     identity: Arc<crate::identity::Identity>,
     enrollment: Option<Arc<str>>,
+    streams: Option<Arc<StreamScan>>,
     next_seq: AtomicU64,
     upstream: Upstream,
     /// Relays of upgraded (WebSocket) streams, awaited before the session ends.
@@ -87,6 +90,9 @@ pub struct ConnectionInfo {
     pub session: u64,
     pub destination: SocketAddr,
     pub sni: Option<String>,
+    /// How upgraded streams (WebSocket, CONNECT tunnels) are scanned for secrets; None:
+    /// relayed as they are.
+    pub streams: Option<Arc<StreamScan>>,
     pub identity: Arc<crate::identity::Identity>,
     pub enrollment: Option<Arc<str>>,
 }
@@ -147,6 +153,7 @@ impl HttpLayer {
             sni: info.sni,
             identity: info.identity,
             enrollment: info.enrollment,
+            streams: info.streams,
             next_seq: AtomicU64::new(0),
             upstream: sender,
             upgrades: Mutex::new(Vec::new()),
@@ -264,6 +271,15 @@ impl Connection {
         let tunnel = req.method() == http::Method::CONNECT;
         let client_upgrade = (tunnel || req.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut req));
+        let websocket = req
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if websocket && self.streams.is_some() {
+            // Compressed frames (permessage-deflate) could not be scanned: keep them plain.
+            req.headers_mut()
+                .remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+        }
         let sent = match &self.upstream {
             Upstream::Http1(sender) => {
                 let mut sender = sender.lock().await;
@@ -294,6 +310,7 @@ impl Connection {
                 client_upgrade,
                 upstream_upgrade,
                 exchange.clone(),
+                self.streams.clone().map(|scan| (scan, websocket)),
             ));
             self.upgrades.lock().unwrap().push(relay);
         }
@@ -331,11 +348,13 @@ fn answer(exchange: &Exchange, status: StatusCode, reason: String) -> Response<H
 }
 
 /// After `101 Switching Protocols` (WebSocket) or a CONNECT's 2xx both sides speak something
-/// else: relay the raw bytes and record how many went each way.
+/// else: relay the bytes (through the scanner, with whether they are WebSocket frames, when
+/// secrets are masked) and record how many went each way.
 async fn relay_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     exchange: Arc<Exchange>,
+    scan: Option<(Arc<StreamScan>, bool)>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -344,7 +363,22 @@ async fn relay_upgraded(
     let traffic = Arc::new(Traffic::default());
     let mut client = Counted::client(TokioIo::new(client), traffic.clone());
     let mut upstream = Counted::upstream(TokioIo::new(upstream), traffic.clone());
-    if let Err(e) = crate::proxy::relay_streams(&mut client, &mut upstream).await {
+    // Counted on the wire: what the scanner reads of a WebSocket has a newline per frame more.
+    let counters = Counters::default();
+    let relayed = match scan {
+        Some((scan, true)) => scan
+            .relay_websocket(client, upstream, &counters)
+            .await
+            .map_err(|e| e.to_string()),
+        Some((scan, false)) => scan
+            .relay(client, upstream, &counters)
+            .await
+            .map_err(|e| e.to_string()),
+        None => crate::proxy::relay_streams(&mut client, &mut upstream)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = relayed {
         exchange.fail(format_args!("upgraded stream: {e}"));
     }
     exchange.upgraded(

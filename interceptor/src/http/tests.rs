@@ -130,6 +130,7 @@ async fn run(version: Version) -> Vec<HttpExchange> {
             session: 7,
             destination: upstream,
             sni: None,
+            streams: None,
             identity: Default::default(),
             enrollment: None,
         };
@@ -238,6 +239,7 @@ async fn connect_tunnels_are_relayed_and_counted() {
             session: 1,
             destination: upstream,
             sni: None,
+            streams: None,
             identity: Default::default(),
             enrollment: None,
         };

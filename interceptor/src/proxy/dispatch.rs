@@ -13,16 +13,16 @@ use tokio::time::timeout;
 use super::Proxy;
 use super::counted::Counted;
 use super::prefixed::Prefixed;
+use super::scan::StreamScan;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
 use super::upstream::Upstream;
 use crate::gate::Tls as GateTls;
-use crate::http::masking::Masking;
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
 use crate::identity::Identity;
 use crate::relay::{self, Side, Traffic};
 use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
-use interceptor::relay_scan::{Counters, Peer as ScanPeer, ScanRelay};
+use interceptor::relay_scan::{Counters, Peer as ScanPeer, ScanRelayError};
 
 /// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
 const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
@@ -73,15 +73,9 @@ impl Proxy {
                     Err(e) => return super::dial_failed(&client, dest, &e),
                 };
                 // Scanned when the policy's decision for it selects secret rules.
-                let scanner = self.masking.as_ref().and_then(|m| {
-                    let relay =
-                        m.scan_relay(&peer.identity, peer.enrollment.as_deref(), None, dest)?;
-                    Some((m, relay))
-                });
-                return match scanner {
-                    Some((masking, relay)) => {
-                        self.scan(id, masking, relay, client, upstream, &traffic).await
-                    }
+                let enrollment = peer.enrollment.as_deref();
+                return match self.stream_scan(id, &peer.identity, enrollment, None, dest) {
+                    Some(scan) => scan_tcp(&scan, client, upstream, &traffic).await,
                     None => splice(client, upstream, &traffic).await,
                 };
             }
@@ -92,6 +86,7 @@ impl Proxy {
             session: id,
             destination: dest,
             sni: None,
+            streams: self.stream_scan(id, &peer.identity, peer.enrollment.as_deref(), None, dest),
             identity: peer.identity,
             enrollment: peer.enrollment,
         };
@@ -224,9 +219,11 @@ impl Proxy {
                 return client_tls_error(format!("client handshake not done within {limit:?}"));
             }
         };
+        let enrollment = peer.enrollment.as_deref();
         let info = ConnectionInfo {
             session: id,
             destination: dest,
+            streams: self.stream_scan(id, &peer.identity, enrollment, sni.as_deref(), dest),
             sni,
             identity: peer.identity,
             enrollment: peer.enrollment,
@@ -278,7 +275,8 @@ impl Proxy {
     }
 
     /// A decrypted stream that is not HTTP: decided by the policy without its HTTP rules
-    /// (when HTTP rules were what sent it here), then relayed as it is.
+    /// (when HTTP rules were what sent it here), then relayed, through the scanner when
+    /// secrets are masked.
     async fn relay_opaque<C, U>(&self, info: &ConnectionInfo, client: C, upstream: U) -> Ended
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -295,48 +293,13 @@ impl Proxy {
         if let Err(why) = opaque.await {
             return (Outcome::Denied, Some(why));
         }
-        relay_decrypted(client, upstream).await
-    }
-
-    /// Raw TCP with secret masking: copied through a scanning relay instead of spliced.
-    async fn scan(
-        &self,
-        id: u64,
-        masking: &Masking,
-        relay: ScanRelay,
-        mut client: TcpStream,
-        mut upstream: TcpStream,
-        traffic: &Traffic,
-    ) -> Ended {
-        let counters = Counters::default();
-        let relayed = relay
-            .relay(
-                &mut client,
-                &mut upstream,
-                &counters,
-                |direction, finding| {
-                    let found = masking.stream_finding(id, direction, finding);
-                    self.store.append(Event::Secret(found));
-                },
-            )
-            .await;
-        traffic
-            .up
-            .store(counters.up.load(Ordering::Relaxed), Ordering::Relaxed);
-        traffic
-            .down
-            .store(counters.down.load(Ordering::Relaxed), Ordering::Relaxed);
-        match relayed {
-            Ok(()) => (Outcome::Closed, None),
-            Err(e) => {
-                relay::reset(&client);
-                relay::reset(&upstream);
-                let outcome = match e.peer() {
-                    Some(ScanPeer::Upstream) => Outcome::UpstreamError,
-                    _ => Outcome::ClientError,
-                };
-                (outcome, Some(e.to_string()))
-            }
+        match &info.streams {
+            // The wire bytes are counted under TLS already.
+            Some(scan) => match scan.relay(client, upstream, &Counters::default()).await {
+                Ok(()) => (Outcome::Closed, None),
+                Err(e) => scan_failed(&e, format!("decrypted relay: {e}")),
+            },
+            None => relay_decrypted(client, upstream).await,
         }
     }
 
@@ -377,6 +340,40 @@ where
         Ok(()) => (Outcome::Closed, None),
         Err(e) => (Outcome::ClientError, Some(format!("decrypted relay: {e}"))),
     }
+}
+
+/// Raw TCP with secret masking: copied through the scanning relay instead of spliced.
+async fn scan_tcp(
+    scan: &StreamScan,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    traffic: &Traffic,
+) -> Ended {
+    let counters = Counters::default();
+    let relayed = scan.relay(&mut client, &mut upstream, &counters).await;
+    traffic
+        .up
+        .store(counters.up.load(Ordering::Relaxed), Ordering::Relaxed);
+    traffic
+        .down
+        .store(counters.down.load(Ordering::Relaxed), Ordering::Relaxed);
+    match relayed {
+        Ok(()) => (Outcome::Closed, None),
+        Err(e) => {
+            relay::reset(&client);
+            relay::reset(&upstream);
+            scan_failed(&e, e.to_string())
+        }
+    }
+}
+
+/// The outcome of a scanning relay that failed: blamed on the peer at fault.
+fn scan_failed(e: &ScanRelayError, why: String) -> Ended {
+    let outcome = match e.peer() {
+        Some(ScanPeer::Upstream) => Outcome::UpstreamError,
+        _ => Outcome::ClientError,
+    };
+    (outcome, Some(why))
 }
 
 fn client_tls_error(why: String) -> Ended {

@@ -1,0 +1,567 @@
+//! WebSocket frames (RFC 6455 §5.2) through the scanning relay. A client's frames are
+//! XOR-masked with a key per frame, so their payload is unreadable as it is on the wire.
+//!
+//! [`FrameReader`] sits on the side a direction reads from: it parses each frame header
+//! (bounds-checked, never buffering a payload), hands the scanner the header as it is and
+//! the payload unmasked, and notes the frame's layout. [`FrameWriter`] sits on the side the
+//! same direction writes to: it takes the scanner's output (same length, secrets masked),
+//! puts the original header bytes back (whatever the scanner made of them) and masks each
+//! payload again with its key. Server frames, which are not masked, pass the same way.
+//!
+//! A frame's end is a message boundary, but on the wire the next header or nothing at all
+//! follows it: a secret that ends a frame would look unfinished to the scanner (it could go
+//! on) until the idle flush forwarded it. So the reader hands the scanner one newline after
+//! each payload, and the writer drops it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf, ReadHalf, WriteHalf};
+
+/// Longest frame header: 2 bytes, 8 of extended length, 4 of masking key.
+const MAX_HEADER: usize = 14;
+const READ_SIZE: usize = 16 * 1024;
+
+/// Both ends of a WebSocket, as the scanning relay is to see them: each reads unmasked
+/// payloads and writes frames restored.
+pub fn framed<C, U>(client: C, upstream: U) -> (Framed<C>, Framed<U>)
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (client_rx, client_tx) = tokio::io::split(client);
+    let (upstream_rx, upstream_tx) = tokio::io::split(upstream);
+    let (up, down) = (Arc::new(Layout::default()), Arc::new(Layout::default()));
+    (
+        tokio::io::join(
+            FrameReader::new(client_rx, up.clone()),
+            FrameWriter::new(client_tx, down.clone()),
+        ),
+        tokio::io::join(
+            FrameReader::new(upstream_rx, down),
+            FrameWriter::new(upstream_tx, up),
+        ),
+    )
+}
+
+pub type Framed<S> = Join<FrameReader<ReadHalf<S>>, FrameWriter<WriteHalf<S>>>;
+
+/// One stretch of a direction's stream, as the reader parsed it.
+enum Segment {
+    Header {
+        bytes: [u8; MAX_HEADER],
+        len: usize,
+    },
+    Payload {
+        len: u64,
+        key: Option<[u8; 4]>,
+    },
+    /// The newline after a payload, which is not sent on.
+    End,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        match self {
+            Segment::Header { len, .. } => *len as u64,
+            Segment::Payload { len, .. } => *len,
+            Segment::End => 1,
+        }
+    }
+}
+
+/// The frames of one direction that were read and not yet written back, in order.
+#[derive(Default)]
+struct Layout(Mutex<VecDeque<Segment>>);
+
+enum State {
+    /// Collecting a header; `have` bytes of it so far.
+    Head { have: usize },
+    /// Handing the complete header on; its payload follows.
+    EmitHead {
+        at: usize,
+        len: usize,
+        payload: u64,
+        key: Option<[u8; 4]>,
+    },
+    Payload {
+        remaining: u64,
+        key: Option<[u8; 4]>,
+        offset: u64,
+    },
+    /// Handing on the newline that ends a payload.
+    End,
+}
+
+/// The reading half of one direction: payloads unmasked, layout noted.
+pub struct FrameReader<R> {
+    inner: R,
+    layout: Arc<Layout>,
+    state: State,
+    header: [u8; MAX_HEADER],
+    /// Read from `inner`, not handed out yet.
+    raw: Box<[u8]>,
+    raw_at: usize,
+    raw_len: usize,
+}
+
+impl<R> FrameReader<R> {
+    fn new(inner: R, layout: Arc<Layout>) -> Self {
+        FrameReader {
+            inner,
+            layout,
+            state: State::Head { have: 0 },
+            header: [0; MAX_HEADER],
+            raw: vec![0; READ_SIZE].into_boxed_slice(),
+            raw_at: 0,
+            raw_len: 0,
+        }
+    }
+
+    /// Moves what is buffered into `out` until one of them runs out.
+    fn process(&mut self, out: &mut ReadBuf<'_>) -> io::Result<()> {
+        while out.remaining() > 0 {
+            let raw = &self.raw[self.raw_at..self.raw_len];
+            match &mut self.state {
+                State::Head { have } => {
+                    let Some(&byte) = raw.first() else { break };
+                    self.header[*have] = byte;
+                    *have += 1;
+                    self.raw_at += 1;
+                    if let Some((len, payload, key)) = parse_header(&self.header[..*have])? {
+                        let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
+                        layout.push_back(Segment::Header {
+                            bytes: self.header,
+                            len,
+                        });
+                        layout.push_back(Segment::Payload { len: payload, key });
+                        layout.push_back(Segment::End);
+                        self.state = State::EmitHead {
+                            at: 0,
+                            len,
+                            payload,
+                            key,
+                        };
+                    }
+                }
+                State::EmitHead {
+                    at,
+                    len,
+                    payload,
+                    key,
+                } => {
+                    let n = (*len - *at).min(out.remaining());
+                    out.put_slice(&self.header[*at..*at + n]);
+                    *at += n;
+                    if at == len {
+                        self.state = State::Payload {
+                            remaining: *payload,
+                            key: *key,
+                            offset: 0,
+                        };
+                    }
+                }
+                State::Payload { remaining: 0, .. } => self.state = State::End,
+                State::End => {
+                    out.put_slice(b"\n");
+                    self.state = State::Head { have: 0 };
+                }
+                State::Payload {
+                    remaining,
+                    key,
+                    offset,
+                } => {
+                    if raw.is_empty() {
+                        break;
+                    }
+                    let n = (*remaining)
+                        .min(raw.len() as u64)
+                        .min(out.remaining() as u64) as usize;
+                    let start = out.filled().len();
+                    out.put_slice(&raw[..n]);
+                    if let Some(key) = key {
+                        apply_mask(&mut out.filled_mut()[start..], *key, *offset);
+                    }
+                    *remaining -= n as u64;
+                    *offset += n as u64;
+                    self.raw_at += n;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let start = out.filled().len();
+        loop {
+            this.process(out)?;
+            if out.filled().len() > start || out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Everything buffered is handed out (or held: an incomplete header).
+            let mut buf = ReadBuf::new(&mut this.raw);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                return match this.state {
+                    State::Head { have } if have > 0 => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "WebSocket stream ended inside a frame header",
+                    ))),
+                    _ => Poll::Ready(Ok(())),
+                };
+            }
+            this.raw_at = 0;
+            this.raw_len = n;
+        }
+    }
+}
+
+/// The frame in `header` once it is complete: header length, payload length, masking key.
+fn parse_header(header: &[u8]) -> io::Result<Option<(usize, u64, Option<[u8; 4]>)>> {
+    if header.len() < 2 {
+        return Ok(None);
+    }
+    let masked = header[1] & 0x80 != 0;
+    let ext = match header[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let len = 2 + ext + if masked { 4 } else { 0 };
+    if header.len() < len {
+        return Ok(None);
+    }
+    let payload = match ext {
+        2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        8 => u64::from_be_bytes(header[2..10].try_into().expect("8 bytes")),
+        _ => u64::from(header[1] & 0x7f),
+    };
+    if payload >> 63 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "WebSocket frame length has its most significant bit set",
+        ));
+    }
+    let key = masked.then(|| header[len - 4..len].try_into().expect("4 bytes"));
+    Ok(Some((len, payload, key)))
+}
+
+/// XORs `data`, which starts `offset` bytes into a payload, with the frame's key.
+fn apply_mask(data: &mut [u8], key: [u8; 4], offset: u64) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= key[((offset + i as u64) % 4) as usize];
+    }
+}
+
+/// The writing half of one direction: headers restored, payloads masked again.
+pub struct FrameWriter<W> {
+    inner: W,
+    layout: Arc<Layout>,
+    /// How far into the layout's first segment the bytes written so far reach.
+    front_at: u64,
+    scratch: Vec<u8>,
+}
+
+impl<W> FrameWriter<W> {
+    fn new(inner: W, layout: Arc<Layout>) -> Self {
+        FrameWriter {
+            inner,
+            layout,
+            front_at: 0,
+            scratch: Vec::with_capacity(READ_SIZE),
+        }
+    }
+
+    /// The start of `buf` as it goes out, into `scratch`, up to the next payload end (not
+    /// sent on); the layout is not consumed yet. Returns how many bytes of `buf` to skip
+    /// instead when it starts with a payload end.
+    fn restore(&mut self, buf: &[u8]) -> usize {
+        self.scratch.clear();
+        let layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = self.front_at;
+        let mut rest = buf;
+        for segment in layout.iter() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (segment.len() - at).min(rest.len() as u64) as usize;
+            match segment {
+                Segment::End if self.scratch.is_empty() => return 1,
+                Segment::End => return 0,
+                Segment::Header { bytes, .. } => {
+                    self.scratch
+                        .extend_from_slice(&bytes[at as usize..at as usize + n]);
+                }
+                Segment::Payload { key, .. } => {
+                    let start = self.scratch.len();
+                    self.scratch.extend_from_slice(&rest[..n]);
+                    if let Some(key) = key {
+                        apply_mask(&mut self.scratch[start..], *key, at);
+                    }
+                }
+            }
+            rest = &rest[n..];
+            at = 0;
+        }
+        // Past every frame the reader parsed (it never hands those bytes on): as they are.
+        self.scratch.extend_from_slice(rest);
+        0
+    }
+
+    /// `n` bytes went out: drop the segments they finish.
+    fn advance(&mut self, mut n: u64) {
+        let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(front) = layout.front() {
+            let left = front.len() - self.front_at;
+            if n < left {
+                self.front_at += n;
+                return;
+            }
+            n -= left;
+            self.front_at = 0;
+            layout.pop_front();
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for FrameWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let skip = this.restore(buf);
+        if skip > 0 {
+            this.advance(skip as u64);
+            return Poll::Ready(Ok(skip));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.scratch))?;
+        this.advance(n as u64);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A frame with FIN set (masked with `key` when given).
+    fn frame(opcode: u8, payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+        let mask_bit = if key.is_some() { 0x80 } else { 0 };
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let start = f.len();
+        if let Some(key) = key {
+            f.extend_from_slice(&key);
+        }
+        let body = f.len();
+        f.extend_from_slice(payload);
+        if let Some(key) = key {
+            apply_mask(&mut f[body..], key, 0);
+        }
+        assert!(body - start <= 4);
+        f
+    }
+
+    /// `frames` through a reader fed `piece` bytes at a time, `scan` on what it hands out,
+    /// then a writer fed `piece` bytes at a time. Returns (what the scanner saw, output).
+    async fn through(
+        frames: Vec<u8>,
+        piece: usize,
+        scan: impl Fn(&mut Vec<u8>),
+    ) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let layout = Arc::new(Layout::default());
+        let (mut tx, rx) = tokio::io::duplex(piece);
+        tokio::spawn(async move { tx.write_all(&frames).await });
+        let mut plain = Vec::new();
+        FrameReader::new(rx, layout.clone())
+            .read_to_end(&mut plain)
+            .await?;
+        let seen = plain.clone();
+        scan(&mut plain);
+        let mut writer = FrameWriter::new(Vec::new(), layout);
+        for chunk in plain.chunks(piece) {
+            writer.write_all(chunk).await?;
+        }
+        Ok((seen, writer.inner))
+    }
+
+    fn replace(data: &mut [u8], from: &[u8], to: &[u8]) {
+        let mut at = 0;
+        while let Some(i) = data[at..].windows(from.len()).position(|w| w == from) {
+            data[at + i..at + i + to.len()].copy_from_slice(to);
+            at += i + to.len();
+        }
+    }
+
+    #[tokio::test]
+    async fn client_payloads_are_scanned_in_clear_and_masked_again() {
+        let big = [vec![b'a'; 70_000], b"SECRET".to_vec()].concat();
+        let medium = [vec![b'b'; 300], b"token SECRET".to_vec()].concat();
+        let payloads: [(u8, &[u8]); 4] = [(1, b"hello SECRET"), (9, b""), (2, &medium), (2, &big)];
+        let input: Vec<u8> = payloads
+            .iter()
+            .flat_map(|(op, p)| frame(*op, p, Some(KEY)))
+            .collect();
+        for piece in [3, 7, 4096] {
+            let (seen, out) = through(input.clone(), piece, |d| replace(d, b"SECRET", b"******"))
+                .await
+                .unwrap();
+            // A newline after each payload, for the scanner only.
+            assert_eq!(seen.len(), input.len() + payloads.len());
+            assert_eq!(
+                seen.windows(6).filter(|w| w == b"SECRET").count(),
+                3,
+                "the scanner sees every payload unmasked"
+            );
+            let expected: Vec<u8> = payloads
+                .iter()
+                .flat_map(|(op, p)| {
+                    let mut p = p.to_vec();
+                    replace(&mut p, b"SECRET", b"******");
+                    frame(*op, &p, Some(KEY))
+                })
+                .collect();
+            assert!(out == expected, "piece {piece}: frames differ");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_frames_pass_and_headers_survive_a_scanner_that_touches_them() {
+        let input = [frame(1, b"x-SECRET", None), frame(2, &[0u8; 200], None)].concat();
+        let (_, out) = through(input.clone(), 5, |d| {
+            // Header bytes the scanner must not be able to change (the second frame's header
+            // starts after 2 + 8 bytes and a newline), and the newline, which is dropped.
+            d[0] = b'*';
+            d[1] = b'*';
+            d[10] = b'*';
+            d[11] = b'*';
+            d[12] = b'*';
+            replace(d, b"SECRET", b"SE****");
+        })
+        .await
+        .unwrap();
+        let expected = [frame(1, b"x-SE****", None), frame(2, &[0u8; 200], None)].concat();
+        assert_eq!(out, expected);
+    }
+
+    #[tokio::test]
+    async fn bad_frames_are_errors() {
+        let mut huge = vec![0x82, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        let err = through(huge, 64, |_| {}).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let err = through(vec![0x81, 0xfe, 0x01], 64, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use interceptor::detection::{Engine, SecretHasher, load_dir};
+    use interceptor::relay_scan::{Counters, ScanRelay};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    const TOKEN: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
+    const KEY: &str = "AKIAQYLPMN5HHHFPZAM2";
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn secrets_in_frames_are_masked_both_ways_by_the_scanning_relay() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/rules");
+        let relay = ScanRelay {
+            engine: Arc::new(Engine::compile(&load_dir(&dir).unwrap()).unwrap()),
+            hasher: SecretHasher::with_salt([3; 16]),
+            idle_flush: Duration::from_millis(20),
+            selection: None,
+        };
+        let (mut workload, client) = pair().await;
+        let (upstream, mut server) = pair().await;
+        let relayed = tokio::spawn(async move {
+            let (client, upstream) = framed(client, upstream);
+            relay
+                .relay(client, upstream, &Counters::default(), |_, _| {})
+                .await
+        });
+        let key = [1, 2, 3, 4];
+        let up = format!("token {TOKEN}");
+        let mut frame = vec![0x81, 0x80 | up.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(up.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        workload.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[..6], frame[..6], "header and key as sent");
+        let plain: Vec<u8> = got[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        let plain = String::from_utf8(plain).unwrap();
+        assert!(
+            plain.starts_with("token ghp_") && !plain.contains(TOKEN),
+            "{plain}"
+        );
+
+        let down = format!("key {KEY}");
+        let mut frame = vec![0x81, down.len() as u8];
+        frame.extend_from_slice(down.as_bytes());
+        server.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        workload.read_exact(&mut got).await.unwrap();
+        let text = String::from_utf8_lossy(&got[2..]).into_owned();
+        assert!(
+            text.starts_with("key AKIA") && !text.contains(KEY),
+            "{text}"
+        );
+        drop((workload, server));
+        let _ = relayed.await.unwrap();
+    }
+}
