@@ -439,6 +439,45 @@ fn a_server_that_speaks_first_is_reached_when_the_client_waits() -> Result<()> {
     Ok(())
 }
 
+/// A client that waits before its ClientHello has its upstream dialled meanwhile (it might be
+/// waiting for a server that speaks first), but its SNI still decides: a blocked host is
+/// refused.
+#[test]
+fn a_client_slow_to_say_hello_is_still_decided_by_its_sni() -> Result<()> {
+    let s = setup()?;
+    let port = s.server.addr.port();
+    let script = format!(
+        "import socket, ssl, time\n\
+         s = socket.create_connection(('127.0.0.2', {port}))\n\
+         time.sleep(0.6)\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         try:\n    ctx.wrap_socket(s, server_hostname='blocked.test')\n    print('handshake done')\n\
+         except ssl.SSLError as e:\n    print('refused:', e)\n"
+    );
+    let python = python();
+    let python = python.to_str().context("utf-8")?;
+    let out = run_with_timeout(
+        &mut s
+            .d
+            .exec_command(&["--include-loopback"], &[python, "-c", &script]),
+        RUN,
+    )?;
+    ensure!(
+        text(&out.stdout).contains("ACCESS_DENIED"),
+        "client: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let rec = session(&s.d, port, |x| x["tls"]["sni"] == "blocked.test")?;
+    ensure!(
+        rec["outcome"] == "denied" && rec["tls"]["policy"]["rule"] == "no-blocked-host",
+        "session: {rec:#}"
+    );
+    Ok(())
+}
+
 #[test]
 fn policy_passthrough_host_is_not_decrypted() -> Result<()> {
     let s = setup()?;

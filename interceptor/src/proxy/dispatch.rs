@@ -45,11 +45,14 @@ impl Proxy {
         &self,
         peer: Peer,
         client: TcpStream,
-        upstream: Upstream,
+        mut upstream: Upstream,
         traffic: Arc<Traffic>,
     ) -> Ended {
         let (id, dest) = (peer.id, peer.dest);
-        let protocol = upstream.sniff(&client).await;
+        let protocol = match upstream.sniff(&client).await {
+            Ok(p) => p,
+            Err(e) => return super::dial_failed(&client, dest, &e),
+        };
         tracing::debug!(session = id, ?protocol, "first bytes");
         let version = match protocol {
             Protocol::Tls => {

@@ -13,8 +13,8 @@ use super::peek::peek_until;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
 use crate::redirect::Namespace;
 
-/// How long a client that has not dialled its upstream yet may stay silent before it is taken
-/// for one that waits for the server to speak first (SMTP, MySQL): raw TCP.
+/// How long a client whose upstream is not dialled yet may stay silent before the upstream is
+/// dialled anyway, for protocols where the server speaks first (SMTP, MySQL).
 const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(250);
 
 /// How to reach the original destination: from the workload's namespace, with the mark the
@@ -39,20 +39,27 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// What the connection speaks, from the client's first bytes. A dialled server that
-    /// speaks first (SSH, SMTP), or a client silent for [`CLIENT_FIRST_WAIT`] before its
-    /// upstream is dialled, means raw TCP.
-    pub async fn sniff(&self, client: &TcpStream) -> Protocol {
-        let peeked = peek_until(client, MAX_SNIFF, classify);
-        match self {
-            Upstream::Dialled(upstream) => tokio::select! {
-                p = peeked => p.unwrap_or(Protocol::Other),
-                _ = upstream.readable() => Protocol::Other,
-            },
-            Upstream::Later(_) => match tokio::time::timeout(CLIENT_FIRST_WAIT, peeked).await {
-                Ok(Ok(p)) => p,
-                _ => Protocol::Other,
-            },
+    /// What the connection speaks, from the client's first bytes; a server that speaks first
+    /// (SSH, SMTP) means raw TCP. A client silent for [`CLIENT_FIRST_WAIT`] gets its upstream
+    /// dialled, and then whichever side speaks first decides: never is a silent client
+    /// decided without its bytes (an SNI a host rule would refuse could follow).
+    pub async fn sniff(&mut self, client: &TcpStream) -> io::Result<Protocol> {
+        loop {
+            match self {
+                Upstream::Dialled(upstream) => {
+                    return Ok(tokio::select! {
+                        p = peek_until(client, MAX_SNIFF, classify) => p.unwrap_or(Protocol::Other),
+                        _ = upstream.readable() => Protocol::Other,
+                    });
+                }
+                Upstream::Later(dialer) => {
+                    let peeked = peek_until(client, MAX_SNIFF, classify);
+                    if let Ok(p) = tokio::time::timeout(CLIENT_FIRST_WAIT, peeked).await {
+                        return Ok(p.unwrap_or(Protocol::Other));
+                    }
+                    *self = Upstream::Dialled(dialer.dial().await?);
+                }
+            }
         }
     }
 
