@@ -131,7 +131,9 @@ impl<R> FrameReader<R> {
                     self.header[*have] = byte;
                     *have += 1;
                     self.raw_at += 1;
-                    if let Some((len, payload, key)) = parse_header(&self.header[..*have])? {
+                    if let Some(FrameHead { len, payload, key }) =
+                        parse_header(&self.header[..*have])?
+                    {
                         let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
                         layout.push_back(Segment::Header {
                             bytes: self.header,
@@ -227,8 +229,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
     }
 }
 
-/// The frame in `header` once it is complete: header length, payload length, masking key.
-fn parse_header(header: &[u8]) -> io::Result<Option<(usize, u64, Option<[u8; 4]>)>> {
+/// A parsed frame header.
+struct FrameHead {
+    /// Bytes of the header itself.
+    len: usize,
+    payload: u64,
+    key: Option<[u8; 4]>,
+}
+
+/// The frame in `header` once it is complete.
+fn parse_header(header: &[u8]) -> io::Result<Option<FrameHead>> {
     if header.len() < 2 {
         return Ok(None);
     }
@@ -254,7 +264,7 @@ fn parse_header(header: &[u8]) -> io::Result<Option<(usize, u64, Option<[u8; 4]>
         ));
     }
     let key = masked.then(|| header[len - 4..len].try_into().expect("4 bytes"));
-    Ok(Some((len, payload, key)))
+    Ok(Some(FrameHead { len, payload, key }))
 }
 
 /// XORs `data`, which starts `offset` bytes into a payload, with the frame's key.
@@ -383,7 +393,6 @@ mod tests {
                 f.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        let start = f.len();
         if let Some(key) = key {
             f.extend_from_slice(&key);
         }
@@ -392,7 +401,6 @@ mod tests {
         if let Some(key) = key {
             apply_mask(&mut f[body..], key, 0);
         }
-        assert!(body - start <= 4);
         f
     }
 
