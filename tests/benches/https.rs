@@ -9,6 +9,10 @@
 //! (trusting the test server's CA), under `interceptor exec` (trusting the system bundle,
 //! which exec extends with interceptor's CA) and through mitmproxy (CONNECT, trusting
 //! mitmproxy's CA), so every path runs identical code.
+//!
+//! A fourth path is the floor of any TLS-terminating proxy on this machine: a minimal one built
+//! from the same crates (rustls + hyper both sides, one upstream connection per client
+//! connection, no identity, policy, scanning or recording), which the client addresses directly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use interceptor_tests::Daemon;
-use interceptor_tests::https::{HttpsServer, TestPki};
+use interceptor_tests::https::{HttpsServer, TestPki, intercepting_daemon};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -63,13 +67,16 @@ fn bench() -> Result<()> {
     let pki = TestPki::new("bench upstream CA")?;
     let server = HttpsServer::start(SERVER_IP, pki.server_config(&[SERVER_IP])?)?;
     let ca = pki.ca_file.to_str().unwrap().to_owned();
-    let daemon = Daemon::start_with(&["--upstream-ca", &ca])?;
+    // The shipped default policy decrypts only the usual ports; the server's port is random.
+    let daemon = intercepting_daemon(&pki, &[])?;
     let mitm = Mitmproxy::start(&pki.ca_file)?;
+    let floor = floor_proxy(pki.server_config(&["127.0.0.1"])?, client_config(&ca)?, server.addr)?;
     let me = std::env::current_exe()?;
 
     let mut rows = Vec::new();
     for (mode, n) in MODES {
-        let (mut direct, mut through, mut mitmed) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut floored, mut through, mut mitmed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let client = Client {
             me: &me,
             mode,
@@ -78,13 +85,21 @@ fn bench() -> Result<()> {
         };
         for _ in 0..RUNS {
             direct.push(client.run(Path::Direct(&ca))?);
+            floored.push(client.run(Path::Floor(&ca, floor))?);
             through.push(client.run(Path::Interceptor(&daemon))?);
             if let Some(m) = &mitm {
                 mitmed.push(client.run(Path::Mitmproxy(m))?);
             }
         }
         let mitmed = (!mitmed.is_empty()).then(|| median(&mitmed));
-        rows.push((mode, n, median(&direct), median(&through), mitmed));
+        rows.push((
+            mode,
+            n,
+            median(&direct),
+            median(&floored),
+            median(&through),
+            mitmed,
+        ));
     }
     let label = |mode: &str| match mode {
         "small" => "keep-alive, small body (19 B)",
@@ -103,11 +118,12 @@ fn bench() -> Result<()> {
          interceptor with a minted certificate, a second TLS connection goes to the server, and \
          every request is parsed and recorded. \"mitmproxy\" is `mitmdump` {mitm_version} in \
          regular proxy mode (the client sends CONNECT), verifying the server against the same \
-         test CA.\n\n\
-         | workload | direct req/s | interceptor req/s (% of direct) | mitmproxy req/s | interceptor ÷ mitmproxy | direct p50 / p99 | interceptor p50 / p99 | mitmproxy p50 / p99 |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+         test CA. \"minimal proxy\" is the floor of any TLS-terminating proxy here: rustls + \
+         hyper on both sides and nothing else, addressed directly by the client.\n\n\
+         | workload | direct req/s | minimal proxy req/s (% of direct) | interceptor req/s (% of direct · % of minimal) | mitmproxy req/s | interceptor ÷ mitmproxy | direct p50 / p99 | minimal proxy p50 / p99 | interceptor p50 / p99 | mitmproxy p50 / p99 |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
-    for (mode, n, d, t, m) in &rows {
+    for (mode, n, d, f, t, m) in &rows {
         let (m_rps, times, m_lat) = match m {
             Some(m) => (
                 format!("{:.0}", m.rps),
@@ -117,13 +133,18 @@ fn bench() -> Result<()> {
             None => ("-".into(), "-".into(), "-".into()),
         };
         report.push_str(&format!(
-            "| {} ({n} requests) | {:.0} | {:.0} ({:.0}%) | {m_rps} | {times} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {m_lat} |\n",
+            "| {} ({n} requests) | {:.0} | {:.0} ({:.0}%) | {:.0} ({:.0}% · {:.0}%) | {m_rps} | {times} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {m_lat} |\n",
             label(mode),
             d.rps,
+            f.rps,
+            100.0 * f.rps / d.rps,
             t.rps,
             100.0 * t.rps / d.rps,
+            100.0 * t.rps / f.rps,
             d.p50_us,
             d.p99_us,
+            f.p50_us,
+            f.p99_us,
             t.p50_us,
             t.p99_us,
         ));
@@ -145,6 +166,8 @@ fn bench() -> Result<()> {
 enum Path<'a> {
     /// Straight to the server, trusting the test CA (this file).
     Direct(&'a str),
+    /// To the minimal TLS-terminating proxy at this address, trusting the test CA.
+    Floor(&'a str, SocketAddr),
     Interceptor(&'a Daemon),
     Mitmproxy(&'a Mitmproxy),
 }
@@ -158,22 +181,29 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn run(&self, path: Path<'_>) -> Result<Measured> {
-        let roots = match &path {
-            Path::Direct(ca) => ca.to_string(),
-            Path::Interceptor(_) => SYSTEM_BUNDLE.to_owned(),
-            Path::Mitmproxy(m) => m.ca.display().to_string(),
+        let (roots, addr) = match &path {
+            Path::Direct(ca) => (ca.to_string(), self.addr),
+            Path::Floor(ca, floor) => (ca.to_string(), *floor),
+            Path::Interceptor(_) => (SYSTEM_BUNDLE.to_owned(), self.addr),
+            Path::Mitmproxy(m) => (m.ca.display().to_string(), self.addr),
         };
         let mut program = vec![
             self.me.as_os_str().to_owned(),
             "client".into(),
             self.mode.into(),
-            self.addr.to_string().into(),
+            addr.to_string().into(),
             roots.into(),
             self.n.to_string().into(),
         ];
         if let Path::Mitmproxy(m) = &path {
             program.push(m.addr.to_string().into());
         }
+        let via = match &path {
+            Path::Direct(_) => "direct",
+            Path::Floor(..) => "minimal proxy",
+            Path::Interceptor(_) => "interceptor",
+            Path::Mitmproxy(_) => "mitmproxy",
+        };
         let mut cmd = match path {
             Path::Interceptor(d) => d.exec_command(&["--include-loopback"], &program),
             _ => {
@@ -185,7 +215,7 @@ impl Client<'_> {
         let out = cmd.output()?;
         if !out.status.success() {
             bail!(
-                "client {} failed: {}",
+                "client {} via {via} failed: {}",
                 self.mode,
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -262,6 +292,46 @@ impl Drop for Mitmproxy {
     }
 }
 
+/// The minimal TLS-terminating HTTP/1.1 proxy on 127.0.0.1:0: TLS in with `server`, one TLS
+/// connection out to `upstream` per client connection, each request forwarded as it comes.
+fn floor_proxy(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    upstream: SocketAddr,
+) -> Result<SocketAddr> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let mut server = (*server).clone();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, client) = (acceptor.clone(), client.clone());
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(sender) = connect(upstream, client, None).await else {
+                        return;
+                    };
+                    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                    let forward = hyper::service::service_fn(move |req| {
+                        let sender = sender.clone();
+                        async move { sender.lock().await.send_request(req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), forward)
+                        .await;
+                });
+            }
+        })
+    });
+    Ok(addr)
+}
+
 fn median(runs: &[Measured]) -> Measured {
     let pick = |f: fn(&Measured) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -278,7 +348,7 @@ fn median(runs: &[Measured]) -> Measured {
 // ---------------------------------------------------------------------------------------------
 // client
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
+type Sender<B = Empty<Bytes>> = http1::SendRequest<B>;
 
 fn client(
     mode: &str,
@@ -346,11 +416,16 @@ fn client_config(roots: &str) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-async fn connect(
+async fn connect<B>(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     proxy: Option<SocketAddr>,
-) -> Result<Sender> {
+) -> Result<Sender<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut tcp = TcpStream::connect(proxy.unwrap_or(addr)).await?;
     tcp.set_nodelay(true)?;
     if proxy.is_some() {
