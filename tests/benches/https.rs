@@ -70,7 +70,11 @@ fn bench() -> Result<()> {
     // The shipped default policy decrypts only the usual ports; the server's port is random.
     let daemon = intercepting_daemon(&pki, &[])?;
     let mitm = Mitmproxy::start(&pki.ca_file)?;
-    let floor = floor_proxy(pki.server_config(&["127.0.0.1"])?, client_config(&ca)?, server.addr)?;
+    let floor = floor_proxy(
+        pki.server_config(&["127.0.0.1"])?,
+        client_config(&ca)?,
+        server.addr,
+    )?;
     let me = std::env::current_exe()?;
 
     let mut rows = Vec::new();
