@@ -10,6 +10,7 @@ pub mod peek;
 mod prefixed;
 pub mod scan;
 mod sniff;
+mod tap;
 mod upstream;
 mod websocket;
 

@@ -1,8 +1,9 @@
 //! What the session store records, kind by kind, with real clients under `interceptor exec`:
 //! identity and original destination, TLS details, the policy's decisions and rules, HTTP
 //! exchanges (request line without the query, allow-listed and masked headers, bodies up to
-//! the policy's cap, sizes, timings), secret findings (rule, direction, location, salted hash, never the secret),
-//! approvals and their decisions, kernel denials, and how each session ended. Run as root.
+//! the policy's cap, sizes, timings), raw TCP data (masked, capped), secret findings (rule,
+//! direction, location, salted hash, never the secret), approvals and their decisions, kernel
+//! denials, and how each session ended. Run as root.
 
 use std::time::Duration;
 
@@ -500,6 +501,60 @@ fn a_kernel_denial_is_recorded_with_the_identity_and_why() -> Result<()> {
         denied.brief()
     );
     Ok(())
+}
+
+#[test]
+fn raw_tcp_data_is_recorded_masked_and_capped_each_way() -> Result<()> {
+    require_root();
+    let s = setup()?;
+    let echo = Server::echo("127.0.0.2")?;
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let script = "import socket, sys\n\
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+        s.sendall(sys.argv[3].encode())\n\
+        s.shutdown(socket.SHUT_WR)\n\
+        sys.stdout.write(s.makefile().read())\n";
+    let (ip, port) = (echo.ip().to_string(), echo.port().to_string());
+    let py = python().to_str().context("python path")?;
+    let out = run_with_timeout(
+        &mut s.d.exec_command(
+            &["--include-loopback"],
+            &[py, "-c", script, &ip, &port, &payload],
+        ),
+        RUN,
+    )?;
+    let masked = payload.replace(BODY_SECRET, "AKIA****************");
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == masked,
+        "client: {out:?}"
+    );
+    let sessions = s.d.wait_for_matching(
+        |x| x.destination == echo.addr() && x.outcome == "closed",
+        1,
+        WAIT,
+    )?;
+    let session: Value =
+        s.d.cli_json(["sessions", "show", &sessions[0].id_str(), "--json"])?;
+    let streams = session["streams"].as_array().context("no stream records")?;
+    ensure!(streams.len() == 2, "{streams:#?}");
+    for (record, direction) in streams.iter().zip(["up", "down"]) {
+        ensure!(
+            record["direction"] == direction
+                && record["bytes"] == payload.len()
+                && record["data"] == masked[..24]
+                && record["cap"] == 24
+                && record["truncated"] == true,
+            "{record:#}"
+        );
+    }
+    finding(&session, "aws.access-key-id", "up", "stream")?;
+    let shown = s.d.cli_ok(["sessions", "show", &sessions[0].id_str()])?;
+    let line = format!(
+        "stream      Up {} B, first bytes recorded (cap 24): \"hello\\nkey=AKIA**********\"",
+        payload.len()
+    );
+    ensure!(shown.contains(&line), "{line:?} not in:\n{shown}");
+    ensure_not_stored(&s.d, &[BODY_SECRET])
 }
 
 /// A child process killed (by pid) if the test ends before waiting for it.

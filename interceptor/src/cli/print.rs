@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::control::protocol::Status;
-use crate::sessions::record::SecretFinding;
+use crate::sessions::record::{SecretFinding, StreamData};
 use crate::sessions::{HttpExchange, Session, TlsInfo, TlsMode};
 use interceptor::policy::Verdict;
 
@@ -183,6 +183,9 @@ pub fn session(s: &Session, paint: Paint) {
         let found = s.secrets.iter().filter(|f| f.seq == Some(h.seq)).count();
         println!("  {}", exchange_line(h, found, paint));
     }
+    for d in &s.streams {
+        println!("stream      {}", stream_line(d));
+    }
     if !s.secrets.is_empty() {
         println!("secrets     {} finding(s)", s.secrets.len());
     }
@@ -264,6 +267,26 @@ pub fn exchange_line(h: &HttpExchange, findings: usize, paint: Paint) -> String 
         line += &format!("  {}", paint.paint(Paint::RED, format!("error: {e}")));
     }
     line
+}
+
+/// Direction, size, and the start of what was recorded (escaped, shortened for a line).
+pub fn stream_line(d: &StreamData) -> String {
+    const SHOWN: usize = 100;
+    let r = &d.data;
+    let preview: String = r.data.chars().take(SHOWN).collect();
+    format!(
+        "{:?} {} B, {} recorded (cap {}){}: {preview:?}{}",
+        d.direction,
+        d.bytes,
+        if r.truncated { "first bytes" } else { "all" },
+        r.cap,
+        if r.base64 { ", base64" } else { "" },
+        if r.data.chars().nth(SHOWN).is_some() {
+            "…"
+        } else {
+            ""
+        }
+    )
 }
 
 /// A duration to about three digits: `840µs`, `12.3ms`, `1.25s`.

@@ -222,6 +222,7 @@ fn human(r: &Record, p: Paint) -> String {
         Event::Http(h) => format!("http   {}", print::exchange_line(h, 0, p)),
         Event::Tls(t) => format!("tls    {}", print::tls_line(t, p)),
         Event::Secret(f) => format!("secret {}", print::finding_line(f, p)),
+        Event::Stream(d) => format!("stream {}", print::stream_line(d)),
         Event::Approval(a) => approval_line(a, p),
         Event::PolicyLoaded(pl) => paint(
             Paint::YELLOW,

@@ -82,6 +82,9 @@ pub enum Event {
     Approval(interceptor::approvals::ApprovalEvent),
     /// A secret was found (and masked) in the session's traffic.
     Secret(SecretFinding),
+    /// The start of a byte stream that is not HTTP (raw TCP, a decrypted non-HTTP stream,
+    /// WebSocket payloads), one per direction, masked.
+    Stream(StreamData),
 }
 
 impl Event {
@@ -96,6 +99,7 @@ impl Event {
             Event::PolicyLoaded(_) => 0,
             Event::Approval(_) => 0,
             Event::Secret(s) => s.id,
+            Event::Stream(s) => s.id,
         }
     }
 }
@@ -185,6 +189,54 @@ pub struct RecordedBody {
     pub truncated: bool,
 }
 
+impl RecordedBody {
+    /// The record of `bytes` (already masked, at most `cap` of them) of a body or stream
+    /// `seen` bytes long: text as text; anything else (binary, or control characters JSON
+    /// would escape to six bytes each) in base64, so the record stays within twice the cap.
+    pub fn new(bytes: &[u8], cap: usize, seen: u64) -> RecordedBody {
+        let bytes = &bytes[..bytes.len().min(cap)];
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            // Cut in the middle of a character by the cap: keep the whole ones.
+            Err(e) if e.error_len().is_none() => {
+                std::str::from_utf8(&bytes[..e.valid_up_to()]).ok()
+            }
+            Err(_) => None,
+        }
+        .filter(|t| {
+            t.bytes()
+                .all(|b| (b >= 0x20 && b != 0x7f) || matches!(b, b'\n' | b'\r' | b'\t'))
+        });
+        let (data, base64) = match text {
+            Some(text) => (text.to_owned(), false),
+            None => {
+                use base64::Engine as _;
+                (
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                    true,
+                )
+            }
+        };
+        RecordedBody {
+            data,
+            base64,
+            cap: cap as u64,
+            truncated: seen > cap as u64,
+        }
+    }
+}
+
+/// The first bytes of one direction of a stream that is not HTTP, masked; `bytes` is how much
+/// went that way in all.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamData {
+    pub id: u64,
+    pub direction: interceptor::relay_scan::Direction,
+    pub bytes: u64,
+    #[serde(flatten)]
+    pub data: RecordedBody,
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct UpgradedBytes {
     pub up: u64,
@@ -260,6 +312,8 @@ pub struct Session {
     pub http: Vec<HttpExchange>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretFinding>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<StreamData>,
 }
 
 impl Session {
@@ -278,6 +332,7 @@ impl Session {
             tls: None,
             http: Vec::new(),
             secrets: Vec::new(),
+            streams: Vec::new(),
         }
     }
 
@@ -292,6 +347,7 @@ impl Session {
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
             Event::Secret(s) => self.secrets.push(s),
+            Event::Stream(s) => self.streams.push(s),
         }
     }
 
