@@ -321,6 +321,7 @@ impl Daemon {
         let value = match request {
             R::List => serde_json::to_value(a.pending()),
             R::Grants => serde_json::to_value(a.grants()),
+            R::Resolved => serde_json::to_value(a.resolved()),
             R::Decide {
                 id,
                 approve,

@@ -216,7 +216,7 @@ fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
 }
 
 /// `approvals list --watch`, started before anything is held, prints a held connection when
-/// it appears and says it is resolved once approved.
+/// it appears and, once approved, by whom and why.
 #[test]
 fn watch_shows_a_held_connection_then_its_resolution() -> Result<()> {
     use std::io::BufRead;
@@ -265,10 +265,14 @@ fn watch_shows_a_held_connection_then_its_resolution() -> Result<()> {
             && held.contains(&seven.addr()),
         "{held}"
     );
-    d.cli_ok(["approvals", "approve", &id])?;
+    d.cli_ok(["approvals", "approve", &id, "--reason", "looks fine"])?;
     let resolved = next_line("resolution")?;
     ensure!(
-        resolved == format!("{id}\tresolved\trule hold-seven\t{}", seven.addr()),
+        resolved
+            == format!(
+                "{id}\tapproved by root: looks fine\trule hold-seven\t{}",
+                seven.addr()
+            ),
         "{resolved}"
     );
     ensure!(client.report()?.results[0].received == 10);

@@ -9,7 +9,7 @@
 mod tests;
 mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -201,11 +201,44 @@ struct Held {
     tx: oneshot::Sender<Outcome>,
 }
 
+/// How a pending approval ended, as `approvals list --watch` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolution {
+    pub id: u64,
+    pub rule: String,
+    pub destination: String,
+    /// Approved, denied (by whom, why) or expired (also when the workload gave up).
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+}
+
+/// How many resolutions are remembered for watchers.
+const RECENT_RESOLUTIONS: usize = 256;
+
 #[derive(Default)]
 struct State {
     next_id: u64,
     held: HashMap<u64, Held>,
     grants: Vec<Grant>,
+    /// The latest resolutions, oldest first.
+    resolved: VecDeque<Resolution>,
+}
+
+impl State {
+    fn resolved(&mut self, pending: &Pending, outcome: Outcome) {
+        if self.resolved.len() == RECENT_RESOLUTIONS {
+            self.resolved.pop_front();
+        }
+        self.resolved.push_back(Resolution {
+            id: pending.id,
+            rule: pending.rule.clone(),
+            destination: pending.destination.clone(),
+            outcome,
+            at: SystemTime::now(),
+        });
+    }
 }
 
 /// What survives a restart: grants, and the holds that were pending (recorded as expired on
@@ -262,8 +295,8 @@ impl Approvals {
         let approvals = Approvals {
             state: Mutex::new(State {
                 next_id: saved.next_id.max(1),
-                held: HashMap::new(),
                 grants: saved.grants.into_iter().filter(|g| g.until > now).collect(),
+                ..State::default()
             }),
             record: Box::new(record),
             file: Some(file.to_path_buf()),
@@ -363,6 +396,9 @@ impl Approvals {
         let held = {
             let mut s = self.state();
             let held = s.held.remove(&id);
+            if let Some(h) = &held {
+                s.resolved(&h.pending, Outcome::Expired);
+            }
             self.save(&s);
             held
         };
@@ -383,6 +419,11 @@ impl Approvals {
             .collect();
         list.sort_by_key(|p| p.id);
         list
+    }
+
+    /// The latest resolutions (at most a few hundred), oldest first.
+    pub fn resolved(&self) -> Vec<Resolution> {
+        self.state().resolved.iter().cloned().collect()
     }
 
     /// Grants in force.
@@ -449,6 +490,7 @@ impl Approvals {
                 },
             ),
         };
+        s.resolved(&pending, outcome.clone());
         // Sent under the lock, so a hold timing out now still sees the decision. The holder
         // may be gone (the workload hung up): the decision is recorded all the same.
         let _ = held.tx.send(outcome);

@@ -119,6 +119,16 @@ async fn hold_then_deny_refuses_with_the_reason() {
     );
     assert!(!outcome.passes());
     assert_eq!(*events.lock().unwrap(), ["created", "denied"]);
+    let r = a.resolved();
+    assert_eq!(
+        (r.len(), r[0].id, r[0].rule.as_str(), &r[0].outcome),
+        (1, id, "github-write", &outcome)
+    );
+    let json = serde_json::to_value(&r[0]).unwrap();
+    assert_eq!(
+        (&json["outcome"], &json["by"]["user"], &json["reason"]),
+        (&"denied".into(), &"bob".into(), &"not today".into())
+    );
 }
 
 #[tokio::test]
@@ -131,6 +141,8 @@ async fn nobody_decides_and_the_hold_expires() {
     assert_eq!(*events.lock().unwrap(), ["created", "expired"]);
     let late = a.decide(1, &person(1001, "alice", &[]), Verdict::Deny, None);
     assert_eq!(late.unwrap_err(), ApprovalError::NoSuchApproval(1));
+    let r = a.resolved();
+    assert_eq!((r.len(), r[0].id, &r[0].outcome), (1, 1, &Outcome::Expired));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Subcommand;
-use interceptor::approvals::{Grant, Pending};
+use interceptor::approvals::{Grant, Outcome, Pending, Resolution};
 
 use crate::control::client;
 use crate::control::protocol::{ApprovalsRequest, Request};
@@ -15,8 +15,8 @@ use crate::control::protocol::{ApprovalsRequest, Request};
 pub enum ApprovalsCommand {
     /// Connections and requests held for approval, oldest first.
     List {
-        /// Keep watching until interrupted: print each approval when it is held and say when
-        /// it is resolved (approved, denied, expired or given up by the workload).
+        /// Keep watching until interrupted: print each approval when it is held and how it
+        /// ended (approved or denied by whom, expired, or given up by the workload).
         #[arg(long)]
         watch: bool,
         #[arg(long)]
@@ -75,11 +75,17 @@ pub fn run(socket: &Path, cmd: ApprovalsCommand) -> anyhow::Result<i32> {
             loop {
                 let list: Vec<Pending> = serde_json::from_value(call(ApprovalsRequest::List)?)?;
                 let now: BTreeSet<u64> = list.iter().map(|p| p.id).collect();
-                for gone in shown.keys().filter(|id| !now.contains(id)) {
-                    let p = &shown[gone];
-                    match json {
-                        true => println!("{}", serde_json::json!({"resolved": p.id})),
-                        false => println!("{}\tresolved\trule {}\t{}", p.id, p.rule, p.destination),
+                if shown.keys().any(|id| !now.contains(id)) {
+                    let resolved: Vec<Resolution> =
+                        serde_json::from_value(call(ApprovalsRequest::Resolved)?)?;
+                    for p in shown.values().filter(|p| !now.contains(&p.id)) {
+                        match resolved.iter().rev().find(|r| r.id == p.id) {
+                            Some(r) if json => println!("{}", serde_json::json!({ "resolved": r })),
+                            Some(r) => print_resolution(r),
+                            // Fell out of the daemon's memory of recent resolutions.
+                            None if json => println!("{}", serde_json::json!({"gone": p.id})),
+                            None => println!("{}\tgone\trule {}\t{}", p.id, p.rule, p.destination),
+                        }
                     }
                 }
                 shown.retain(|id, _| now.contains(id));
@@ -155,6 +161,24 @@ pub fn run(socket: &Path, cmd: ApprovalsCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn print_resolution(r: &Resolution) {
+    let by = |by: &interceptor::approvals::Approver, reason: &Option<String>| {
+        let who = by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid));
+        let why = reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        format!("{who}{why}")
+    };
+    let how = match &r.outcome {
+        Outcome::Approved { by: who, reason } => format!("approved by {}", by(who, reason)),
+        Outcome::Denied { by: who, reason } => format!("denied by {}", by(who, reason)),
+        Outcome::Expired => "expired".into(),
+        Outcome::Granted { grant } => format!("passed under grant {grant}"),
+    };
+    println!("{}\t{how}\trule {}\t{}", r.id, r.rule, r.destination);
 }
 
 fn print_pending(p: &Pending) {

@@ -122,6 +122,8 @@ pub enum ApprovalsRequest {
     List,
     /// Reply: the grants in force.
     Grants,
+    /// Reply: how the latest pending approvals ended.
+    Resolved,
     /// Reply: the approval decided.
     Decide {
         id: u64,
