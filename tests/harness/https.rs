@@ -6,6 +6,7 @@
 //! * `GET /text/N` → N bytes of JSON log lines (realistic text without secrets), in 64 KiB
 //!   frames that share one buffer
 //! * `GET /delay/MS` → `late` after MS milliseconds
+//! * `POST /upload` → the body's size in bytes, once all of it has arrived
 //! * `POST /echo` → the request body (and the trailers its `Trailer` header announces),
 //!   streamed back
 //! * `GET /ws` with `Upgrade: websocket` → 101, then every byte is echoed back raw
@@ -360,6 +361,14 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
     } else if let Some(ms) = path.strip_prefix("/delay/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         Response::new(full("late"))
+    } else if path == "/upload" {
+        match req.into_body().collect().await {
+            Ok(body) => Response::new(full(body.to_bytes().len().to_string())),
+            Err(e) => Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(full(e.to_string()))
+                .unwrap(),
+        }
     } else if path == "/echo" {
         // Trailers come back too: hyper sends only those the `Trailer` header announces.
         let announced = req.headers().get(hyper::header::TRAILER).cloned();

@@ -2,11 +2,13 @@
 //! pipelining and trailers over intercepted TLS, the HTTP/2 header timeout, secrets masked
 //! in WebSocket frames and in decrypted streams that are not HTTP.
 
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use interceptor_tests::https::{
-    HttpsServer, TestPki, ended_session, exec_loopback, intercepting_daemon, tls_client,
+    HttpsServer, TestPki, ended_session, exec_loopback, intercepting_daemon, sessions_json,
+    tls_client,
 };
 use interceptor_tests::*;
 use serde_json::{Value, json};
@@ -260,4 +262,73 @@ fn a_secret_in_tls_that_is_not_http_is_masked_both_ways() -> Result<()> {
         "{s:#}"
     );
     ensure_found_both_ways(&s)
+}
+
+#[test]
+fn a_request_body_past_the_decoded_cap_gets_413_with_the_reason() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = masking_daemon(&pki)?;
+    // 70 MiB of zeros, about 70 KB of gzip: past the 64 MiB a masked body may decode to.
+    let bomb = d.tmp_dir().join("bomb.gz");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {} /dev/zero | gzip -1 > {}",
+            70 << 20,
+            bomb.display()
+        ))
+        .status()?;
+    ensure!(made.success(), "gzip failed");
+    let upload = format!("@{}", bomb.display());
+    for version in ["--http1.1", "--http2"] {
+        let out = exec_loopback(
+            &d,
+            &[
+                "curl",
+                "-sS",
+                version,
+                "-w",
+                "\n%{http_code}",
+                "-H",
+                "Content-Encoding: gzip",
+                "--data-binary",
+                &upload,
+                &server.url("/upload"),
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            text.ends_with("\n413") && text.contains("exceeds the cap"),
+            "{version}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let suffix = format!(":{}", server.addr.port());
+    d.wait_for_matching(
+        |s| s.destination.ends_with(&suffix) && s.outcome != "open",
+        2,
+        Duration::from_secs(30),
+    )?;
+    let mut versions = Vec::new();
+    for s in sessions_json(&d)? {
+        let x = &exchanges(&s)[0];
+        ensure!(
+            x["status"] == 413
+                && x["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("exceeds the cap")),
+            "{s:#}"
+        );
+        versions.push(x["version"].clone());
+    }
+    ensure!(
+        versions == [json!("HTTP/1.1"), json!("HTTP/2.0")],
+        "{versions:?}"
+    );
+    // Only that exchange: the same daemon serves the next request.
+    let out = exec_loopback(&d, &["curl", "-sS", &server.url("/hello")])?;
+    ensure!(out.stdout.starts_with(b"hello over"), "{out:?}");
+    Ok(())
 }

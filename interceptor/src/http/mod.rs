@@ -32,7 +32,8 @@ use crate::proxy::scan::StreamScan;
 use crate::relay::Traffic;
 pub use exchange::Recorder;
 use exchange::{Exchange, HttpBody, Metered, Side};
-use hook::{ExchangeInfo, Hooks, Verdict};
+use hook::{BodyTransform, BoxError, ExchangeInfo, Hooks, Refused, Verdict};
+use interceptor::detection::compression::CodecError;
 use interceptor::relay_scan::Counters;
 
 /// Drives the client connection toward the upstream.
@@ -259,11 +260,14 @@ impl Connection {
         if decision.body.as_ref().is_some_and(|t| !t.keeps_length()) {
             head.headers.remove(http::header::CONTENT_LENGTH);
         }
+        let transform = decision
+            .body
+            .map(|t| Box::new(CapRefuses(t)) as Box<dyn BodyTransform>);
         let body = Metered::new(
             body.into_body(),
             exchange.clone(),
             Side::Request,
-            decision.body,
+            transform,
         );
         let mut req = Request::from_parts(head, body);
         // A CONNECT (the workload talks to an HTTP proxy) becomes a tunnel on a 2xx, an
@@ -331,6 +335,40 @@ impl Connection {
             decision.body,
         );
         Response::from_parts(head, body.boxed_unsync())
+    }
+}
+
+/// A request body transform whose cap refuses the exchange: a body that decodes past the
+/// decoded-size cap gets the workload a 413 with the reason, not a broken upstream's 502.
+struct CapRefuses(Box<dyn BodyTransform>);
+
+impl CapRefuses {
+    fn refused(e: BoxError) -> BoxError {
+        match e.downcast_ref::<CodecError>() {
+            Some(cap @ CodecError::TooLarge { .. }) => Box::new(Refused {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                reason: cap.to_string(),
+            }),
+            _ => e,
+        }
+    }
+}
+
+impl BodyTransform for CapRefuses {
+    fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        self.0.chunk(data).map_err(Self::refused)
+    }
+
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        self.0.finish().map_err(Self::refused)
+    }
+
+    fn keeps_length(&self) -> bool {
+        self.0.keeps_length()
+    }
+
+    fn recorded(&mut self) -> Option<hook::RecordedBody> {
+        self.0.recorded()
     }
 }
 
