@@ -123,6 +123,8 @@ impl Proxy {
             dest,
             mark: self.mark,
             timeout: self.connect_timeout,
+            accepted,
+            metrics: self.store.metrics().clone(),
         };
         let upstream = match dial {
             Dial::Now => dialer.dial().await.map(Upstream::Dialled),
@@ -131,7 +133,6 @@ impl Proxy {
         let (outcome, error) = match upstream {
             Err(e) => dial_failed(&client, dest, &e),
             Ok(upstream) => {
-                (self.store.metrics().connection_setup).observe(accepted.elapsed());
                 let peer = Peer {
                     id,
                     identity: gate_identity,

@@ -32,8 +32,8 @@ pub struct Metrics {
     http_exchanges: AtomicU64,
     approvals: [AtomicU64; APPROVAL_EVENTS.len()],
     tailers: AtomicU64,
-    /// From accept to the upstream connection being established (an approval hold before
-    /// the dial included).
+    /// From accept to the upstream connection being established (what the dial waited for
+    /// included: an approval, the client's first bytes when the policy needs its host name).
     pub connection_setup: Histogram,
     /// From an HTTP request's head to the end of its response.
     pub http_duration: Histogram,

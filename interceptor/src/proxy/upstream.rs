@@ -5,12 +5,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use super::peek::peek_until;
 use super::sniff::{MAX_SNIFF, Protocol, classify};
+use crate::metrics::Metrics;
 use crate::redirect::Namespace;
 
 /// How long a client whose upstream is not dialled yet may stay silent before the upstream is
@@ -24,11 +26,16 @@ pub struct Dialer {
     pub dest: SocketAddr,
     pub mark: u32,
     pub timeout: Duration,
+    /// When the workload's connection was accepted: the set-up time is measured from it.
+    pub accepted: Instant,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dialer {
     pub async fn dial(&self) -> io::Result<TcpStream> {
-        self.ns.connect(self.dest, self.mark, self.timeout).await
+        let upstream = self.ns.connect(self.dest, self.mark, self.timeout).await?;
+        (self.metrics.connection_setup).observe(self.accepted.elapsed());
+        Ok(upstream)
     }
 }
 
