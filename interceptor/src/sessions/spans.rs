@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +84,11 @@ pub fn spans_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 fn save(path: &Path, spans: &Spans) -> io::Result<()> {
-    let tmp = path.with_extension("spans.tmp");
+    // A name of its own per writer: two readers indexing the same segment at once must not
+    // write into one temporary file.
+    static WRITERS: AtomicU64 = AtomicU64::new(0);
+    let n = WRITERS.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("spans.{}-{n}.tmp", std::process::id()));
     let mut file = File::create(&tmp)?;
     file.write_all(&serde_json::to_vec(spans).map_err(io::Error::other)?)?;
     file.sync_data()?;
