@@ -9,7 +9,8 @@
 //! * `POST /upload` → the body's size in bytes, once all of it has arrived
 //! * `POST /echo` → the request body (and the trailers its `Trailer` header announces),
 //!   streamed back
-//! * `GET /ws` with `Upgrade: websocket` → 101, then every byte is echoed back raw
+//! * `GET /ws` with `Upgrade: websocket`, or HTTP/2's extended CONNECT to `/ws` → 101 or
+//!   200, then every byte is echoed back raw
 //! * `GET /planted-secret` → a body holding [`PLANTED_SECRET`] (a finding downstream)
 
 use std::convert::Infallible;
@@ -271,7 +272,9 @@ async fn serve<IO>(io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    let _ = builder
         .serve_connection_with_upgrades(TokioIo::new(io), hyper::service::service_fn(route))
         .await;
 }
@@ -377,7 +380,11 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
             resp.headers_mut().insert(hyper::header::TRAILER, names);
         }
         resp
-    } else if path == "/ws" && req.headers().contains_key(hyper::header::UPGRADE) {
+    } else if path == "/ws"
+        && (req.headers().contains_key(hyper::header::UPGRADE)
+            || req.method() == hyper::Method::CONNECT)
+    {
+        let h2 = req.method() == hyper::Method::CONNECT;
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };
@@ -389,6 +396,11 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
                 }
             }
         });
+        if h2 {
+            // A 2xx to a CONNECT has no body, not even an empty one with a length.
+            let empty = http_body_util::Empty::new().map_err(|never| match never {});
+            return Ok(Response::new(empty.boxed()));
+        }
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")

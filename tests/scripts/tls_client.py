@@ -20,6 +20,9 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
                                            TEXT" and a 70000-byte masked binary frame ending
                                            in " TEXT"; reports the server's replies
+  tls_client.py h2ws HOST PORT TEXT        WebSocket over HTTP/2 (RFC 8441 extended CONNECT to
+                                           /ws, python h2): a masked text frame "token TEXT";
+                                           reports the frame echoed back, unmasked
   tls_client.py tlssay HOST PORT TEXT      TLS without ALPN, a line TEXT (not HTTP); reports
                                            the line that comes back
   tls_client.py h2stall HOST PORT          TLS with ALPN h2, the preface and SETTINGS, then
@@ -178,6 +181,56 @@ def wssecret(host, port, text):
     return {"status_line": status, "received": received, "close_hex": closing.hex()}
 
 
+def h2ws(host, port, text):
+    import h2.config
+    import h2.connection
+    import h2.events
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2"])
+    s = ctx.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=host)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    s.sendall(conn.data_to_send())
+    # Extended CONNECT needs the server's SETTINGS_ENABLE_CONNECT_PROTOCOL first.
+    enabled = None
+    while enabled is None:
+        data = s.recv(65536)
+        if not data:
+            raise SystemExit("connection closed before the server's SETTINGS")
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                enabled = bool(conn.remote_settings.enable_connect_protocol)
+        s.sendall(conn.data_to_send())
+    frame = ws_masked_frame(1, b"token " + text.encode())
+    conn.send_headers(1, [(":method", "CONNECT"), (":protocol", "websocket"),
+                          (":scheme", "https"), (":path", "/ws"),
+                          (":authority", f"{host}:{port}"), ("sec-websocket-version", "13")])
+    conn.send_data(1, frame)
+    s.sendall(conn.data_to_send())
+    status, echoed, ended = None, b"", False
+    while len(echoed) < len(frame) and not ended:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = dict(ev.headers).get(b":status", b"").decode()
+            elif isinstance(ev, h2.events.DataReceived):
+                echoed += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                ended = True
+        s.sendall(conn.data_to_send())
+    conn.end_stream(1)
+    s.sendall(conn.data_to_send())
+    s.close()
+    # The echo is the client's own frame: 2 header bytes, the key, the masked payload.
+    key, body = echoed[2:6], echoed[6:]
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(body)) if len(key) == 4 else b""
+    return {"enable_connect_protocol": enabled, "status": status,
+            "same_header": echoed[:6] == frame[:6], "payload": payload.decode(errors="replace")}
+
+
 def tlssay(host, port, text):
     s = tls_connect(host, port)
     s.sendall(text.encode() + b"\n")
@@ -289,6 +342,8 @@ def main():
         out = pipeline(sys.argv[2], int(sys.argv[3]))
     elif mode == "wssecret":
         out = wssecret(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "h2ws":
+        out = h2ws(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "tlssay":
         out = tlssay(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2stall":

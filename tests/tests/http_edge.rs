@@ -332,3 +332,39 @@ fn a_request_body_past_the_decoded_cap_gets_413_with_the_reason() -> Result<()> 
     ensure!(out.stdout.starts_with(b"hello over"), "{out:?}");
     Ok(())
 }
+
+#[test]
+fn websocket_over_http2_extended_connect_is_relayed_scanned_and_recorded() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = masking_daemon(&pki)?;
+    let port = server.addr.port().to_string();
+    let r = tls_client(&d, &["h2ws", "127.0.0.2", &port, UP_SECRET])?;
+    ensure!(
+        r["enable_connect_protocol"] == true && r["status"] == "200",
+        "interceptor must offer and pass on extended CONNECT: {r:#}"
+    );
+    let payload = r["payload"].as_str().unwrap_or_default();
+    ensure!(
+        r["same_header"] == true
+            && payload.len() == 6 + UP_SECRET.len()
+            && masked_in(payload, UP_SECRET),
+        "the echoed frame must keep its framing and carry the secret masked: {r:#}"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    let x = &exchanges(&s)[0];
+    ensure!(
+        x["method"] == "CONNECT"
+            && x["version"] == "HTTP/2.0"
+            && x["status"] == 200
+            && x["upgraded"]["up"].as_u64() > Some(0)
+            && x["upgraded"]["down"].as_u64() > Some(0),
+        "{s:#}"
+    );
+    ensure!(
+        findings(&s).contains(&("github.ghp".into(), "up".into(), "stream".into())),
+        "{s:#}"
+    );
+    Ok(())
+}

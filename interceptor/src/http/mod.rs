@@ -185,8 +185,10 @@ impl HttpLayer {
                     .await
                     .map_err(HttpError::Serve),
                 Version::Http2 => {
+                    // Extended CONNECT (RFC 8441): WebSocket over HTTP/2.
                     let conn = server2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
+                        .enable_connect_protocol()
                         .serve_connection(client, service);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -275,10 +277,16 @@ impl Connection {
         let tunnel = req.method() == http::Method::CONNECT;
         let client_upgrade = (tunnel || req.headers().contains_key(http::header::UPGRADE))
             .then(|| hyper::upgrade::on(&mut req));
+        // HTTP/1.1 `Upgrade: websocket`, or HTTP/2's extended CONNECT with that protocol.
         let websocket = req
             .headers()
             .get(http::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            .map(|v| v.as_bytes())
+            .or_else(|| {
+                let protocol = req.extensions().get::<hyper::ext::Protocol>();
+                protocol.map(|p| p.as_str().as_bytes())
+            })
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
         if websocket && self.streams.is_some() {
             // Compressed frames (permessage-deflate) could not be scanned: keep them plain.
             req.headers_mut()
