@@ -265,12 +265,7 @@ impl Connection {
         let transform = decision
             .body
             .map(|t| Box::new(CapRefuses(t)) as Box<dyn BodyTransform>);
-        let body = Metered::new(
-            body.into_body(),
-            exchange.clone(),
-            Side::Request,
-            transform,
-        );
+        let body = Metered::new(body.into_body(), exchange.clone(), Side::Request, transform);
         let mut req = Request::from_parts(head, body);
         // A CONNECT (the workload talks to an HTTP proxy) becomes a tunnel on a 2xx, an
         // `Upgrade` (WebSocket) another protocol on a 101: either way, raw bytes follow.
