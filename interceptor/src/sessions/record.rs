@@ -372,3 +372,21 @@ mod id_as_string {
         String::deserialize(d)?.parse().map_err(D::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_bytes_are_text_when_they_can_be_and_base64_otherwise() {
+        let text = RecordedBody::new(b"hello\nworld", 5, 11);
+        assert_eq!((text.data.as_str(), text.base64), ("hello", false));
+        assert!(text.truncated);
+        // A cap inside a character keeps the whole ones before it.
+        let cut = RecordedBody::new("née".as_bytes(), 2, 4);
+        assert_eq!((cut.data.as_str(), cut.base64), ("n", false));
+        let binary = RecordedBody::new(&[0, 1, 2], 16, 3);
+        assert_eq!((binary.data.as_str(), binary.base64), ("AAEC", true));
+        assert!(!binary.truncated);
+    }
+}
