@@ -1,4 +1,5 @@
-//! Masked-throughput benchmark: one large HTTPS response (JSON log lines, no secrets) through
+//! Masked-throughput benchmark: one large HTTPS response (JSON log lines with escaped URLs
+//! and URL-encoded queries, no secrets) through
 //! interceptor with secret masking on (the shipped rules, every one masking) and off (a
 //! policy rule with `secrets_mask = []`), in the same run, against the same daemon; the
 //! direct download is shown for scale. Written to `docs/benchmarks.md`.
@@ -85,7 +86,7 @@ fn main() -> Result<()> {
     let report = format!(
         "## Masking: proxy throughput with secret masking on and off (issue 4)\n\n\
          Command: `cargo xtask bench masking` (release build; {RUNS} alternating runs each, \
-         median shown). curl downloads {mib} MiB of JSON log lines (no secrets) over HTTPS \
+         median shown). curl downloads {mib} MiB of JSON log lines (with `\\/`-escaped URLs and `%XX`-encoded queries, so the decoded views run; no secrets) over HTTPS \
          (HTTP/1.1) from a hyper + rustls server. Through interceptor, TLS is re-terminated \
          and the response streams through the HTTP layer; \"masking on\" scans it with every \
          shipped rule (stream mode, decoded views, masking), \"masking off\" goes to a server \

@@ -287,7 +287,8 @@ fn full(data: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// 64 KiB of JSON log lines, built once: what an API or a log shipper sends.
+/// 64 KiB of JSON log lines, built once: what an API or a log shipper sends, with
+/// JSON-escaped URLs (`https:\/\/...`) and URL-encoded queries as real ones have.
 fn text_block() -> Bytes {
     static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     BLOCK
@@ -295,12 +296,13 @@ fn text_block() -> Bytes {
             let mut block = String::new();
             for i in 0u64.. {
                 let line = format!(
-                    "{{\"ts\": \"2026-11-23T08:{:02}:{:02}Z\", \"level\": \"info\", \"user\": \"user{}\", \"msg\": \"GET /api/v1/items?page={} 200 {}ms\", \"trace\": \"{:016x}\"}}\n",
+                    "{{\"ts\": \"2026-11-23T08:{:02}:{:02}Z\", \"level\": \"info\", \"user\": \"user{}\", \"msg\": \"GET /api/v1/items?q=red%20shoes&page={} 200 {}ms\", \"img\": \"https:\\/\\/cdn.example.com\\/img\\/{}.png\", \"trace\": \"{:016x}\"}}\n",
                     i / 60 % 60,
                     i % 60,
                     i % 97,
                     i % 13,
                     i % 250,
+                    i,
                     i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
                 );
                 if block.len() + line.len() > 64 * 1024 {

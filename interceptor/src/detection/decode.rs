@@ -8,6 +8,9 @@ use std::ops::Range;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+/// Decoded bytes a view forgets at once (fewer stay until there are this many).
+const RELEASE_BATCH: usize = 64 * 1024;
+
 /// Base64 runs shorter than this are not decoded (a 16-byte secret is 24 characters).
 pub const MIN_BASE64_RUN: usize = 24;
 
@@ -81,7 +84,7 @@ impl Decoded {
         self.raw_at(self.base + span.start as u64)..end
     }
 
-    /// Forgets the decoded bytes whose raw bytes start before `raw`.
+    /// Forgets (in batches) the decoded bytes whose raw bytes start before `raw`.
     pub fn release_before(&mut self, raw: u64) {
         // raw_at never decreases: binary search for the first byte to keep.
         let (mut lo, mut hi) = (0, self.bytes.len());
@@ -92,6 +95,10 @@ impl Decoded {
             } else {
                 hi = mid;
             }
+        }
+        // In batches: moving the kept bytes after every chunk costs more than keeping them.
+        if lo < RELEASE_BATCH {
+            return;
         }
         self.bytes.drain(..lo);
         self.base += lo as u64;

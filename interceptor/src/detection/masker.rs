@@ -21,6 +21,9 @@ use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
 use super::views::{View, ViewFinding};
 
+/// Forwarded bytes a masker keeps beyond its context before it drops them.
+const COMPACT_AT: usize = 64 * 1024;
+
 /// The decoded views a masker may start.
 const VIEWS: [Encoding; 2] = [Encoding::JsonEscaped, Encoding::UrlEncoded];
 
@@ -277,8 +280,8 @@ impl Masker {
         self.reported.push((rule, span));
     }
 
-    /// Appends the next `n` held bytes to `out`, masked; keeps up to `holdback` forwarded
-    /// bytes as context and drops the rest.
+    /// Appends the next `n` held bytes to `out`, masked; keeps at least `holdback` forwarded
+    /// bytes as context and drops the rest (in batches of [`COMPACT_AT`]).
     fn release(&mut self, n: usize, out: &mut Vec<u8>) {
         if n == 0 {
             return;
@@ -297,6 +300,11 @@ impl Masker {
         self.sent = end;
         self.masks.retain(|m| m.end > end);
         let drop = (self.sent - self.base).saturating_sub(self.engine.holdback() as u64);
+        // Compact only once enough is dead: moving the kept bytes after every chunk costs
+        // more than scanning them.
+        if drop < COMPACT_AT as u64 {
+            return;
+        }
         self.buf.drain(..drop as usize);
         self.base += drop;
         let base = self.base;

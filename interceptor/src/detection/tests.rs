@@ -507,3 +507,42 @@ fn a_selection_masks_reports_or_ignores_each_rule() {
     assert!(!none.any());
     assert!(Selection::mask_all(&engine()).masks_everything());
 }
+
+#[test]
+fn a_long_stream_is_masked_the_same_across_compactions() {
+    // Several times the compaction batch, secrets all along (escaped and plain).
+    let samples = samples();
+    let mut corpus = String::new();
+    for round in 0..40 {
+        for (text, ..) in &samples {
+            corpus.push_str(text);
+            corpus.push_str(&format!(
+                "{{\"url\": \"https:\\/\\/cdn.test\\/{round}\"}}\n"
+            ));
+            corpus.push_str(&"filler line without secrets\n".repeat(20));
+        }
+    }
+    let data = corpus.as_bytes();
+    assert!(data.len() > 4 * 64 * 1024);
+    let sorted = |mut f: Vec<Finding>| {
+        f.sort_by(|a, b| (a.offset, &a.rule).cmp(&(b.offset, &b.rule)));
+        f
+    };
+    let (whole, whole_findings) = mask_chunks([data]);
+    let (chunked, chunked_findings) = mask_chunks(data.chunks(16 * 1024 + 7));
+    assert!(chunked == whole, "chunked output differs");
+    let (whole_findings, chunked_findings) = (sorted(whole_findings), sorted(chunked_findings));
+    assert_eq!(whole_findings.len(), chunked_findings.len());
+    if let Some((w, c)) = whole_findings
+        .iter()
+        .zip(&chunked_findings)
+        .find(|(w, c)| w != c)
+    {
+        panic!("findings differ: {w:?} / {c:?}");
+    }
+    for (_, secret, rule) in &samples {
+        assert!(!contains(&whole, secret.as_bytes()), "{rule} leaked");
+        let n = whole_findings.iter().filter(|f| &f.rule == rule).count();
+        assert!(n >= 40, "{rule}: {n} findings");
+    }
+}
