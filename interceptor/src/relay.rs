@@ -13,8 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use socket2::SockRef;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// Pipe size per direction: the most one splice moves.
 const PIPE_SIZE: usize = 1 << 20;
@@ -58,13 +59,15 @@ impl Side {
 
 /// Relays until both directions have finished, or either fails.
 pub async fn relay(
-    client: TcpStream,
-    upstream: TcpStream,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
     traffic: &Traffic,
 ) -> Result<(), RelayError> {
+    let (client_rx, client_tx) = client.split();
+    let (upstream_rx, upstream_tx) = upstream.split();
     let result = tokio::try_join!(
-        pump(&client, &upstream, &traffic.up, Side::Client),
-        pump(&upstream, &client, &traffic.down, Side::Upstream),
+        pump(client_rx, upstream_tx, &traffic.up, Side::Client),
+        pump(upstream_rx, client_tx, &traffic.down, Side::Upstream),
     );
     if result.is_err() {
         reset(&client);
@@ -76,9 +79,12 @@ pub async fn relay(
 /// Moves one direction until end of stream. Small exchanges (requests, responses) are copied
 /// through a buffer, which costs fewer syscalls than setting up a pipe; once a read fills the
 /// buffer the stream is bulk, and from then on it is spliced.
+///
+/// Copies go through tokio's `AsyncRead`/`AsyncWrite`, which take a short read as "drained"
+/// and wait for the next readiness event instead of reading again into `EAGAIN`.
 async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+    mut rx: ReadHalf<'_>,
+    mut tx: WriteHalf<'_>,
     counter: &AtomicU64,
     from_side: Side,
 ) -> Result<(), RelayError> {
@@ -88,21 +94,15 @@ async fn pump(
     loop {
         let n = match &pipe {
             None => {
-                let n = when_ready(from, Interest::READABLE, || from.try_read(&mut small))
-                    .await
-                    .map_err(from_side.err())?;
-                let mut sent = 0;
-                while sent < n {
-                    sent += when_ready(to, Interest::WRITABLE, || to.try_write(&small[sent..n]))
-                        .await
-                        .map_err(to_side.err())?;
-                }
+                let n = rx.read(&mut small).await.map_err(from_side.err())?;
+                tx.write_all(&small[..n]).await.map_err(to_side.err())?;
                 if n == COPY_LIMIT {
                     pipe = Some(new_pipe().map_err(from_side.err())?);
                 }
                 n
             }
             Some((pipe_rx, pipe_tx)) => {
+                let (from, to): (&TcpStream, &TcpStream) = (rx.as_ref(), tx.as_ref());
                 let (from_fd, to_fd) = (from.as_raw_fd(), to.as_raw_fd());
                 let n = when_ready(from, Interest::READABLE, || {
                     from.try_io(Interest::READABLE, || {
@@ -125,7 +125,7 @@ async fn pump(
             }
         };
         if n == 0 {
-            return SockRef::from(to)
+            return SockRef::from(tx.as_ref())
                 .shutdown(std::net::Shutdown::Write)
                 .map_err(to_side.err());
         }

@@ -15,9 +15,9 @@ mod tests;
 use std::{
     fs::{self, File},
     io,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
 };
 
 use aya::{
@@ -247,10 +247,7 @@ impl Kernel {
             enrollments: take_map(&mut ebpf, names::ENROLLMENTS)?,
             select: take_map(&mut ebpf, names::SELECT)?,
             deny: take_map(&mut ebpf, names::DENY)?,
-            original_dst: OriginalDstTable(Arc::new(Mutex::new(take_map(
-                &mut ebpf,
-                names::ORIGINAL_DST,
-            )?))),
+            original_dst: OriginalDstTable::take_from(&mut ebpf)?,
             denied: Some(take_map(&mut ebpf, names::DENIED_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -497,17 +494,34 @@ fn replace_entries(
 }
 
 /// Original destinations of redirected connections, keyed by the client's address as the
-/// proxy sees it. Cheap to clone; shareable between threads.
+/// proxy sees it. Cheap to clone; shareable between threads without a lock.
 #[derive(Clone)]
-pub struct OriginalDstTable(Arc<Mutex<HashMap<MapData, ConnKey, ConnectInfo>>>);
+pub struct OriginalDstTable(Arc<MapData>);
 
 impl OriginalDstTable {
-    /// Looks up and removes the record of a connection; None when the kernel has none.
+    fn take_from(ebpf: &mut Ebpf) -> Result<OriginalDstTable, KernelError> {
+        let name = names::ORIGINAL_DST;
+        let map = ebpf.take_map(name).ok_or(missing("map", name))?;
+        // Typed once to check the kind and the key and value sizes; used raw afterwards, since
+        // aya's HashMap has no lookup-and-delete.
+        HashMap::<&MapData, ConnKey, ConnectInfo>::try_from(&map).map_err(map_err(name))?;
+        match map {
+            aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) => {
+                Ok(OriginalDstTable(Arc::new(data)))
+            }
+            _ => unreachable!("try_from accepted only hash maps"),
+        }
+    }
+
+    /// Takes the record of a connection (one syscall, on the accept path of every
+    /// connection); None when the kernel has none.
     pub fn take(&self, key: &ConnKey) -> Option<ConnectInfo> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let info = map.get(key, 0).ok()?;
-        let _ = map.remove(key);
-        Some(info)
+        sys::map_lookup(self.0.fd().as_fd(), key, true)
+    }
+
+    #[cfg(test)]
+    fn peek(&self, key: &ConnKey) -> Option<ConnectInfo> {
+        sys::map_lookup(self.0.fd().as_fd(), key, false)
     }
 }
 

@@ -5,7 +5,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::Path,
@@ -17,6 +17,43 @@ use nix::{
 };
 
 pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// The value under `key` in a hash map, removed in the same call when `delete`
+/// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, Linux 5.14 and later); None when there is none.
+pub fn map_lookup<K, V: Default>(map: BorrowedFd<'_>, key: &K, delete: bool) -> Option<V> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// The map-element member of `union bpf_attr`.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = V::default();
+    let attr = Attr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: &mut value as *mut V as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points to live key and value buffers of the map's key and value types for
+    // the duration of the call; the kernel writes at most the value size into `value`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            if delete {
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM
+            } else {
+                BPF_MAP_LOOKUP_ELEM
+            },
+            &attr as *const Attr,
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    (rc == 0).then_some(value)
+}
 
 /// Whether `path` is on a bpf file system.
 pub fn is_bpffs(path: &Path) -> nix::Result<bool> {

@@ -421,7 +421,7 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
     let (stream, peer) = timeout(STEP, proxy.accept()).await.unwrap().unwrap();
     assert_eq!(peer.port().to_string(), c[1]);
     let key = key_for(peer, &stream);
-    let peek = |key: &ConnKey| table.0.lock().unwrap().get(key, 0).is_ok();
+    let peek = |key: &ConnKey| table.peek(key).is_some();
     assert!(peek(&key), "record present while the connection is open");
     drop(stream);
     assert_eq!(line(&mut out).await, ["closed"]);
