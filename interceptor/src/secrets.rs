@@ -84,7 +84,9 @@ fn compile(rules: &[Rule], vault: Option<&SharedVault>) -> anyhow::Result<Option
     if all.is_empty() {
         return Ok(None);
     }
-    let placeholders = vault.map(|v| v.current().placeholders()).unwrap_or_default();
+    let placeholders = vault
+        .map(|v| v.current().placeholders())
+        .unwrap_or_default();
     // Placeholders are swapped after masking: they must reach the swap unmasked.
     let engine = Engine::compile(&all)
         .context("compiling the secret rules")?
