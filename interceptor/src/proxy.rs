@@ -78,7 +78,6 @@ impl Proxy {
             relay::reset(&client);
             return;
         };
-        let _ = client.set_nodelay(true);
         let dest = original_destination(&info);
         let enrollment = self.registry.read().unwrap().get(&info.enrollment).cloned();
         let identity = self
