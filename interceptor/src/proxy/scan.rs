@@ -93,7 +93,10 @@ impl StreamScan {
     {
         // Kept a holdback past the cap, so a secret the cap cuts is still recognised whole
         // when the record is masked.
-        let keep = self.record_cap + self.masking.holdback();
+        let keep = match self.record_cap {
+            0 => 0,
+            cap => cap + self.masking.holdback(),
+        };
         let (mut up, mut down) = (Capture::new(keep), Capture::new(keep));
         let relayed = self
             .relay
