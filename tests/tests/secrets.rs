@@ -509,16 +509,12 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
     ensure_nothing_at_rest(&d, &[REAL])
 }
 
-#[test]
-fn raw_tcp_is_masked_both_ways() -> Result<()> {
-    require_root();
-    let server = Server::echo("127.0.0.2")?;
-    let rules = rules_dir();
-    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+/// Sends `payload` through a raw TCP connection (Python, under `exec`) to the echo
+/// `server`, half-closes, and returns what came back.
+fn raw_round_trip(d: &Daemon, server: &Server, payload: &str) -> Result<String> {
     let dir = tempfile::tempdir()?;
-    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
     let file = dir.path().join("payload");
-    std::fs::write(&file, &payload)?;
+    std::fs::write(&file, payload)?;
     let script = "import socket, sys\n\
         s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
         s.sendall(open(sys.argv[3], 'rb').read())\n\
@@ -528,14 +524,25 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
         sys.stdout.write(out.decode())\n";
     let (ip, port) = (server.ip().to_string(), server.port().to_string());
     let py = python().to_str().unwrap();
-    let out = exec(&d, &[py, "-c", script, &ip, &port, file.to_str().unwrap()])?;
+    let out = exec(d, &[py, "-c", script, &ip, &port, file.to_str().unwrap()])?;
     ensure!(
         out.status.success(),
         "client: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(stdout(&out))
+}
+
+#[test]
+fn raw_tcp_is_masked_both_ways() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let rules = rules_dir();
+    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let got = raw_round_trip(&d, &server, &payload)?;
     let masked = payload.replace(BODY_SECRET, "AKIA****************");
-    ensure!(stdout(&out) == masked, "client got {:?}", stdout(&out));
+    ensure!(got == masked, "client got {got:?}");
     let records = server.wait_records(1, SESSIONS)?;
     ensure!(
         records[0].sha256.as_deref() == Some(sha256_hex(masked.as_bytes()).as_str()),
@@ -544,6 +551,45 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     let all = findings(&d, server.port(), 1)?;
     ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
+#[test]
+fn raw_tcp_follows_the_policy_settings() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let dir = tempfile::tempdir()?;
+    let policy = policy_file(
+        dir.path(),
+        "[settings]\nsecrets_report = [\"aws.access-key-id\"]\n[default]\naction = \"allow\"\n",
+    )?;
+    let rules = rules_dir();
+    let d = Daemon::start_with(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ])?;
+    let payload = format!("key={BODY_SECRET}\ntoken={HEADER_SECRET}\n");
+    let got = raw_round_trip(&d, &server, &payload)?;
+    // Reported only: through untouched (both ways). Masked: masked on the way up.
+    ensure!(
+        got.contains(BODY_SECRET) && !got.contains(HEADER_SECRET) && got.contains("token=ghp_"),
+        "client got {got:?}"
+    );
+    let all = findings(&d, server.port(), 1)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
+    ensure_finding(&all, "github.ghp", "up", "stream")?;
+    ensure!(
+        all.iter()
+            .filter(|f| f["rule"] == "aws.access-key-id")
+            .all(|f| f["report_only"] == true)
+            && all
+                .iter()
+                .filter(|f| f["rule"] == "github.ghp")
+                .all(|f| f.get("report_only").is_none()),
+        "report_only flags: {all:#?}"
+    );
+    ensure_nothing_at_rest(&d, &[BODY_SECRET, HEADER_SECRET])
 }
 
 /// A policy file in `dir`: TLS intercepted, then `text` (settings, rules, default).
