@@ -2,11 +2,13 @@
 //!
 //! The kernel fields (pid, uid, gid, comm, cgroup id, netns) are always there; the `/proc`
 //! fields (exe, cmdline, cgroup path) are best effort, since a process may exit right after
-//! `connect()`. A pid reused by a newer process is detected by its start time and ignored.
+//! `connect()`. A pid reused by a newer process is detected by its start time and ignored;
+//! cached processes are checked for life through a pidfd, which is cheaper than `/proc`.
 //! A container's name comes from its runtime's metadata on disk ([`ContainerNames`]).
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -191,8 +193,8 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// What `/proc` says about a process; cached per (pid, start time) so a busy process costs
-/// one read of `/proc` rather than one per connection.
+/// What `/proc` says about a process; cached so a busy process costs one read of `/proc`
+/// rather than one per connection.
 #[derive(Debug)]
 struct ProcInfo {
     exe: Option<String>,
@@ -200,8 +202,15 @@ struct ProcInfo {
     cgroup: Option<String>,
 }
 
-/// Processes by (pid, start time): a pid alone may be reused.
-type ProcessCache = HashMap<(u32, u64), Arc<ProcInfo>>;
+/// A process seen before, with a pidfd that tells whether it still lives: while it does, its
+/// pid names no other process, so a cache hit costs one `poll` instead of reading `/proc`.
+struct CachedProcess {
+    pidfd: OwnedFd,
+    start_ns: u64,
+    info: Arc<ProcInfo>,
+}
+
+type ProcessCache = HashMap<u32, CachedProcess>;
 
 /// Resolves kernel records to identities.
 #[derive(Clone, Default)]
@@ -211,7 +220,8 @@ pub struct IdentityResolver {
     containers: ContainerNames,
 }
 
-const MAX_CACHED_PROCESSES: usize = 4096;
+/// Each cached process holds a pidfd, so the bound is also on descriptors.
+const MAX_CACHED_PROCESSES: usize = 1024;
 
 impl IdentityResolver {
     /// A resolver that finds container names under `roots`.
@@ -250,14 +260,19 @@ impl IdentityResolver {
     }
 
     fn proc_info(&self, pid: u32, connect_ktime_ns: u64) -> Option<Arc<ProcInfo>> {
-        let start = start_time_ns(pid)?;
         // A process that started after the connect is a newer process reusing the pid.
-        if start > connect_ktime_ns {
-            return None;
+        let connected_first = |start_ns: u64| start_ns <= connect_ktime_ns;
+        if let Some(hit) = self.processes.lock().unwrap().get(&pid)
+            && is_alive(&hit.pidfd)
+        {
+            return connected_first(hit.start_ns).then(|| hit.info.clone());
         }
-        let mut cache = self.processes.lock().unwrap();
-        if let Some(hit) = cache.get(&(pid, start)) {
-            return Some(hit.clone());
+        // The pidfd first: if the process is still alive after /proc was read, what was read
+        // is its own.
+        let pidfd = pidfd_open(pid)?;
+        let start_ns = start_time_ns(pid)?;
+        if !connected_first(start_ns) {
+            return None;
         }
         let info = Arc::new(ProcInfo {
             exe: fs::read_link(format!("/proc/{pid}/exe"))
@@ -273,10 +288,22 @@ impl IdentityResolver {
                 .unwrap_or_default(),
             cgroup: cgroup::relative_path_of_pid(pid),
         });
-        if cache.len() >= MAX_CACHED_PROCESSES {
-            cache.clear();
+        if !is_alive(&pidfd) {
+            return None;
         }
-        cache.insert((pid, start), info.clone());
+        let mut cache = self.processes.lock().unwrap();
+        if cache.len() >= MAX_CACHED_PROCESSES {
+            cache.retain(|_, p| is_alive(&p.pidfd));
+            if cache.len() >= MAX_CACHED_PROCESSES {
+                cache.clear();
+            }
+        }
+        let cached = CachedProcess {
+            pidfd,
+            start_ns,
+            info: info.clone(),
+        };
+        cache.insert(pid, cached);
         Some(info)
     }
 
@@ -292,6 +319,24 @@ impl IdentityResolver {
             })
             .clone()
     }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A pidfd becomes readable when its process exits.
+fn is_alive(pidfd: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut poll, 1, 0) == 0 }
 }
 
 /// Process start time in CLOCK_MONOTONIC nanoseconds (field 22 of `/proc/PID/stat`, in clock
@@ -464,5 +509,28 @@ mod tests {
         let id = IdentityResolver::default().resolve(&info, None);
         assert_eq!(id.exe, None);
         assert!(id.cmdline.is_empty());
+    }
+
+    #[test]
+    fn cached_processes_are_checked_for_reuse_and_exit() {
+        let resolver = IdentityResolver::default();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let info = |ktime_ns| ConnectInfo {
+            tgid: pid,
+            ktime_ns,
+            ..Default::default()
+        };
+        let first = resolver.resolve(&info(u64::MAX), None);
+        assert!(first.exe.as_deref().unwrap().ends_with("sleep"), "{first:?}");
+        // From the cache: still the same process, and still not trusted for a connect made
+        // before it started.
+        assert_eq!(resolver.resolve(&info(u64::MAX), None).exe, first.exe);
+        assert_eq!(resolver.resolve(&info(1), None).exe, None);
+        // Once it has exited, the cache does not answer for its pid any more.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let gone = resolver.resolve(&info(u64::MAX), None);
+        assert_eq!((gone.exe, gone.cmdline.len()), (None, 0));
     }
 }

@@ -49,6 +49,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every relayed connection holds two sockets: the usual soft limit of 1024 descriptors would
+/// cap the proxy near 500 connections while the hard limit allows far more.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::Result<()> {
     let config = daemon::DaemonConfig {
         // Borrows `args`: before the fields that move out of it.
@@ -73,6 +88,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         metrics_allow_remote: args.metrics_allow_remote,
         tls: args.tls.into_options(),
     };
+    raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new()?;
     let writer = runtime.block_on(daemon::run(config))?;
     // Dropping the runtime drops every task and with them every store handle; then the
