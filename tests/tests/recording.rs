@@ -8,7 +8,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use interceptor_tests::https::{HttpsServer, PLANTED_SECRET, TestPki};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use interceptor_tests::https::{
+    HttpsServer, PLANTED_SECRET, TestPki, ended_session, intercepting_daemon, tls_client,
+};
 use interceptor_tests::*;
 use serde_json::Value;
 
@@ -555,6 +559,62 @@ fn raw_tcp_data_is_recorded_masked_and_capped_each_way() -> Result<()> {
     );
     ensure!(shown.contains(&line), "{line:?} not in:\n{shown}");
     ensure_not_stored(&s.d, &[BODY_SECRET])
+}
+
+#[test]
+fn websocket_payloads_are_recorded_masked_and_capped() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("recording test CA")?;
+    let rules = workspace_root().join("policies/rules");
+    let d = intercepting_daemon(&pki, &["--rules", rules.to_str().context("path")?])?;
+    let reply = format!("key {BODY_SECRET}");
+    let server = Server::start(
+        "ws",
+        "127.0.0.3",
+        ServerOpts {
+            seed: &reply,
+            ..Default::default()
+        },
+    )?;
+    let port = server.port().to_string();
+    // Two frames up (a short one with a secret, then 70,000 bytes), two replies down.
+    let r = tls_client(&d, &["wssecret", "127.0.0.3", &port, HEADER_SECRET])?;
+    ensure!(r["received"].as_array().map(Vec::len) == Some(2), "{r:#}");
+    let session = ended_session(&d, server.port())?;
+    let streams = session["streams"].as_array().context("no stream records")?;
+    // What the scanner saw: frame headers as they were (so base64), payloads unmasked with
+    // the secrets masked, a newline after each.
+    let side = |direction: &str| -> Result<(&Value, String)> {
+        let record = streams
+            .iter()
+            .find(|x| x["direction"] == direction)
+            .with_context(|| format!("no {direction} record: {streams:#?}"))?;
+        ensure!(record["base64"] == true, "{record:#}");
+        let bytes = BASE64.decode(record["data"].as_str().context("data")?)?;
+        Ok((record, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    // The default policy records 64 KiB: the second frame goes past it.
+    let (up, text) = side("up")?;
+    ensure!(
+        text.contains(&format!(
+            "token ghp_{}\n",
+            "*".repeat(HEADER_SECRET.len() - 4)
+        )) && !text.contains(HEADER_SECRET),
+        "up: {}",
+        &text[..text.len().min(100)]
+    );
+    ensure!(
+        up["cap"] == 65536 && up["truncated"] == true && up["bytes"].as_u64() > Some(70_000),
+        "up: {up:#}"
+    );
+    let (down, text) = side("down")?;
+    ensure!(
+        text.matches("key AKIA****").count() == 2
+            && !text.contains(BODY_SECRET)
+            && down["truncated"] == false,
+        "down: {down:#}"
+    );
+    ensure_not_stored(&d, &[HEADER_SECRET, BODY_SECRET])
 }
 
 /// A child process killed (by pid) if the test ends before waiting for it.
