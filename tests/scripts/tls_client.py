@@ -20,8 +20,9 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
                                            TEXT" and a 70000-byte masked binary frame ending
                                            in " TEXT"; reports the server's replies
-  tls_client.py h2ws HOST PORT TEXT        WebSocket over HTTP/2 (RFC 8441 extended CONNECT to
-                                           /ws, python h2): a masked text frame "token TEXT";
+  tls_client.py h2ws HOST PORT TEXT PAUSE  WebSocket over HTTP/2 (RFC 8441 extended CONNECT to
+                                           /ws, python h2): after the 200 and PAUSE seconds
+                                           of silence, a masked text frame "token TEXT";
                                            reports the frame echoed back, unmasked
   tls_client.py tlssay HOST PORT TEXT      TLS without ALPN, a line TEXT (not HTTP); reports
                                            the line that comes back
@@ -181,7 +182,7 @@ def wssecret(host, port, text):
     return {"status_line": status, "received": received, "close_hex": closing.hex()}
 
 
-def h2ws(host, port, text):
+def h2ws(host, port, text, pause):
     import h2.config
     import h2.connection
     import h2.events
@@ -205,10 +206,15 @@ def h2ws(host, port, text):
     conn.send_headers(1, [(":method", "CONNECT"), (":protocol", "websocket"),
                           (":scheme", "https"), (":path", "/ws"),
                           (":authority", f"{host}:{port}"), ("sec-websocket-version", "13")])
-    conn.send_data(1, frame)
     s.sendall(conn.data_to_send())
-    status, echoed, ended = None, b"", False
+    status, echoed, ended, sent = None, b"", False, False
     while len(echoed) < len(frame) and not ended:
+        if status is not None and not sent:
+            # A quiet WebSocket outlives the connection's header timeout.
+            time.sleep(pause)
+            conn.send_data(1, frame)
+            s.sendall(conn.data_to_send())
+            sent = True
         data = s.recv(65536)
         if not data:
             break
@@ -343,7 +349,7 @@ def main():
     elif mode == "wssecret":
         out = wssecret(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2ws":
-        out = h2ws(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        out = h2ws(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
     elif mode == "tlssay":
         out = tlssay(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2stall":

@@ -134,10 +134,12 @@ fn an_http2_client_that_never_finishes_its_headers_is_closed_after_the_header_ti
 const UP_SECRET: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
 const DOWN_SECRET: &str = "AKIAQYLPMN5HHHFPZAM2";
 
-/// A daemon as `setup` makes it, masking secrets with the shipped rules.
-fn masking_daemon(pki: &TestPki) -> Result<Daemon> {
+/// A daemon as `setup` makes it, masking secrets with the shipped rules, plus `extra`.
+fn masking_daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
     let rules = workspace_root().join("policies/rules");
-    intercepting_daemon(pki, &["--rules", rules.to_str().unwrap()])
+    let mut args = vec!["--rules", rules.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    intercepting_daemon(pki, &args)
 }
 
 /// `text` holds the secret masked in place: its first bytes, then `*`, same length.
@@ -178,7 +180,7 @@ fn ensure_found_both_ways(s: &Value) -> Result<()> {
 fn websocket_frames_are_unmasked_scanned_and_masked_again_both_ways() -> Result<()> {
     require_root();
     let pki = TestPki::new("upstream test CA")?;
-    let d = masking_daemon(&pki)?;
+    let d = masking_daemon(&pki, &[])?;
     let reply = format!("key {DOWN_SECRET}");
     let server = Server::start(
         "ws",
@@ -229,7 +231,7 @@ fn websocket_frames_are_unmasked_scanned_and_masked_again_both_ways() -> Result<
 fn a_secret_in_tls_that_is_not_http_is_masked_both_ways() -> Result<()> {
     require_root();
     let pki = TestPki::new("upstream test CA")?;
-    let d = masking_daemon(&pki)?;
+    let d = masking_daemon(&pki, &[])?;
     let (chain, key) = pki.server_pem(&["127.0.0.2"])?;
     let reply = format!("key {DOWN_SECRET}");
     let server = Server::start(
@@ -269,7 +271,7 @@ fn a_request_body_past_the_decoded_cap_gets_413_with_the_reason() -> Result<()> 
     require_root();
     let pki = TestPki::new("upstream test CA")?;
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
-    let d = masking_daemon(&pki)?;
+    let d = masking_daemon(&pki, &[])?;
     // 70 MiB of zeros, about 70 KB of gzip: past the 64 MiB a masked body may decode to.
     let bomb = d.tmp_dir().join("bomb.gz");
     let made = Command::new("sh")
@@ -338,9 +340,10 @@ fn websocket_over_http2_extended_connect_is_relayed_scanned_and_recorded() -> Re
     require_root();
     let pki = TestPki::new("upstream test CA")?;
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
-    let d = masking_daemon(&pki)?;
+    let d = masking_daemon(&pki, &["--header-timeout", "1s"])?;
     let port = server.addr.port().to_string();
-    let r = tls_client(&d, &["h2ws", "127.0.0.2", &port, UP_SECRET])?;
+    // Quiet for longer than the header timeout: an open WebSocket keeps its connection.
+    let r = tls_client(&d, &["h2ws", "127.0.0.2", &port, UP_SECRET, "2.5"])?;
     ensure!(
         r["enable_connect_protocol"] == true && r["status"] == "200",
         "interceptor must offer and pass on extended CONNECT: {r:#}"

@@ -4,7 +4,8 @@
 //! an HTTP/1 connection waiting that long for a request head is.
 //!
 //! A request is in progress from the moment its head reaches the service until its response
-//! body is done ([`InFlight::busy`] lives in the response body).
+//! body is done ([`InFlight::busy`] lives in the response body), or, for a stream upgraded by
+//! extended CONNECT (a WebSocket), until the relay of that stream ends.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -166,13 +166,7 @@ impl HttpLayer {
         let service = hyper::service::service_fn(move |req| {
             let conn = conn.clone();
             let busy = counted.as_ref().map(|c| c.busy());
-            async move {
-                let resp = conn.forward(req).await;
-                Ok::<_, Infallible>(match busy {
-                    Some(busy) => resp.map(|b| idle::BusyBody::new(b, busy).boxed_unsync()),
-                    None => resp,
-                })
-            }
+            async move { Ok::<_, Infallible>(conn.forward(req, busy).await) }
         });
         let client = TokioIo::new(client);
         let server = async {
@@ -236,7 +230,13 @@ impl HttpLayer {
 }
 
 impl Connection {
-    async fn forward(&self, req: Request<Incoming>) -> Response<HttpBody> {
+    /// One exchange; `busy` (HTTP/2) counts it as in progress until its response body, or
+    /// the stream it was upgraded to (a WebSocket over extended CONNECT), is done.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        busy: Option<idle::Busy>,
+    ) -> Response<HttpBody> {
         let info = ExchangeInfo {
             session: self.session,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
@@ -311,14 +311,20 @@ impl Connection {
         };
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (tunnel && resp.status().is_success());
+        let mut busy = busy;
         if switched && let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let relay = tokio::spawn(relay_upgraded(
+            let relay = relay_upgraded(
                 client_upgrade,
                 upstream_upgrade,
                 exchange.clone(),
                 self.streams.clone().map(|scan| (scan, websocket)),
-            ));
+            );
+            let busy = busy.take();
+            let relay = tokio::spawn(async move {
+                relay.await;
+                drop(busy);
+            });
             self.upgrades.lock().unwrap().push(relay);
         }
         let (mut head, body) = resp.into_parts();
@@ -336,8 +342,13 @@ impl Connection {
             exchange,
             Side::Response,
             decision.body,
-        );
-        Response::from_parts(head, body.boxed_unsync())
+        )
+        .boxed_unsync();
+        let body = match busy {
+            Some(busy) => idle::BusyBody::new(body, busy).boxed_unsync(),
+            None => body,
+        };
+        Response::from_parts(head, body)
     }
 }
 
