@@ -79,6 +79,18 @@ impl Spans {
     }
 }
 
+/// Removes the temporary files of span indexes whose writer was killed mid-write.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("segment-") && name.contains(".spans.") && name.ends_with(".tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn spans_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(segment_name(number)).with_extension("spans")
 }
@@ -161,5 +173,9 @@ mod tests {
         fs::write(&path, b"{\"segment_b").unwrap();
         assert_eq!(Spans::of_segment(dir.path(), 3).unwrap(), built);
         assert_eq!(built.sessions[&1], 0..bytes.len() as u64);
+        let stale = dir.path().join("segment-00000003.spans.77-0.tmp");
+        fs::write(&stale, b"{").unwrap();
+        remove_stale_temporaries(dir.path()).unwrap();
+        assert!(!stale.exists() && path.exists());
     }
 }

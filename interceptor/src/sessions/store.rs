@@ -118,6 +118,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, cuts a torn tail, and starts the writer.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, StoreWriter), StoreError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        spans::remove_stale_temporaries(dir).map_err(io_err(dir))?;
         let state = recover(dir)?;
         let max_id = state.max_session_id;
         let (written_tx, written) = watch::channel(state.end());
