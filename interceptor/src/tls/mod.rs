@@ -14,10 +14,13 @@ use std::collections::HashSet;
 use std::io;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use lru::LruCache;
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -31,6 +34,10 @@ use leaf::LeafMinter;
 
 /// Leaf certificates kept ready; a busy host talks to far fewer names than this.
 const LEAF_CACHE: usize = 1024;
+/// A lower-cased name and the ALPN protocol shown with it.
+type ConfigKey = (String, Option<Vec<u8>>);
+/// TLS sessions workloads may resume.
+const SESSION_CACHE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -73,6 +80,11 @@ pub struct TlsOptions {
 pub struct TlsLayer {
     ca: Arc<CertificateAuthority>,
     leaves: LeafMinter,
+    /// Configurations shown to workloads, by (name, ALPN): built once per name.
+    configs: Mutex<LruCache<ConfigKey, Arc<ServerConfig>>>,
+    /// One session cache behind every configuration, so a workload's next connection to a
+    /// name resumes (rustls checks that the SNI matches) instead of a full handshake.
+    sessions: Arc<dyn StoresServerSessions>,
     upstream: TlsConnector,
     passthrough: HashSet<String>,
     pub handshake_timeout: Duration,
@@ -89,8 +101,11 @@ impl TlsLayer {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let capacity = NonZeroUsize::new(LEAF_CACHE).unwrap();
         Ok(TlsLayer {
-            leaves: LeafMinter::new(ca.clone(), NonZeroUsize::new(LEAF_CACHE).unwrap())?,
+            leaves: LeafMinter::new(ca.clone(), capacity)?,
+            configs: Mutex::new(LruCache::new(capacity)),
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
             ca,
             upstream: TlsConnector::from(Arc::new(upstream)),
             passthrough: options
@@ -132,18 +147,28 @@ impl TlsLayer {
         name: &str,
         alpn: Option<&[u8]>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
+        let cache_key = (name.to_ascii_lowercase(), alpn.map(<[u8]>::to_vec));
+        if let Some(hit) = self.configs.lock().unwrap().get(&cache_key) {
+            return Ok(hit.clone());
+        }
         let key = self.leaves.certified_key(name)?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(key)));
         config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
-        Ok(Arc::new(config))
+        config.session_storage = self.sessions.clone();
+        let config = Arc::new(config);
+        self.configs.lock().unwrap().put(cache_key, config.clone());
+        Ok(config)
     }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// The system's roots plus the operator's extra ones, minus our own CA: an upstream must
@@ -187,5 +212,61 @@ struct Fixed(Arc<CertifiedKey>);
 impl ResolvesServerCert for Fixed {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ClientConnection, HandshakeKind, ServerConnection};
+
+    /// Drives one in-memory handshake; returns how the client's side went.
+    fn handshake(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> HandshakeKind {
+        let name = ServerName::try_from("api.example.com").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        while c.is_handshaking() || s.is_handshaking() || c.wants_write() || s.wants_write() {
+            let mut wire = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut wire).unwrap();
+            }
+            s.read_tls(&mut wire.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            wire.clear();
+            while s.wants_write() {
+                s.write_tls(&mut wire).unwrap();
+            }
+            c.read_tls(&mut wire.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        c.handshake_kind().unwrap()
+    }
+
+    #[test]
+    fn configs_are_built_once_per_name_and_alpn_and_sessions_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = TlsLayer::new(dir.path(), &TlsOptions::default()).unwrap();
+        let h2 = tls.server_config("API.example.com", Some(b"h2")).unwrap();
+        assert!(Arc::ptr_eq(
+            &h2,
+            &tls.server_config("api.example.com", Some(b"h2")).unwrap()
+        ));
+        let plain = tls.server_config("api.example.com", None).unwrap();
+        assert!(!Arc::ptr_eq(&h2, &plain));
+
+        let mut roots = RootCertStore::empty();
+        roots.add(tls.ca().cert_der().clone()).unwrap();
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        assert_eq!(
+            handshake(client.clone(), plain.clone()),
+            HandshakeKind::Full
+        );
+        assert_eq!(handshake(client, plain), HandshakeKind::Resumed);
     }
 }
