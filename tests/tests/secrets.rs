@@ -509,22 +509,50 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
     ensure_nothing_at_rest(&d, &[REAL])
 }
 
+/// How a raw client ends its side.
+#[derive(Clone, Copy, PartialEq)]
+enum RawClient {
+    /// Half-closes right after sending.
+    HalfCloses,
+    /// Waits for the whole echo before half-closing, like a request-response client.
+    AwaitsReply,
+}
+
 /// Sends `payload` through a raw TCP connection (Python, under `exec`) to the echo
-/// `server`, half-closes, and returns what came back.
-fn raw_round_trip(d: &Daemon, server: &Server, payload: &str) -> Result<String> {
+/// `server`, half-closes (at once or after the echo, as `client` says), and returns what
+/// came back.
+fn raw_round_trip(d: &Daemon, server: &Server, payload: &str, client: RawClient) -> Result<String> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("payload");
     std::fs::write(&file, payload)?;
     let script = "import socket, sys\n\
         s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+        s.settimeout(20)\n\
         s.sendall(open(sys.argv[3], 'rb').read())\n\
-        s.shutdown(socket.SHUT_WR)\n\
         out = b''\n\
+        while len(out) < int(sys.argv[4]):\n    b = s.recv(65536)\n    if not b: break\n    out += b\n\
+        s.shutdown(socket.SHUT_WR)\n\
         while True:\n    b = s.recv(65536)\n    if not b: break\n    out += b\n\
         sys.stdout.write(out.decode())\n";
     let (ip, port) = (server.ip().to_string(), server.port().to_string());
+    let awaited = match client {
+        RawClient::HalfCloses => 0,
+        RawClient::AwaitsReply => payload.len(),
+    }
+    .to_string();
     let py = python().to_str().unwrap();
-    let out = exec(d, &[py, "-c", script, &ip, &port, file.to_str().unwrap()])?;
+    let out = exec(
+        d,
+        &[
+            py,
+            "-c",
+            script,
+            &ip,
+            &port,
+            file.to_str().unwrap(),
+            &awaited,
+        ],
+    )?;
     ensure!(
         out.status.success(),
         "client: {}",
@@ -540,7 +568,7 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     let rules = rules_dir();
     let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
     let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
-    let got = raw_round_trip(&d, &server, &payload)?;
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
     let masked = payload.replace(BODY_SECRET, "AKIA****************");
     ensure!(got == masked, "client got {got:?}");
     let records = server.wait_records(1, SESSIONS)?;
@@ -551,6 +579,33 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     let all = findings(&d, server.port(), 1)?;
     ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
+#[test]
+fn raw_tcp_secret_ending_a_write_is_masked_before_the_idle_flush() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let rules = rules_dir();
+    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+    // Nothing follows the token until the echo is back: only the idle flush forwards it.
+    let payload = format!("token {HEADER_SECRET}");
+    let got = raw_round_trip(&d, &server, &payload, RawClient::AwaitsReply)?;
+    ensure!(
+        got.len() == payload.len() && got.starts_with("token ghp_") && !got.contains(HEADER_SECRET),
+        "client got {got:?}"
+    );
+    let records = server.wait_records(1, SESSIONS)?;
+    ensure!(
+        records[0].sha256.as_deref() == Some(sha256_hex(got.as_bytes()).as_str()),
+        "the server got other bytes than the masked echo: {records:?}"
+    );
+    let all = findings(&d, server.port(), 1)?;
+    ensure_finding(&all, "github.ghp", "up", "stream")?;
+    ensure!(
+        all.iter().all(|f| f["forwarded_unmasked"] == 0),
+        "a secret went out unmasked: {all:#?}"
+    );
+    ensure_nothing_at_rest(&d, &[HEADER_SECRET])
 }
 
 #[test]
@@ -570,7 +625,7 @@ fn raw_tcp_follows_the_policy_settings() -> Result<()> {
         policy.to_str().unwrap(),
     ])?;
     let payload = format!("key={BODY_SECRET}\ntoken={HEADER_SECRET}\n");
-    let got = raw_round_trip(&d, &server, &payload)?;
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
     // Reported only: through untouched (both ways). Masked: masked on the way up.
     ensure!(
         got.contains(BODY_SECRET) && !got.contains(HEADER_SECRET) && got.contains("token=ghp_"),

@@ -215,6 +215,33 @@ impl Engine {
         Ok(found)
     }
 
+    /// Secrets whose whole match runs to the end of `data`, as if the data ended there: a
+    /// stream confirms those only when the next byte or the end comes (a trailing `\b`), too
+    /// late for bytes flushed before either arrives. Calls `each` with rule and span.
+    pub(super) fn find_ending(
+        &self,
+        data: &[u8],
+        scratch: &Scratch,
+        candidates: &mut Candidates,
+        mut each: impl FnMut(usize, Range<usize>),
+    ) -> Result<(), ScanError> {
+        let end = data.len() as u64;
+        self.block.scan(data, scratch, |id, _, to, _| {
+            if to == end {
+                candidates.hit(id, to);
+            }
+            Matching::Continue
+        })?;
+        for (rule, first_end, last_end) in candidates.drain() {
+            self.confirm(rule, data, 0, first_end, last_end, |secret, whole_end| {
+                if whole_end == data.len() {
+                    each(rule, secret);
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// Rules whose Hyperscan pattern matches somewhere in `data` (unconfirmed).
     pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
         let scratch = self.clone_scratch();

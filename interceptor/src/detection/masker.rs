@@ -92,10 +92,13 @@ impl Masker {
         Ok(())
     }
 
-    /// Forwards the held tail as well, for a peer that waits for it. The stream goes on; a
-    /// secret cut by this flush is still reported, with `forwarded_unmasked` set.
+    /// Forwards the held tail as well, for a peer that waits for it. What is held is first
+    /// confirmed as if the stream ended here, so a secret that ends the tail (awaiting its
+    /// trailing boundary) is masked before it leaves. The stream goes on; a secret cut by
+    /// this flush (its rest still to come) is reported, with `forwarded_unmasked` set.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
         self.scan(0, true)?;
+        self.scan_tails()?;
         self.release(self.held(), out);
         Ok(())
     }
@@ -152,6 +155,22 @@ impl Masker {
         }
         self.record_views(found);
         self.scan_base64(at_end)
+    }
+
+    /// Secrets that end at the end of the buffer, raw and in every view, as at the end.
+    fn scan_tails(&mut self) -> Result<(), ScanError> {
+        let mut plain = Vec::new();
+        self.raw
+            .scan_tail(&self.engine, &self.scratch, &self.buf, |rule, span| {
+                plain.push((rule, span))
+            })?;
+        self.record_plain(plain);
+        let mut found = Vec::new();
+        for view in &mut self.views {
+            view.scan_tail(&self.engine, &self.scratch, &mut found)?;
+        }
+        self.record_views(found);
+        Ok(())
     }
 
     /// Starts a view when its escape first appears; it decodes everything still held.

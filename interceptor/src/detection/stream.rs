@@ -72,6 +72,25 @@ impl StreamScan {
         Ok(())
     }
 
+    /// Secrets that end exactly at the end of `buf`, confirmed as if the sequence ended
+    /// there (the stream itself goes on untouched): for a flush that forwards every byte.
+    pub(super) fn scan_tail(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        buf: &[u8],
+        mut found: impl FnMut(usize, Range<usize>),
+    ) -> Result<(), ScanError> {
+        // A match is at most the widest rule long, and the holdback is at least that.
+        let from = buf.len().saturating_sub(engine.holdback());
+        if from == buf.len() {
+            return Ok(());
+        }
+        engine.find_ending(&buf[from..], scratch, &mut self.candidates, |rule, span| {
+            found(rule, from + span.start..from + span.end)
+        })
+    }
+
     fn confirm(
         &mut self,
         engine: &Engine,

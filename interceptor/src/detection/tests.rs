@@ -546,3 +546,30 @@ fn a_long_stream_is_masked_the_same_across_compactions() {
         assert!(n >= 40, "{rule}: {n} findings");
     }
 }
+
+#[test]
+fn a_secret_that_ends_the_held_tail_is_masked_by_an_idle_flush() {
+    let rules = load_dir(&rules_dir()).unwrap();
+    let ghp = rules.iter().find(|r| r.id == "github.ghp").unwrap();
+    let token = ghp.examples[0].secret().unwrap().to_string();
+    // Its trailing `\b` is only confirmed by the next byte or the end; neither has come.
+    let plain = format!("token {token}");
+    let url = format!("token={}", token.replacen('_', "%5F", 1));
+    for (text, encoding) in [(plain, Encoding::Plain), (url, Encoding::UrlEncoded)] {
+        let mut m = masker();
+        let mut out = Vec::new();
+        m.push(text.as_bytes(), &mut out).unwrap();
+        m.flush(&mut out).unwrap();
+        assert_eq!(out.len(), text.len());
+        assert!(!contains(&out, token[10..].as_bytes()), "{encoding:?}");
+        assert!(out.ends_with(b"****"), "{}", String::from_utf8_lossy(&out));
+        // The stream goes on: the boundary that now arrives does not report it again.
+        m.push(b"\n", &mut out).unwrap();
+        m.finish(&mut out).unwrap();
+        let findings = m.take_findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let f = &findings[0];
+        assert_eq!((f.rule.as_str(), f.encoding), ("github.ghp", encoding));
+        assert_eq!(f.forwarded_unmasked, 0);
+    }
+}

@@ -79,10 +79,24 @@ impl View {
             self.decoded.base,
             new,
             at_end,
-            |rule, span| {
-                let secret = decoded.bytes[span.clone()].to_vec();
-                found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
-            },
+            collect(decoded, raw_end, encoding, found),
+        )
+    }
+
+    /// Secrets that reach the end of the decoded bytes, confirmed as if the stream ended
+    /// there: for a flush, after a `push` with `at_end`.
+    pub fn scan_tail(
+        &mut self,
+        engine: &Engine,
+        scratch: &Scratch,
+        found: &mut Vec<ViewFinding>,
+    ) -> Result<(), ScanError> {
+        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        self.scan.scan_tail(
+            engine,
+            scratch,
+            &decoded.bytes,
+            collect(decoded, raw_end, encoding, found),
         )
     }
 
@@ -100,10 +114,7 @@ impl View {
             scratch,
             &decoded.bytes,
             self.decoded.base,
-            |rule, span| {
-                let secret = decoded.bytes[span.clone()].to_vec();
-                found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
-            },
+            collect(decoded, raw_end, encoding, found),
         )
     }
 
@@ -114,5 +125,18 @@ impl View {
 
     pub fn close(&mut self, scratch: &Scratch) {
         self.scan.close(scratch);
+    }
+}
+
+/// A span of decoded bytes as a finding: its raw span and the decoded secret.
+fn collect<'a>(
+    decoded: &'a Decoded,
+    raw_end: u64,
+    encoding: Encoding,
+    found: &'a mut Vec<ViewFinding>,
+) -> impl FnMut(usize, Range<usize>) + 'a {
+    move |rule, span| {
+        let secret = decoded.bytes[span.clone()].to_vec();
+        found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
     }
 }
