@@ -60,6 +60,24 @@ pub fn intercepting_daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
     Daemon::start_with(&args)
 }
 
+/// The usual HTTPS set-up: a test CA, an HTTPS server on `ip` whose certificate (for `ip`)
+/// it signs, and an [`intercepting_daemon`] trusting it with `extra` run arguments. Bind as
+/// `let (_pki, server, d)`: the CA must outlive the daemon.
+pub fn https_fixture(ip: &str, extra: &[&str]) -> Result<(TestPki, HttpsServer, Daemon)> {
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start(ip, pki.server_config(&[ip])?)?;
+    let d = intercepting_daemon(&pki, extra)?;
+    Ok((pki, server, d))
+}
+
+/// [`https_fixture`] with a plain-HTTP server on `ip` (the daemon still has a test CA).
+pub fn plain_fixture(ip: &str, extra: &[&str]) -> Result<(TestPki, HttpsServer, Daemon)> {
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start_plain(ip)?;
+    let d = intercepting_daemon(&pki, extra)?;
+    Ok((pki, server, d))
+}
+
 /// Runs `program` under `interceptor exec --include-loopback` (bounded time).
 pub fn exec_loopback(d: &Daemon, program: &[&str]) -> Result<Output> {
     run_with_timeout(
