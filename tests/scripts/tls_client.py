@@ -15,8 +15,9 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py parallel URL N             N urllib GETs at once, each on its own connection
   tls_client.py pipeline HOST PORT         TLS, several requests written at once, then the
                                            responses read in order
-  tls_client.py trailers HOST PORT         TLS, a chunked POST /echo with a trailer; reads
-                                           the chunked response and its trailers
+  tls_client.py trailers HOST PORT [VALUE] TLS, a chunked POST /echo with a trailer
+                                           x-checksum: VALUE (abc123); reads the chunked
+                                           response and its trailers
   tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
                                            TEXT" and a 70000-byte masked binary frame ending
                                            in " TEXT"; reports the server's replies
@@ -316,11 +317,12 @@ def pipeline(host, port):
     return {"responses": [{"status": r["status"], "body": r["body"]} for r in responses]}
 
 
-def trailers(host, port):
+def trailers(host, port, value):
     s = tls_connect(host, port)
     s.sendall(b"POST /echo HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n"
               b"Trailer: x-checksum\r\nTE: trailers\r\nConnection: close\r\n\r\n"
-              b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n" % host.encode())
+              b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: %s\r\n\r\n"
+              % (host.encode(), value.encode()))
     return read_response(s.makefile("rb"))
 
 
@@ -355,7 +357,7 @@ def main():
     elif mode == "h2stall":
         out = h2stall(sys.argv[2], int(sys.argv[3]))
     elif mode == "trailers":
-        out = trailers(sys.argv[2], int(sys.argv[3]))
+        out = trailers(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "abc123")
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out))

@@ -160,20 +160,43 @@ fn findings(s: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn ensure_found_both_ways(s: &Value) -> Result<()> {
-    let found = findings(s);
-    for want in [
-        ("github.ghp", "up", "stream"),
-        ("aws.access-key-id", "down", "stream"),
-    ] {
-        ensure!(
-            found
-                .iter()
-                .any(|f| (f.0.as_str(), f.1.as_str(), f.2.as_str()) == want),
-            "no {want:?} finding: {s:#}"
-        );
-    }
+/// The session has a finding (rule, direction, location) `want`.
+fn ensure_found(s: &Value, want: (&str, &str, &str)) -> Result<()> {
+    ensure!(
+        findings(s)
+            .iter()
+            .any(|f| (f.0.as_str(), f.1.as_str(), f.2.as_str()) == want),
+        "no {want:?} finding: {s:#}"
+    );
     Ok(())
+}
+
+fn ensure_found_both_ways(s: &Value) -> Result<()> {
+    ensure_found(s, ("github.ghp", "up", "stream"))?;
+    ensure_found(s, ("aws.access-key-id", "down", "stream"))
+}
+
+#[test]
+fn secrets_in_trailers_are_masked_and_recorded() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
+    let d = masking_daemon(&pki, &[])?;
+    let port = server.addr.port().to_string();
+    let value = format!("token {UP_SECRET}");
+    let r = tls_client(&d, &["trailers", "127.0.0.2", &port, &value])?;
+    ensure!(
+        r["status"] == "HTTP/1.1 200 OK" && r["body"] == "hello world",
+        "{r:#}"
+    );
+    // The upstream echoes the trailer it got: masked on the way up, same length.
+    let echoed = r["trailers"]["x-checksum"].as_str().unwrap_or_default();
+    ensure!(
+        echoed.len() == value.len() && masked_in(echoed, UP_SECRET),
+        "{r:#}"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    ensure_found(&s, ("github.ghp", "up", "trailer:x-checksum"))
 }
 
 #[test]

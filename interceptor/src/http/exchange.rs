@@ -228,6 +228,19 @@ impl Metered {
         }
     }
 
+    /// A trailers frame through the transform (which may rewrite them: masking).
+    fn trailers(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, BoxError> {
+        match (frame.into_trailers(), self.transform.as_mut()) {
+            (Ok(mut trailers), Some(t)) => {
+                t.trailers(&mut trailers)?;
+                Ok(Frame::trailers(trailers))
+            }
+            (Ok(trailers), None) => Ok(Frame::trailers(trailers)),
+            // Neither data nor trailers: passed on as it came.
+            (Err(other), _) => Ok(other),
+        }
+    }
+
     fn record(&self, t: &mut dyn BodyTransform) {
         if let Some(body) = t.recorded() {
             self.exchange.body_recorded(self.side, body);
@@ -270,14 +283,20 @@ impl Body for Metered {
                         Some(Err(e)) => this.failed(e),
                     }
                 }
-                Err(trailers) => match this.finish() {
-                    Ok(Some(tail)) => {
-                        this.pending = Some(trailers);
-                        Poll::Ready(Some(Ok(tail)))
+                Err(frame) => {
+                    let trailers = match this.trailers(frame) {
+                        Ok(trailers) => trailers,
+                        Err(e) => return this.failed(e),
+                    };
+                    match this.finish() {
+                        Ok(Some(tail)) => {
+                            this.pending = Some(trailers);
+                            Poll::Ready(Some(Ok(tail)))
+                        }
+                        Ok(None) => Poll::Ready(Some(Ok(trailers))),
+                        Err(e) => this.failed(e),
                     }
-                    Ok(None) => Poll::Ready(Some(Ok(trailers))),
-                    Err(e) => this.failed(e),
-                },
+                }
             },
             Some(Err(e)) => this.failed(e),
             None => {

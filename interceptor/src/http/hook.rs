@@ -72,6 +72,11 @@ pub trait BodyTransform: Send {
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError>;
     /// End of body: whatever was held back.
     fn finish(&mut self) -> Result<Bytes, BoxError>;
+    /// The body's trailers (chunked HTTP/1.1, HTTP/2 trailing HEADERS), before they go on;
+    /// they may be rewritten in place. A transform that wraps another passes them on.
+    fn trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), BoxError> {
+        Ok(())
+    }
     /// Whether the output has exactly the input's length (then `Content-Length` stays).
     fn keeps_length(&self) -> bool {
         false
@@ -180,6 +185,10 @@ impl BodyTransform for Chain {
             tail = out.into();
         }
         Ok(tail)
+    }
+
+    fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), BoxError> {
+        self.0.iter_mut().try_for_each(|t| t.trailers(trailers))
     }
 
     fn keeps_length(&self) -> bool {

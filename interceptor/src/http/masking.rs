@@ -96,6 +96,15 @@ impl Masking {
             .clone()
     }
 
+    /// The scanner for `plan`; None when it selects no rule.
+    fn scanner(&self, plan: &Plan) -> Option<Scanner> {
+        Some(Scanner {
+            engine: plan.engine.clone(),
+            hasher: self.hasher.clone(),
+            selection: plan.selection.clone()?,
+        })
+    }
+
     fn reporter(&self, info: &ExchangeInfo, direction: Direction) -> Reporter {
         Reporter {
             sink: self.sink.clone(),
@@ -179,73 +188,6 @@ impl Masking {
             .collect()
     }
 
-    /// Masks the request target (if any) and the headers (all but `skip`) in place. They
-    /// are scanned as one buffer, a `name: value` line each, so rules that anchor on a header
-    /// name ("Authorization: Bearer ...") match, with one masker per head.
-    fn mask_head(
-        &self,
-        engine: &Arc<Engine>,
-        selection: &Arc<Selection>,
-        uri: Option<&mut Uri>,
-        headers: &mut HeaderMap,
-        skip: &[HeaderName],
-        reporter: &Reporter,
-    ) -> Result<(), ScanError> {
-        let mut text = Vec::new();
-        let mut values: Vec<(String, Range<usize>)> = Vec::new();
-        let mut line = |location: String, prefix: &[u8], value: &[u8]| {
-            text.extend_from_slice(prefix);
-            values.push((location, text.len()..text.len() + value.len()));
-            text.extend_from_slice(value);
-            text.extend_from_slice(b"\r\n");
-        };
-        let target = uri.as_ref().and_then(|u| u.path_and_query()).cloned();
-        if let Some(target) = &target {
-            line("uri".into(), b"", target.as_str().as_bytes());
-        }
-        for (name, value) in headers.iter().filter(|(n, _)| !skip.contains(n)) {
-            let prefix = format!("{name}: ");
-            line(
-                format!("header:{name}"),
-                prefix.as_bytes(),
-                value.as_bytes(),
-            );
-        }
-        let (masked, found) = mask_buffer_selected(engine, &self.hasher, Some(selection), &text)?;
-        if found.is_empty() {
-            return Ok(());
-        }
-        for mut finding in found {
-            let at = finding.offset as usize;
-            let Some((location, range)) = values.iter().rev().find(|(_, r)| r.start <= at) else {
-                continue;
-            };
-            finding.offset = (at - range.start) as u64;
-            reporter.report(location.clone(), finding);
-        }
-        let mut masked_values = values.iter().map(|(_, r)| &masked[r.clone()]);
-        if let (Some(uri), Some(_)) = (uri, &target) {
-            let value = masked_values.next().expect("one per line");
-            let mut parts = uri.clone().into_parts();
-            // Only `*` was written into a valid target: it stays valid.
-            parts.path_and_query = http::uri::PathAndQuery::try_from(value).ok();
-            *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
-        }
-        for (name, value) in headers.iter_mut() {
-            if skip.contains(name) {
-                continue;
-            }
-            let masked = masked_values.next().expect("one per line");
-            if masked != value.as_bytes() {
-                let mut v = HeaderValue::from_bytes(masked)
-                    .unwrap_or_else(|_| HeaderValue::from_static("*"));
-                v.set_sensitive(value.is_sensitive());
-                *value = v;
-            }
-        }
-        Ok(())
-    }
-
     /// The body transform for a head with these headers under `plan`, or a refusal.
     fn body(
         &self,
@@ -273,7 +215,7 @@ impl Masking {
             _ => Err(()),
         };
         let record = BodyRecord::new(plan, &self.hasher);
-        let Some(selection) = plan.selection.clone() else {
+        let Some(scanner) = self.scanner(plan) else {
             // Nothing to mask: the body goes on as it is, its start recorded.
             let tee = match (record, coding) {
                 (Some(record), Ok(coding)) => Tee::new(record, coding),
@@ -303,9 +245,7 @@ impl Masking {
         Decision {
             verdict: Verdict::Forward,
             body: Some(Box::new(MaskBody {
-                engine: plan.engine.clone(),
-                hasher: self.hasher.clone(),
-                selection,
+                scanner,
                 masker: None,
                 codec,
                 reporter,
@@ -340,13 +280,12 @@ impl Hook for Masking {
             // Placeholders in the body are swapped after masking, so the real credential
             // is not masked (nor recorded) on its way up.
             let swap = head.extensions.remove::<BodySwap>().and_then(|s| s.take());
-            if let Some(selection) = &plan.selection {
-                let masked = self.mask_head(
-                    &plan.engine,
-                    selection,
+            if let Some(scanner) = self.scanner(&plan) {
+                let masked = scanner.mask_head(
                     Some(&mut head.uri),
                     &mut head.headers,
                     &skip,
+                    "header",
                     &reporter,
                 );
                 if let Err(e) = masked {
@@ -378,15 +317,8 @@ impl Hook for Masking {
                 .get_or_init(|| Arc::new(Plan::unruled(&self.engine())))
                 .clone();
             let reporter = self.reporter(info, Direction::Down);
-            if let Some(selection) = &plan.selection {
-                let masked = self.mask_head(
-                    &plan.engine,
-                    selection,
-                    None,
-                    &mut head.headers,
-                    &[],
-                    &reporter,
-                );
+            if let Some(scanner) = self.scanner(&plan) {
+                let masked = scanner.mask_head(None, &mut head.headers, &[], "header", &reporter);
                 if let Err(e) = masked {
                     return refuse(StatusCode::BAD_GATEWAY, e.to_string());
                 }
@@ -438,6 +370,83 @@ fn recorded(
         direction,
         location,
         finding,
+    }
+}
+
+/// What one exchange's secrets are scanned with: its plan's engine and rule selection.
+struct Scanner {
+    engine: Arc<Engine>,
+    hasher: SecretHasher,
+    selection: Arc<Selection>,
+}
+
+impl Scanner {
+    /// Masks the request target (if any) and the fields (all but `skip`) of a head or of
+    /// trailers (`section`: "header" or "trailer", the findings' location prefix) in place.
+    /// They are scanned as one buffer, a `name: value` line each, so rules that anchor on a
+    /// header name ("Authorization: Bearer ...") match, with one masker per head.
+    fn mask_head(
+        &self,
+        uri: Option<&mut Uri>,
+        headers: &mut HeaderMap,
+        skip: &[HeaderName],
+        section: &str,
+        reporter: &Reporter,
+    ) -> Result<(), ScanError> {
+        let mut text = Vec::new();
+        let mut values: Vec<(String, Range<usize>)> = Vec::new();
+        let mut line = |location: String, prefix: &[u8], value: &[u8]| {
+            text.extend_from_slice(prefix);
+            values.push((location, text.len()..text.len() + value.len()));
+            text.extend_from_slice(value);
+            text.extend_from_slice(b"\r\n");
+        };
+        let target = uri.as_ref().and_then(|u| u.path_and_query()).cloned();
+        if let Some(target) = &target {
+            line("uri".into(), b"", target.as_str().as_bytes());
+        }
+        for (name, value) in headers.iter().filter(|(n, _)| !skip.contains(n)) {
+            let prefix = format!("{name}: ");
+            line(
+                format!("{section}:{name}"),
+                prefix.as_bytes(),
+                value.as_bytes(),
+            );
+        }
+        let (masked, found) =
+            mask_buffer_selected(&self.engine, &self.hasher, Some(&self.selection), &text)?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        for mut finding in found {
+            let at = finding.offset as usize;
+            let Some((location, range)) = values.iter().rev().find(|(_, r)| r.start <= at) else {
+                continue;
+            };
+            finding.offset = (at - range.start) as u64;
+            reporter.report(location.clone(), finding);
+        }
+        let mut masked_values = values.iter().map(|(_, r)| &masked[r.clone()]);
+        if let (Some(uri), Some(_)) = (uri, &target) {
+            let value = masked_values.next().expect("one per line");
+            let mut parts = uri.clone().into_parts();
+            // Only `*` was written into a valid target: it stays valid.
+            parts.path_and_query = http::uri::PathAndQuery::try_from(value).ok();
+            *uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        for (name, value) in headers.iter_mut() {
+            if skip.contains(name) {
+                continue;
+            }
+            let masked = masked_values.next().expect("one per line");
+            if masked != value.as_bytes() {
+                let mut v = HeaderValue::from_bytes(masked)
+                    .unwrap_or_else(|_| HeaderValue::from_static("*"));
+                v.set_sensitive(value.is_sensitive());
+                *value = v;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -559,9 +568,7 @@ impl BodyRecord {
 
 /// A body streaming through a masker (started on its first byte).
 struct MaskBody {
-    engine: Arc<Engine>,
-    hasher: SecretHasher,
-    selection: Arc<Selection>,
+    scanner: Scanner,
     masker: Option<Masker>,
     codec: Option<Codec>,
     reporter: Reporter,
@@ -578,9 +585,9 @@ impl MaskBody {
         let masker = match &mut self.masker {
             Some(m) => m,
             None => self.masker.insert(Masker::with_selection(
-                self.engine.clone(),
-                self.hasher.clone(),
-                Some(self.selection.clone()),
+                self.scanner.engine.clone(),
+                self.scanner.hasher.clone(),
+                Some(self.scanner.selection.clone()),
             )?),
         };
         masker.push(plain, &mut out)?;
@@ -622,6 +629,12 @@ impl BodyTransform for MaskBody {
                 Ok(out.into())
             }
         }
+    }
+
+    /// Trailers are fields like the head's: masked the same way, found at `trailer:NAME`.
+    fn trailers(&mut self, trailers: &mut HeaderMap) -> Result<(), BoxError> {
+        let (scanner, reporter) = (&self.scanner, &self.reporter);
+        Ok(scanner.mask_head(None, trailers, &[], "trailer", reporter)?)
     }
 
     fn keeps_length(&self) -> bool {
@@ -909,6 +922,33 @@ mod tests {
         let mut head = post();
         let fresh = super::tests::info();
         assert!(masking.on_request(&fresh, &mut head).await.body.is_none());
+    }
+
+    #[tokio::test]
+    async fn trailers_are_masked_like_headers() {
+        let (masking, found) = masking();
+        let mut head = post();
+        let mut t = masking.on_request(&info(), &mut head).await.body.unwrap();
+        stream(t.as_mut(), b"hello", 2);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", format!("token {TOKEN}").parse().unwrap());
+        trailers.insert("x-plain", HeaderValue::from_static("abc123"));
+        t.trailers(&mut trailers).unwrap();
+        let masked = format!("token ghp_{}", "*".repeat(36));
+        assert_eq!(trailers["x-checksum"], masked.as_str());
+        assert_eq!(trailers["x-plain"], "abc123");
+        let found = found.lock().unwrap();
+        let at: Vec<_> = found
+            .iter()
+            .map(|f| {
+                (
+                    f.location.as_str(),
+                    f.finding.rule.as_str(),
+                    f.finding.offset,
+                )
+            })
+            .collect();
+        assert_eq!(at, [("trailer:x-checksum", "github.ghp", 6)]);
     }
 
     #[tokio::test]

@@ -377,6 +377,10 @@ impl BodyTransform for CapRefuses {
         self.0.finish().map_err(Self::refused)
     }
 
+    fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), BoxError> {
+        self.0.trailers(trailers)
+    }
+
     fn keeps_length(&self) -> bool {
         self.0.keeps_length()
     }
