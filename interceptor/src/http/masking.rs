@@ -23,7 +23,6 @@ use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
@@ -540,29 +539,7 @@ impl BodyRecord {
                 }
             }
         }
-        buf.truncate(self.cap);
-        // Text as text; anything else (binary, or control characters JSON would escape to
-        // six bytes each) in base64, so the record stays within twice the cap.
-        let text = match std::str::from_utf8(&buf) {
-            Ok(text) => Some(text),
-            // Cut in the middle of a character by the cap: keep the whole ones.
-            Err(e) if e.error_len().is_none() => std::str::from_utf8(&buf[..e.valid_up_to()]).ok(),
-            Err(_) => None,
-        }
-        .filter(|t| {
-            t.bytes()
-                .all(|b| (b >= 0x20 && b != 0x7f) || matches!(b, b'\n' | b'\r' | b'\t'))
-        });
-        let (data, base64) = match text {
-            Some(text) => (text.to_owned(), false),
-            None => (base64::engine::general_purpose::STANDARD.encode(&buf), true),
-        };
-        Some(RecordedBody {
-            data,
-            base64,
-            cap: self.cap as u64,
-            truncated: self.seen > self.cap as u64,
-        })
+        Some(RecordedBody::new(&buf, self.cap, self.seen))
     }
 }
 
