@@ -15,7 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,13 +48,16 @@ pub fn intercept_all_policy() -> PathBuf {
 /// A daemon that trusts `pki` for upstreams and intercepts all TLS, plus `extra` run
 /// arguments.
 pub fn intercepting_daemon(pki: &TestPki, extra: &[&str]) -> Result<Daemon> {
-    let ca = pki.ca_file.to_str().context("CA path")?;
-    let policy = intercept_all_policy();
+    policy_daemon(pki, &intercept_all_policy(), extra)
+}
+
+/// A daemon that trusts `pki` for upstreams and runs `policy`, plus `extra` run arguments.
+pub fn policy_daemon(pki: &TestPki, policy: &Path, extra: &[&str]) -> Result<Daemon> {
     let mut args = vec![
         "--upstream-ca",
-        ca,
+        pki.ca_file.to_str().context("CA path")?,
         "--policy",
-        policy.to_str().context("path")?,
+        policy.to_str().context("policy path")?,
     ];
     args.extend_from_slice(extra);
     Daemon::start_with(&args)

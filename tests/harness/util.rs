@@ -180,3 +180,33 @@ pub fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Result<Vec<Path
     }
     Ok(found)
 }
+
+/// A policy written from text to a `policy.toml` of its own (for `run --policy`), in a
+/// temporary directory that tests may also use for other files; removed on Drop.
+pub struct PolicyFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl PolicyFile {
+    pub fn new(text: &str) -> Result<PolicyFile> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, text)?;
+        Ok(PolicyFile { dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> Result<&str> {
+        self.path.to_str().context("policy path is not UTF-8")
+    }
+
+    /// The directory holding the policy file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -113,10 +113,8 @@ fn reset(r: &ConnResult) -> bool {
 #[test]
 fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
     require_root();
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
-    std::fs::write(&file, POLICY)?;
-    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
+    let policy = PolicyFile::new(POLICY)?;
+    let d = Daemon::start_with(&["--policy", policy.arg()?])?;
     let seven = Server::hash("127.0.0.7", 10, "a7")?;
     let eight = Server::hash("127.0.0.8", 10, "a8")?;
     let cg = TestCgroup::new(None)?;
@@ -221,10 +219,8 @@ fn raw_tcp_held_until_approved_denied_or_expired() -> Result<()> {
 fn watch_shows_a_held_connection_then_its_resolution() -> Result<()> {
     use std::io::BufRead;
     require_root();
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
-    std::fs::write(&file, POLICY)?;
-    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8")?])?;
+    let policy = PolicyFile::new(POLICY)?;
+    let d = Daemon::start_with(&["--policy", policy.arg()?])?;
     let seven = Server::hash("127.0.0.7", 10, "v7")?;
     let cg = TestCgroup::new(None)?;
     d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use interceptor_tests::https::{HttpsServer, PLANTED_SECRET, TestPki};
+use interceptor_tests::https::{HttpsServer, PLANTED_SECRET, TestPki, policy_daemon};
 use interceptor_tests::*;
 use serde_json::Value;
 
@@ -36,7 +36,7 @@ struct Setup {
     d: Daemon,
     server: HttpsServer,
     metrics_port: u16,
-    _dir: tempfile::TempDir,
+    _policy: PolicyFile,
 }
 
 fn setup() -> Result<Setup> {
@@ -45,27 +45,25 @@ fn setup() -> Result<Setup> {
         "127.0.0.2",
         pki.server_config(&["api.test", "blocked.test"])?,
     )?;
-    let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
+    let policy = PolicyFile::new(POLICY)?;
     let rules = workspace_root().join("policies/rules");
     let metrics_port = free_port()?;
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let d = Daemon::start_with(&[
-        "--upstream-ca",
-        pki.ca_file.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-        "--metrics-addr",
-        &metrics_addr,
-    ])?;
+    let d = policy_daemon(
+        &pki,
+        policy.path(),
+        &[
+            "--rules",
+            rules.to_str().context("utf-8")?,
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    )?;
     Ok(Setup {
         d,
         server,
         metrics_port,
-        _dir: dir,
+        _policy: policy,
     })
 }
 

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use interceptor_tests::https::{HttpsServer, TestPki};
+use interceptor_tests::https::{HttpsServer, TestPki, policy_daemon};
 use interceptor_tests::*;
 use serde_json::Value;
 
@@ -82,7 +82,7 @@ struct Setup {
     pki: TestPki,
     server: HttpsServer,
     d: Daemon,
-    _dir: tempfile::TempDir,
+    _policy: PolicyFile,
 }
 
 fn setup() -> Result<Setup> {
@@ -95,22 +95,13 @@ fn setup_with(extra: &[&str]) -> Result<Setup> {
     let pki = TestPki::new("upstream test CA")?;
     let names = ["127.0.0.2", "blocked.test", "hsm.test", "held.test"];
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&names)?)?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
-    std::fs::write(&file, POLICY)?;
-    let mut args = vec![
-        "--upstream-ca",
-        pki.ca_file.to_str().context("utf-8")?,
-        "--policy",
-        file.to_str().context("utf-8")?,
-    ];
-    args.extend_from_slice(extra);
-    let d = Daemon::start_with(&args)?;
+    let policy = PolicyFile::new(POLICY)?;
+    let d = policy_daemon(&pki, policy.path(), extra)?;
     Ok(Setup {
         pki,
         server,
         d,
-        _dir: dir,
+        _policy: policy,
     })
 }
 

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use interceptor_tests::https::{
-    HttpsServer, PLANTED_SECRET, TestPki, ended_session, intercepting_daemon, tls_client,
+    HttpsServer, PLANTED_SECRET, TestPki, ended_session, intercepting_daemon, policy_daemon,
+    tls_client,
 };
 use interceptor_tests::*;
 use serde_json::Value;
@@ -60,25 +61,21 @@ action = "allow"
 struct Setup {
     d: Daemon,
     server: HttpsServer,
-    dir: tempfile::TempDir,
+    /// Holds the policy; tests put their other files next to it.
+    policy: PolicyFile,
 }
 
 fn setup() -> Result<Setup> {
     let pki = TestPki::new("recording test CA")?;
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&["api.test"])?)?;
-    let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY)?;
+    let policy = PolicyFile::new(POLICY)?;
     let rules = workspace_root().join("policies/rules");
-    let d = Daemon::start_with(&[
-        "--upstream-ca",
-        pki.ca_file.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-    ])?;
-    Ok(Setup { d, server, dir })
+    let d = policy_daemon(
+        &pki,
+        policy.path(),
+        &["--rules", rules.to_str().context("utf-8")?],
+    )?;
+    Ok(Setup { d, server, policy })
 }
 
 impl Setup {
@@ -160,7 +157,7 @@ fn ensure_not_stored(d: &Daemon, secrets: &[&str]) -> Result<()> {
 fn an_https_session_records_identity_tls_decisions_exchanges_findings_and_its_end() -> Result<()> {
     require_root();
     let s = setup()?;
-    let body = s.dir.path().join("body.json");
+    let body = s.policy.dir().join("body.json");
     let body_text = format!("{{\"key\": \"{BODY_SECRET}\"}}");
     std::fs::write(&body, &body_text)?;
     let data = format!("@{}", body.display());
