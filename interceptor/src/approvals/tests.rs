@@ -57,6 +57,20 @@ fn recorded() -> (Arc<Approvals>, Arc<StdMutex<Vec<String>>>) {
     (a, events)
 }
 
+/// `a.hold(req)` on a task of its own, as a connection would.
+fn spawn_hold(a: &Arc<Approvals>, req: HoldRequest) -> tokio::task::JoinHandle<Outcome> {
+    let a = a.clone();
+    tokio::spawn(async move { a.hold(req).await })
+}
+
+/// `by` approves `id` with a grant for an hour.
+fn grant_an_hour(a: &Approvals, id: u64, by: &Approver) {
+    let verdict = Verdict::Approve {
+        grant_for: Some(Duration::from_secs(3600)),
+    };
+    a.decide(id, by, verdict, None).unwrap();
+}
+
 /// Waits until `n` approvals are pending; returns them.
 async fn pending(a: &Approvals, n: usize) -> Vec<Pending> {
     for _ in 0..500 {
@@ -72,10 +86,7 @@ async fn pending(a: &Approvals, n: usize) -> Vec<Pending> {
 #[tokio::test]
 async fn hold_then_approve_passes_and_is_recorded() {
     let (a, events) = recorded();
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(10_000)).await }
-    });
+    let held = spawn_hold(&a, request(10_000));
     let p = pending(&a, 1).await;
     assert_eq!(p[0].request_line.as_deref(), Some("POST /repos/o/r/pulls"));
     let alice = person(1001, "alice", &[]);
@@ -101,10 +112,7 @@ async fn hold_then_approve_passes_and_is_recorded() {
 #[tokio::test]
 async fn hold_then_deny_refuses_with_the_reason() {
     let (a, events) = recorded();
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(10_000)).await }
-    });
+    let held = spawn_hold(&a, request(10_000));
     let id = pending(&a, 1).await[0].id;
     let bob = person(1002, "bob", &["ops"]);
     a.decide(id, &bob, Verdict::Deny, Some("not today".into()))
@@ -148,10 +156,7 @@ async fn nobody_decides_and_the_hold_expires() {
 #[tokio::test]
 async fn own_user_and_strangers_cannot_decide() {
     let (a, events) = recorded();
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(10_000)).await }
-    });
+    let held = spawn_hold(&a, request(10_000));
     let id = pending(&a, 1).await[0].id;
     // The workload's own uid, even if listed as an approver.
     let own = person(1000, "alice", &["ops"]);
@@ -183,10 +188,7 @@ async fn own_user_and_strangers_cannot_decide() {
 async fn a_grant_lets_the_same_workload_and_rule_pass_until_it_expires_or_is_revoked() {
     let (a, events) = recorded();
     let alice = person(1001, "alice", &[]);
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(10_000)).await }
-    });
+    let held = spawn_hold(&a, request(10_000));
     let id = pending(&a, 1).await[0].id;
     let window = Some(Duration::from_millis(400));
     a.decide(id, &alice, Verdict::Approve { grant_for: window }, None)
@@ -197,29 +199,16 @@ async fn a_grant_lets_the_same_workload_and_rule_pass_until_it_expires_or_is_rev
         Outcome::Granted { grant: id }
     );
     // Another workload (other uid) is not covered by the grant.
-    let mut other = request(100);
-    other.workload.uid = 2000;
-    assert_eq!(a.hold(other).await, Outcome::Expired);
+    assert_eq!(a.hold(request_for(2000, 100)).await, Outcome::Expired);
     // After the window, the workload waits again.
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert!(a.grants().is_empty());
     assert_eq!(a.hold(request(100)).await, Outcome::Expired);
 
     // Revoke ends a grant early, and only an approver may revoke.
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(10_000)).await }
-    });
+    let held = spawn_hold(&a, request(10_000));
     let id = pending(&a, 1).await[0].id;
-    a.decide(
-        id,
-        &alice,
-        Verdict::Approve {
-            grant_for: Some(Duration::from_secs(3600)),
-        },
-        None,
-    )
-    .unwrap();
+    grant_an_hour(&a, id, &alice);
     held.await.unwrap();
     assert!(a.hold(request(10_000)).await.passes());
     assert!(a.revoke(id, &person(1003, "mallory", &[])).is_err());
@@ -236,12 +225,7 @@ async fn a_grant_lets_the_same_workload_and_rule_pass_until_it_expires_or_is_rev
 #[tokio::test]
 async fn a_hundred_concurrent_holds_approved_in_one_go() {
     let (a, _) = recorded();
-    let holds: Vec<_> = (0..100)
-        .map(|_| {
-            let a = a.clone();
-            tokio::spawn(async move { a.hold(request(30_000)).await })
-        })
-        .collect();
+    let holds: Vec<_> = (0..100).map(|_| spawn_hold(&a, request(30_000))).collect();
     let all = pending(&a, 100).await;
     let alice = person(1001, "alice", &[]);
     for p in &all {
@@ -294,10 +278,7 @@ async fn webhook_is_posted_and_retried_until_accepted() {
     let (a, _) = recorded();
     let mut req = request(2_000);
     req.approval.webhook = Some(url);
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(req).await }
-    });
+    let held = spawn_hold(&a, req);
     let bodies = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .unwrap()
@@ -331,27 +312,11 @@ async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
         move |e: ApprovalEvent| sink.lock().unwrap().push(serde_json::to_value(&e).unwrap());
     let a = Approvals::open(&file, Webhooks::default(), record.clone()).unwrap();
     let alice = person(1001, "alice", &[]);
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(30_000)).await }
-    });
+    let held = spawn_hold(&a, request(30_000));
     let granted = pending(&a, 1).await[0].id;
-    a.decide(
-        granted,
-        &alice,
-        Verdict::Approve {
-            grant_for: Some(Duration::from_secs(3600)),
-        },
-        None,
-    )
-    .unwrap();
+    grant_an_hour(&a, granted, &alice);
     held.await.unwrap();
-    let mut other = request(30_000);
-    other.workload.uid = 2000;
-    let left = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(other).await }
-    });
+    let left = spawn_hold(&a, request_for(2000, 30_000));
     let stale = pending(&a, 1).await[0].id;
 
     // The "restart".
@@ -369,10 +334,7 @@ async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
         Outcome::Granted { grant: granted }
     );
     // Ids continue.
-    let next = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request_for(3000)).await }
-    });
+    let next = spawn_hold(&a, request_for(3000, 30_000));
     assert!(pending(&a, 1).await[0].id > stale);
     next.abort();
     left.abort();
@@ -381,10 +343,7 @@ async fn after_a_restart_pending_approvals_expire_and_grants_survive() {
 #[tokio::test]
 async fn a_hold_dropped_by_its_workload_expires_at_once() {
     let (a, events) = recorded();
-    let held = tokio::spawn({
-        let a = a.clone();
-        async move { a.hold(request(30_000)).await }
-    });
+    let held = spawn_hold(&a, request(30_000));
     pending(&a, 1).await;
     held.abort();
     let _ = held.await;
@@ -392,8 +351,8 @@ async fn a_hold_dropped_by_its_workload_expires_at_once() {
     assert_eq!(*events.lock().unwrap(), ["created", "expired"]);
 }
 
-fn request_for(uid: u32) -> HoldRequest {
-    let mut r = request(30_000);
+fn request_for(uid: u32, timeout_ms: u64) -> HoldRequest {
+    let mut r = request(timeout_ms);
     r.workload.uid = uid;
     r
 }
