@@ -74,10 +74,29 @@ impl Server {
 
     /// Hash server on `ip`: replies `reply_bytes` of payload(`seed`) after the client's EOF.
     pub fn hash(ip: &str, reply_bytes: usize, seed: &str) -> Result<Server> {
+        Server::hash_on(None, ip, reply_bytes, seed)
+    }
+
+    /// [`Server::hash`] inside `ns`, on `ip` (an address of one of its links).
+    pub fn hash_in(ns: &Netns, ip: IpAddr, reply_bytes: usize, seed: &str) -> Result<Server> {
+        Server::hash_on(Some(ns), &ip.to_string(), reply_bytes, seed)
+    }
+
+    /// [`Server::echo`] inside `ns`, on `ip` (an address of one of its links).
+    pub fn echo_in(ns: &Netns, ip: IpAddr) -> Result<Server> {
+        let opts = ServerOpts {
+            netns: Some(ns),
+            ..Default::default()
+        };
+        Server::start("echo", &ip.to_string(), opts)
+    }
+
+    fn hash_on(netns: Option<&Netns>, ip: &str, reply_bytes: usize, seed: &str) -> Result<Server> {
         Server::start(
             "hash",
             ip,
             ServerOpts {
+                netns,
                 reply_bytes,
                 seed,
                 ..Default::default()

@@ -368,16 +368,7 @@ fn ipv6_to_netns_host() -> Result<()> {
     let d = Daemon::start()?;
     let ns = Netns::new()?;
     let link = veth(None, &ns)?;
-    let srv = Server::start(
-        "hash",
-        &link.b_v6.to_string(),
-        ServerOpts {
-            netns: Some(&ns),
-            reply_bytes: 1_500_000,
-            seed: "down-3",
-            ..Default::default()
-        },
-    )?;
+    let srv = Server::hash_in(&ns, link.b_v6.into(), 1_500_000, "down-3")?;
     assert!(srv.addr().starts_with("[fd00:"));
     let rep = exec_client(
         &d,
@@ -434,16 +425,7 @@ fn netns_container_identity() -> Result<()> {
     let client_ns = Netns::new()?;
     let server_ns = Netns::new()?;
     let link = veth(Some(&client_ns), &server_ns)?;
-    let srv = Server::start(
-        "hash",
-        &link.b_v4.to_string(),
-        ServerOpts {
-            netns: Some(&server_ns),
-            reply_bytes: 1_000_000,
-            seed: "down-5",
-            ..Default::default()
-        },
-    )?;
+    let srv = Server::hash_in(&server_ns, link.b_v4.into(), 1_000_000, "down-5")?;
     let cid = sha256_hex(format!("container-{}-{}", std::process::id(), next_id()).as_bytes());
     let cg = TestCgroup::new(Some(&format!("docker-{cid}.scope")))?;
     let ns_path = client_ns.path().display().to_string();

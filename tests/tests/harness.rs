@@ -45,16 +45,7 @@ fn netns_veth_ipv6_and_hash_server() -> Result<()> {
     assert!(ns_path.exists());
     {
         let link = veth(None, &ns)?;
-        let srv = Server::start(
-            "hash",
-            &link.b_v6.to_string(),
-            ServerOpts {
-                netns: Some(&ns),
-                reply_bytes: 100_000,
-                seed: "ns-reply",
-                ..Default::default()
-            },
-        )?;
+        let srv = Server::hash_in(&ns, link.b_v6.into(), 100_000, "ns-reply")?;
         let out = run_with_timeout(
             &mut client_command(
                 "hash",
@@ -98,14 +89,7 @@ fn netns_to_netns_veth_ipv4() -> Result<()> {
     let a = Netns::new()?;
     let b = Netns::new()?;
     let link = veth(Some(&a), &b)?;
-    let srv = Server::start(
-        "echo",
-        &link.b_v4.to_string(),
-        ServerOpts {
-            netns: Some(&b),
-            ..Default::default()
-        },
-    )?;
+    let srv = Server::echo_in(&b, link.b_v4.into())?;
     let mut cmd = a.command(python());
     cmd.arg(scripts_dir().join("client.py")).args([
         "echo-many",
