@@ -457,11 +457,9 @@ fn ca_is_created_private_reused_and_exported() -> Result<()> {
 #[test]
 fn an_operator_ca_signs_instead() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
     // Any CA will do as the operator's: make one with a first daemon, then hand its files
     // to a second one.
-    let first = daemon(&pki, &[])?;
+    let (pki, server, first) = https_fixture("127.0.0.2", &[])?;
     first.cli_ok(["ca", "export"])?;
     let dir = tempfile::tempdir()?;
     for f in ["ca.pem", "ca-key.pem"] {
