@@ -25,6 +25,9 @@ trust store only. Prints one JSON report on stdout.
                                            /ws, python h2): after the 200 and PAUSE seconds
                                            of silence, a masked text frame "token TEXT";
                                            reports the frame echoed back, unmasked
+  tls_client.py h2trailers HOST PORT VALUE TLS with ALPN h2, POST /echo with a trailing HEADERS
+                                           x-checksum: VALUE; reports the response and its
+                                           trailers
   tls_client.py tlssay HOST PORT TEXT      TLS without ALPN, a line TEXT (not HTTP); reports
                                            the line that comes back
   tls_client.py h2stall HOST PORT          TLS with ALPN h2, the preface and SETTINGS, then
@@ -183,16 +186,22 @@ def wssecret(host, port, text):
     return {"status_line": status, "received": received, "close_hex": closing.hex()}
 
 
-def h2ws(host, port, text, pause):
+def h2_connect(host, port):
+    """TLS with ALPN h2 and the client preface sent: (socket, h2 connection)."""
     import h2.config
     import h2.connection
-    import h2.events
     ctx = ssl.create_default_context()
     ctx.set_alpn_protocols(["h2"])
     s = ctx.wrap_socket(socket.create_connection((host, port), timeout=20), server_hostname=host)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     s.sendall(conn.data_to_send())
+    return s, conn
+
+
+def h2ws(host, port, text, pause):
+    import h2.events
+    s, conn = h2_connect(host, port)
     # Extended CONNECT needs the server's SETTINGS_ENABLE_CONNECT_PROTOCOL first.
     enabled = None
     while enabled is None:
@@ -236,6 +245,37 @@ def h2ws(host, port, text, pause):
     payload = bytes(b ^ key[i % 4] for i, b in enumerate(body)) if len(key) == 4 else b""
     return {"enable_connect_protocol": enabled, "status": status,
             "same_header": echoed[:6] == frame[:6], "payload": payload.decode(errors="replace")}
+
+
+def h2trailers(host, port, value):
+    import h2.events
+    s, conn = h2_connect(host, port)
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "https"), (":path", "/echo"),
+                          (":authority", host), ("te", "trailers"), ("trailer", "x-checksum")])
+    conn.send_data(1, b"hello world")
+    conn.send_headers(1, [("x-checksum", value)], end_stream=True)
+    s.sendall(conn.data_to_send())
+    status, body, trailers, ended = None, b"", {}, False
+    while not ended:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = dict(ev.headers).get(b":status", b"").decode()
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = {k.decode(): v.decode() for k, v in ev.headers}
+            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset,
+                                 h2.events.ConnectionTerminated)):
+                ended = True
+        s.sendall(conn.data_to_send())
+    alpn = s.selected_alpn_protocol()
+    s.close()
+    return {"alpn": alpn, "status": status, "body": body.decode(errors="replace"),
+            "trailers": trailers}
 
 
 def tlssay(host, port, text):
@@ -356,6 +396,8 @@ def main():
         out = tlssay(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2stall":
         out = h2stall(sys.argv[2], int(sys.argv[3]))
+    elif mode == "h2trailers":
+        out = h2trailers(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "trailers":
         out = trailers(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "abc123")
     else:

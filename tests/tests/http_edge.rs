@@ -179,21 +179,31 @@ fn ensure_found_both_ways(s: &Value) -> Result<()> {
 #[test]
 fn secrets_in_trailers_are_masked_and_recorded() -> Result<()> {
     require_root();
+    // Chunked HTTP/1.1 trailers, then HTTP/2 trailing HEADERS.
+    for (mode, status) in [("trailers", "HTTP/1.1 200 OK"), ("h2trailers", "200")] {
+        secret_in_a_trailer_is_masked(mode, status)?;
+    }
+    Ok(())
+}
+
+/// `tls_client.py MODE` sends a trailer holding a secret to the upstream's /echo, whose
+/// answer (`status`) carries it back.
+fn secret_in_a_trailer_is_masked(mode: &str, status: &str) -> Result<()> {
     let pki = TestPki::new("upstream test CA")?;
     let server = HttpsServer::start("127.0.0.2", pki.server_config(&["127.0.0.2"])?)?;
     let d = masking_daemon(&pki, &[])?;
     let port = server.addr.port().to_string();
     let value = format!("token {UP_SECRET}");
-    let r = tls_client(&d, &["trailers", "127.0.0.2", &port, &value])?;
+    let r = tls_client(&d, &[mode, "127.0.0.2", &port, &value])?;
     ensure!(
-        r["status"] == "HTTP/1.1 200 OK" && r["body"] == "hello world",
-        "{r:#}"
+        r["status"] == status && r["body"] == "hello world",
+        "{mode}: {r:#}"
     );
     // The upstream echoes the trailer it got: masked on the way up, same length.
     let echoed = r["trailers"]["x-checksum"].as_str().unwrap_or_default();
     ensure!(
         echoed.len() == value.len() && masked_in(echoed, UP_SECRET),
-        "{r:#}"
+        "{mode}: {r:#}"
     );
     let s = ended_session(&d, server.addr.port())?;
     ensure_found(&s, ("github.ghp", "up", "trailer:x-checksum"))
