@@ -514,7 +514,10 @@ mod tests {
     #[test]
     fn cached_processes_are_checked_for_reuse_and_exit() {
         let resolver = IdentityResolver::default();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let info = |ktime_ns| ConnectInfo {
             tgid: pid,
@@ -522,7 +525,10 @@ mod tests {
             ..Default::default()
         };
         let first = resolver.resolve(&info(u64::MAX), None);
-        assert!(first.exe.as_deref().unwrap().ends_with("sleep"), "{first:?}");
+        assert!(
+            first.exe.as_deref().unwrap().ends_with("sleep"),
+            "{first:?}"
+        );
         // From the cache: still the same process, and still not trusted for a connect made
         // before it started.
         assert_eq!(resolver.resolve(&info(u64::MAX), None).exe, first.exe);
