@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use interceptor_tests::https::{TestPki, intercept_all_policy};
 use interceptor_tests::*;
 use serde_json::Value;
+use tempfile::TempDir;
 
 const RUN: Duration = Duration::from_secs(60);
 const SESSIONS: Duration = Duration::from_secs(30);
@@ -196,6 +197,62 @@ fn daemon_under(pki: &TestPki, policy: &Path, extra: &[&str]) -> Result<Daemon> 
     Daemon::start_with(&args)
 }
 
+/// A test CA, the recording server (serving `encoded` too) and a [`daemon`] trusting the CA.
+fn masking_setup(encoded: Encoded) -> Result<(TestPki, RecordingServer, Daemon)> {
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start_with(&pki, encoded)?;
+    let d = daemon(&pki, &[])?;
+    Ok((pki, server, d))
+}
+
+/// [`masking_setup`]'s CA and server, a directory holding the policy `text` (and the files
+/// the test writes), and a [`daemon_under`] that policy.
+fn policy_setup(text: &str) -> Result<(TestPki, RecordingServer, TempDir, Daemon)> {
+    setup_in_dir(text, false)
+}
+
+/// [`policy_setup`] with the [`vault`] in the directory too, handed to the daemon.
+fn vault_setup(text: &str) -> Result<(TestPki, RecordingServer, TempDir, Daemon)> {
+    setup_in_dir(text, true)
+}
+
+fn setup_in_dir(
+    text: &str,
+    with_vault: bool,
+) -> Result<(TestPki, RecordingServer, TempDir, Daemon)> {
+    let pki = TestPki::new("upstream test CA")?;
+    let server = RecordingServer::start(&pki)?;
+    let dir = tempfile::tempdir()?;
+    let policy = policy_file(dir.path(), text)?;
+    let vault_file = if with_vault {
+        Some(vault(dir.path())?)
+    } else {
+        None
+    };
+    let vault_args = match &vault_file {
+        Some(path) => vec!["--vault", path.to_str().context("utf-8")?],
+        None => Vec::new(),
+    };
+    let d = daemon_under(&pki, &policy, &vault_args)?;
+    Ok((pki, server, dir, d))
+}
+
+/// A daemon masking raw TCP with the shipped rules (no upstream CA), plus `extra` arguments.
+fn raw_daemon(extra: &[&str]) -> Result<Daemon> {
+    let rules = rules_dir();
+    let mut args = vec!["--rules", rules.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Daemon::start_with(&args)
+}
+
+/// `body` written to `dir`/body.json, as curl's `--data-binary` argument (from a file: a
+/// command line is recorded with the session's identity).
+fn data_file(dir: &Path, body: &str) -> Result<String> {
+    let file = dir.join("body.json");
+    std::fs::write(&file, body)?;
+    Ok(format!("@{}", file.display()))
+}
+
 /// Runs curl (or `program`) under `interceptor exec --include-loopback`.
 fn exec(d: &Daemon, program: &[&str]) -> Result<Output> {
     run_with_timeout(&mut d.exec_command(&["--include-loopback"], program), RUN)
@@ -306,15 +363,10 @@ fn ensure_nothing_at_rest(d: &Daemon, secrets: &[&str]) -> Result<()> {
 #[test]
 fn secret_in_a_request_body_is_masked_before_the_server() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let d = daemon(&pki, &[])?;
+    let (_pki, server, d) = masking_setup(Vec::new())?;
     let body = format!("{{\"aws_access_key_id\": \"{BODY_SECRET}\", \"note\": \"hi\"}}");
-    // From a file: a command line is recorded with the session's identity.
     let dir = tempfile::tempdir()?;
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, &body)?;
-    let data = format!("@{}", file.display());
+    let data = data_file(dir.path(), &body)?;
     // HTTP/1.1 with Content-Length (kept: masking keeps length), then HTTP/2.
     for version in ["--http1.1", "--http2"] {
         curl(
@@ -346,9 +398,7 @@ fn secret_in_a_request_body_is_masked_before_the_server() -> Result<()> {
 #[test]
 fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let d = daemon(&pki, &[])?;
+    let (_pki, server, d) = masking_setup(Vec::new())?;
     // On the command line: recorded with the session's identity, masked too.
     let header = format!("X-Token: {HEADER_SECRET}");
     curl(&d, &server, "api.test", "/hello", &["-H", &header])?;
@@ -371,9 +421,7 @@ fn secret_in_a_request_header_is_masked_before_the_server() -> Result<()> {
 #[test]
 fn secret_in_a_response_body_is_masked_before_the_client() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let d = daemon(&pki, &[])?;
+    let (_pki, server, d) = masking_setup(Vec::new())?;
     for version in ["--http1.1", "--http2"] {
         let out = curl(&d, &server, "api.test", "/leak", &[version])?;
         let text = stdout(&out);
@@ -411,15 +459,7 @@ fn vault(dir: &Path) -> Result<PathBuf> {
 #[test]
 fn vault_swaps_in_the_real_credential_for_the_allowed_identity_and_masks_its_echo() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let dir = tempfile::tempdir()?;
-    let vault = vault(dir.path())?;
-    let d = daemon_under(
-        &pki,
-        &policy_file(dir.path(), VAULT_POLICY)?,
-        &["--vault", vault.to_str().unwrap()],
-    )?;
+    let (_pki, server, _dir, d) = vault_setup(VAULT_POLICY)?;
     let auth = format!("Authorization: Bearer {PLACEHOLDER}");
     for version in ["--http1.1", "--http2"] {
         let out = curl(
@@ -458,15 +498,7 @@ fn vault_swaps_in_the_real_credential_for_the_allowed_identity_and_masks_its_ech
 #[test]
 fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let dir = tempfile::tempdir()?;
-    let vault = vault(dir.path())?;
-    let d = daemon_under(
-        &pki,
-        &policy_file(dir.path(), VAULT_POLICY)?,
-        &["--vault", vault.to_str().unwrap()],
-    )?;
+    let (_pki, server, dir, d) = vault_setup(VAULT_POLICY)?;
     let auth = format!("Authorization: Bearer {PLACEHOLDER}");
     let status = ["-w", "\n%{http_code}", "-H", &auth];
 
@@ -565,8 +597,7 @@ fn raw_round_trip(d: &Daemon, server: &Server, payload: &str, client: RawClient)
 fn raw_tcp_is_masked_both_ways() -> Result<()> {
     require_root();
     let server = Server::echo("127.0.0.2")?;
-    let rules = rules_dir();
-    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+    let d = raw_daemon(&[])?;
     let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
     let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
     let masked = payload.replace(BODY_SECRET, "AKIA****************");
@@ -585,8 +616,7 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
 fn raw_tcp_secret_ending_a_write_is_masked_before_the_idle_flush() -> Result<()> {
     require_root();
     let server = Server::echo("127.0.0.2")?;
-    let rules = rules_dir();
-    let d = Daemon::start_with(&["--rules", rules.to_str().unwrap()])?;
+    let d = raw_daemon(&[])?;
     // Nothing follows the token until the echo is back: only the idle flush forwards it.
     let payload = format!("token {HEADER_SECRET}");
     let got = raw_round_trip(&d, &server, &payload, RawClient::AwaitsReply)?;
@@ -617,13 +647,7 @@ fn raw_tcp_follows_the_policy_settings() -> Result<()> {
         dir.path(),
         "[settings]\nsecrets_report = [\"aws.access-key-id\"]\n[default]\naction = \"allow\"\n",
     )?;
-    let rules = rules_dir();
-    let d = Daemon::start_with(&[
-        "--rules",
-        rules.to_str().unwrap(),
-        "--policy",
-        policy.to_str().unwrap(),
-    ])?;
+    let d = raw_daemon(&["--policy", policy.to_str().unwrap()])?;
     let payload = format!("key={BODY_SECRET}\ntoken={HEADER_SECRET}\n");
     let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
     // Reported only: through untouched (both ways). Masked: masked on the way up.
@@ -674,21 +698,14 @@ fn exchanges(d: &Daemon, port: u16, n: usize) -> Result<Vec<Value>> {
 #[test]
 fn policy_settings_choose_what_is_masked_reported_and_recorded() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let dir = tempfile::tempdir()?;
-    let policy = policy_file(
-        dir.path(),
+    let (_pki, server, dir, d) = policy_setup(
         "[settings]\ntls = \"intercept\"\nsecrets_mask = [\"*\"]\n\
          secrets_report = [\"aws.access-key-id\"]\nrecord_body_bytes = 40\n\
          [default]\naction = \"allow\"\n",
     )?;
-    let d = daemon_under(&pki, &policy, &[])?;
     let body =
         format!("{{\"aws_access_key_id\": \"{BODY_SECRET}\", \"token\": \"{HEADER_SECRET}\"}}");
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, &body)?;
-    let data = format!("@{}", file.display());
+    let data = data_file(dir.path(), &body)?;
     curl(
         &d,
         &server,
@@ -740,25 +757,17 @@ fn policy_settings_choose_what_is_masked_reported_and_recorded() -> Result<()> {
 #[test]
 fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() -> Result<()> {
     require_root();
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start(&pki)?;
-    let dir = tempfile::tempdir()?;
-    let vault = vault(dir.path())?;
     // POST may use the credential; anything else (the default) may not.
-    let policy = policy_file(
-        dir.path(),
+    let (_pki, server, dir, d) = vault_setup(
         "[settings]\ntls = \"intercept\"\n\
          [[rule]]\nname = \"post-may-use-the-key\"\naction = \"allow\"\n\
          [rule.match]\nmethod = [\"POST\"]\n\
          [rule.settings]\nvault_credentials = [\"test-api\"]\n\
          [default]\naction = \"allow\"\n",
     )?;
-    let d = daemon_under(&pki, &policy, &["--vault", vault.to_str().unwrap()])?;
     let auth = format!("Authorization: Bearer {PLACEHOLDER}");
     let body = format!("{{\"api_key\": \"{PLACEHOLDER}\", \"again\": \"{PLACEHOLDER}\"}}");
-    let file = dir.path().join("body.json");
-    std::fs::write(&file, &body)?;
-    let data = format!("@{}", file.display());
+    let data = data_file(dir.path(), &body)?;
     for version in ["--http1.1", "--http2"] {
         let args = [version, "-H", &auth, "--data-binary", &data];
         let out = curl(&d, &server, "api.test", "/v1/echo-auth", &args)?;
@@ -873,9 +882,7 @@ fn compressed_responses_are_masked_and_reencoded_and_a_bomb_ends_only_its_exchan
         "gzip",
         compress("gzip", &vec![0u8; 80 << 20])?,
     ));
-    let pki = TestPki::new("upstream test CA")?;
-    let server = RecordingServer::start_with(&pki, routes)?;
-    let d = daemon(&pki, &[])?;
+    let (_pki, server, d) = masking_setup(routes)?;
     for coding in ["gzip", "br", "zstd"] {
         for version in ["--http1.1", "--http2"] {
             let path = format!("/{coding}/leak");
