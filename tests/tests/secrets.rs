@@ -253,6 +253,23 @@ fn data_file(dir: &Path, body: &str) -> Result<String> {
     Ok(format!("@{}", file.display()))
 }
 
+/// A copy of curl in `dir`: the same program as another executable (another identity).
+fn curl_copy(dir: &Path) -> Result<PathBuf> {
+    let other = dir.join("other-curl");
+    std::fs::copy(which_real("curl")?, &other)?;
+    Ok(other)
+}
+
+/// curl (run with `-w "\n%{http_code}"`) got a 403 whose body gives `why`.
+fn ensure_403(out: &Output, why: &str, what: &str) -> Result<()> {
+    let text = stdout(out);
+    ensure!(
+        text.ends_with("\n403") && text.contains(why),
+        "{what}: {text}"
+    );
+    Ok(())
+}
+
 /// Runs curl (or `program`) under `interceptor exec --include-loopback`.
 fn exec(d: &Daemon, program: &[&str]) -> Result<Output> {
     run_with_timeout(&mut d.exec_command(&["--include-loopback"], program), RUN)
@@ -503,8 +520,7 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
     let status = ["-w", "\n%{http_code}", "-H", &auth];
 
     // Another executable: a copy of curl.
-    let other = dir.path().join("other-curl");
-    std::fs::copy(which_real("curl")?, &other)?;
+    let other = curl_copy(dir.path())?;
     let out = curl_as(
         &d,
         other.to_str().unwrap(),
@@ -513,24 +529,16 @@ fn vault_refuses_another_identity_and_another_destination_with_403() -> Result<(
         "/v1/echo-auth",
         &status,
     )?;
-    let text = stdout(&out);
-    ensure!(
-        text.ends_with("\n403") && text.contains("not allowed for this identity"),
-        "another identity: {text}"
-    );
+    ensure_403(&out, "not allowed for this identity", "another identity")?;
     // The allowed executable toward another host, and outside the allowed path.
     let out = curl(&d, &server, "other.test", "/v1/echo-auth", &status)?;
-    let text = stdout(&out);
-    ensure!(
-        text.ends_with("\n403") && text.contains("not allowed toward other.test/v1/echo-auth"),
-        "another host: {text}"
-    );
+    ensure_403(
+        &out,
+        "not allowed toward other.test/v1/echo-auth",
+        "another host",
+    )?;
     let out = curl(&d, &server, "api.test", "/v2/echo-auth", &status)?;
-    ensure!(
-        stdout(&out).ends_with("\n403"),
-        "another path: {}",
-        stdout(&out)
-    );
+    ensure_403(&out, "", "another path")?;
 
     ensure!(
         server.received().is_empty(),
@@ -808,14 +816,9 @@ fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() 
         "/v1/echo-auth",
         &[&status[..], &["-H", &auth]].concat(),
     )?;
-    let text = stdout(&out);
-    ensure!(
-        text.ends_with("\n403") && text.contains("not allowed by policy rule \"default\""),
-        "GET: {text}"
-    );
+    ensure_403(&out, "not allowed by policy rule \"default\"", "GET")?;
     // Another executable with the placeholder in the body only: refused mid-body.
-    let other = dir.path().join("other-curl");
-    std::fs::copy(which_real("curl")?, &other)?;
+    let other = curl_copy(dir.path())?;
     let out = curl_as(
         &d,
         other.to_str().unwrap(),
@@ -824,11 +827,7 @@ fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() 
         "/v1/echo-auth",
         &[&status[..], &["--data-binary", &data]].concat(),
     )?;
-    let text = stdout(&out);
-    ensure!(
-        text.ends_with("\n403") && text.contains("not allowed for this identity"),
-        "another identity: {text}"
-    );
+    ensure_403(&out, "not allowed for this identity", "another identity")?;
     ensure!(
         server.received().len() == 2,
         "refused requests reached the server"
