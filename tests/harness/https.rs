@@ -14,8 +14,10 @@
 //! * `GET /planted-secret` → a body holding [`PLANTED_SECRET`] (a finding downstream)
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,15 +213,24 @@ pub struct HttpsServer {
 
 impl HttpsServer {
     pub fn start(ip: &str, config: Arc<ServerConfig>) -> Result<HttpsServer> {
-        Self::spawn(ip, Some(config))
+        Self::spawn(ip, Some(config), Arc::new(|req| Box::pin(route(req))))
     }
 
     /// The same routes over plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge).
     pub fn start_plain(ip: &str) -> Result<HttpsServer> {
-        Self::spawn(ip, None)
+        Self::spawn(ip, None, Arc::new(|req| Box::pin(route(req))))
     }
 
-    fn spawn(ip: &str, config: Option<Arc<ServerConfig>>) -> Result<HttpsServer> {
+    /// An HTTPS server that answers every request with `handler` instead of the routes.
+    pub fn start_with_handler(
+        ip: &str,
+        config: Arc<ServerConfig>,
+        handler: Handler,
+    ) -> Result<HttpsServer> {
+        Self::spawn(ip, Some(config), handler)
+    }
+
+    fn spawn(ip: &str, config: Option<Arc<ServerConfig>>, handler: Handler) -> Result<HttpsServer> {
         let listener =
             std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}"))?;
         listener.set_nonblocking(true)?;
@@ -242,15 +253,15 @@ impl HttpsServer {
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                         let _ = tcp.set_nodelay(true);
-                        let acceptor = acceptor.clone();
+                        let (acceptor, handler) = (acceptor.clone(), handler.clone());
                         tokio::spawn(async move {
                             match acceptor {
                                 Some(acceptor) => {
                                     if let Ok(tls) = acceptor.accept(tcp).await {
-                                        serve(tls).await;
+                                        serve(tls, handler).await;
                                     }
                                 }
-                                None => serve(tcp).await,
+                                None => serve(tcp, handler).await,
                             }
                         });
                     }
@@ -289,20 +300,32 @@ impl Drop for HttpsServer {
     }
 }
 
-async fn serve<IO>(io: IO)
+async fn serve<IO>(io: IO, handler: Handler)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http2().enable_connect_protocol();
+    let service = hyper::service::service_fn(move |req| handler(req));
     let _ = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), hyper::service::service_fn(route))
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await;
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A test server's response body.
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(data: impl Into<Bytes>) -> Body {
+/// Answers one request; an error ends the connection.
+pub type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+        ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, hyper::Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A whole body from `data`.
+pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
@@ -367,7 +390,7 @@ impl hyper::body::Body for Repeat {
     }
 }
 
-async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
     let path = req.uri().path().to_owned();
     let response = if path == "/hello" {
         Response::new(full(format!("hello over {:?}", req.version())))

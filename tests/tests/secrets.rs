@@ -9,12 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use interceptor_tests::https::{TestPki, intercept_all_policy};
+use interceptor_tests::https::{Body, HttpsServer, TestPki, full, intercept_all_policy};
 use interceptor_tests::*;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -53,8 +51,7 @@ impl Received {
 struct RecordingServer {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: HttpsServer,
 }
 
 /// Path → (`Content-Encoding`, body as sent).
@@ -67,54 +64,18 @@ impl RecordingServer {
 
     /// Also serves `encoded` bodies as they are, with their `Content-Encoding`.
     fn start_with(pki: &TestPki, encoded: Encoded) -> Result<RecordingServer> {
-        let encoded = Arc::new(encoded);
         let config = pki.server_config(&["127.0.0.2", "api.test", "other.test"])?;
-        let listener = std::net::TcpListener::bind("127.0.0.2:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (sink, routes) = (received.clone(), encoded.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                let serve = async {
-                    loop {
-                        let Ok((tcp, _)) = listener.accept().await else {
-                            continue;
-                        };
-                        let (acceptor, sink) = (acceptor.clone(), sink.clone());
-                        let routes = routes.clone();
-                        tokio::spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let service = hyper::service::service_fn(move |req| {
-                                record(req, sink.clone(), routes.clone())
-                            });
-                            let _ =
-                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(tls), service)
-                                    .await;
-                        });
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stopped => {}
-                }
-            });
-        });
+        let (sink, routes) = (received.clone(), Arc::new(encoded));
+        let server = HttpsServer::start_with_handler(
+            "127.0.0.2",
+            config,
+            Arc::new(move |req| Box::pin(record(req, sink.clone(), routes.clone()))),
+        )?;
         Ok(RecordingServer {
-            port,
+            port: server.addr.port(),
             received,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -131,24 +92,13 @@ impl RecordingServer {
     }
 }
 
-impl Drop for RecordingServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 async fn record(
     req: Request<Incoming>,
     sink: Arc<Mutex<Vec<Received>>>,
     encoded: Arc<Encoded>,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+) -> Result<Response<Body>, hyper::Error> {
     if let Some((_, coding, body)) = encoded.iter().find(|(p, ..)| p == req.uri().path()) {
-        let mut resp = Response::new(Full::new(Bytes::from(body.clone())));
+        let mut resp = Response::new(full(body.clone()));
         resp.headers_mut()
             .insert("content-encoding", coding.parse().expect("a token"));
         return Ok(resp);
@@ -176,7 +126,7 @@ async fn record(
         headers,
         body,
     });
-    Ok(Response::new(Full::new(Bytes::from(reply))))
+    Ok(Response::new(full(reply)))
 }
 
 fn rules_dir() -> PathBuf {
