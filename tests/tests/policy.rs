@@ -72,11 +72,10 @@ fn store_bytes(d: &Daemon) -> Result<String> {
 #[test]
 fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
     require_root();
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
     let first = deny_policy("127.0.0.5");
-    std::fs::write(&file, &first)?;
-    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8 path")?])?;
+    let policy = PolicyFile::new(&first)?;
+    let file = policy.path();
+    let d = Daemon::start_with(&["--policy", policy.arg()?])?;
     let five = Server::hash("127.0.0.5", 10, "p5")?;
     let six = Server::hash("127.0.0.6", 10, "p6")?;
     let two = Server::hash("127.0.0.2", 10, "p2")?;
@@ -107,7 +106,7 @@ fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
 
     // A broken policy is refused with file:line:column; the running one stays.
     std::fs::write(
-        &file,
+        file,
         format!("{first}[default.settings]\nrecord_bodies = 1\n"),
     )?;
     let out = d.cli(["policy", "reload"])?;
@@ -119,7 +118,7 @@ fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
 
     // A good policy by SIGHUP: the existing enrollment's kernel deny list follows it.
     let second = deny_policy("127.0.0.6");
-    std::fs::write(&file, &second)?;
+    std::fs::write(file, &second)?;
     kill(
         Pid::from_raw(d.pid().context("daemon pid")? as i32),
         Signal::SIGHUP,
@@ -162,14 +161,11 @@ fn policy_kernel_deny_reload_and_sighup() -> Result<()> {
 #[test]
 fn proxy_deny_resets_raw_tcp() -> Result<()> {
     require_root();
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("policy.toml");
-    std::fs::write(
-        &file,
+    let policy = PolicyFile::new(
         "[[rule]]\nname = \"no-python-to-nine\"\naction = \"deny\"\nreason = \"not from scripts\"\n\
          [rule.match]\nexe = [\"**/python3*\"]\ncidr = [\"127.0.0.9/32\"]\n\n[default]\naction = \"allow\"\n",
     )?;
-    let d = Daemon::start_with(&["--policy", file.to_str().context("utf-8 path")?])?;
+    let d = Daemon::start_with(&["--policy", policy.arg()?])?;
     let nine = Server::hash("127.0.0.9", 10, "p9")?;
     let two = Server::hash("127.0.0.2", 10, "p2")?;
     let out = run_with_timeout(
