@@ -112,22 +112,30 @@ async fn upstream_server() -> SocketAddr {
     addr
 }
 
-async fn run(version: Version) -> Vec<HttpExchange> {
-    let upstream = upstream_server().await;
-    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap();
+/// One proxied connection: `layer` serves the first client of a front listener toward
+/// `upstream` as session `session`, recording its exchanges.
+struct Proxied {
+    front: std::net::SocketAddr,
+    records: Arc<Mutex<Vec<HttpExchange>>>,
+    task: tokio::task::JoinHandle<Result<(), HttpError>>,
+}
+
+async fn start_proxy(
+    layer: HttpLayer,
+    session: u64,
+    version: Version,
+    upstream: std::net::SocketAddr,
+) -> Proxied {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front = listener.local_addr().unwrap();
     let records = Arc::new(Mutex::new(Vec::new()));
     let sink = records.clone();
     let recorder: Recorder = Arc::new(move |x| sink.lock().unwrap().push(x));
-    let layer = HttpLayer {
-        hooks: Hooks::new(vec![Arc::new(TestHook)]),
-        header_timeout: Duration::from_secs(5),
-    };
-    let proxy = tokio::spawn(async move {
-        let (client, _) = front.accept().await.unwrap();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
         let up = TcpStream::connect(upstream).await.unwrap();
         let info = ConnectionInfo {
-            session: 7,
+            session,
             destination: upstream,
             sni: None,
             streams: None,
@@ -136,6 +144,24 @@ async fn run(version: Version) -> Vec<HttpExchange> {
         };
         layer.serve(recorder, info, version, client, up).await
     });
+    Proxied {
+        front,
+        records,
+        task,
+    }
+}
+
+async fn run(version: Version) -> Vec<HttpExchange> {
+    let upstream = upstream_server().await;
+    let layer = HttpLayer {
+        hooks: Hooks::new(vec![Arc::new(TestHook)]),
+        header_timeout: Duration::from_secs(5),
+    };
+    let Proxied {
+        front: front_addr,
+        records,
+        task: proxy,
+    } = start_proxy(layer, 7, version, upstream).await;
 
     let io = TokioIo::new(TcpStream::connect(front_addr).await.unwrap());
     let requests = [
@@ -227,26 +253,12 @@ async fn http2_streams_through_hooks_and_records() {
 #[tokio::test]
 async fn connect_tunnels_are_relayed_and_counted() {
     let upstream = upstream_server().await;
-    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap();
-    let records = Arc::new(Mutex::new(Vec::new()));
-    let sink = records.clone();
-    let recorder: Recorder = Arc::new(move |x| sink.lock().unwrap().push(x));
-    let proxy = tokio::spawn(async move {
-        let (client, _) = front.accept().await.unwrap();
-        let up = TcpStream::connect(upstream).await.unwrap();
-        let info = ConnectionInfo {
-            session: 1,
-            destination: upstream,
-            sni: None,
-            streams: None,
-            identity: Default::default(),
-            enrollment: None,
-        };
-        HttpLayer::new(Hooks::default(), Duration::from_secs(5))
-            .serve(recorder, info, Version::Http1, client, up)
-            .await
-    });
+    let layer = HttpLayer::new(Hooks::default(), Duration::from_secs(5));
+    let Proxied {
+        front: front_addr,
+        records,
+        task: proxy,
+    } = start_proxy(layer, 1, Version::Http1, upstream).await;
     let io = TokioIo::new(TcpStream::connect(front_addr).await.unwrap());
     let (mut tx, conn) = client1::handshake(io).await.unwrap();
     tokio::spawn(conn.with_upgrades());
