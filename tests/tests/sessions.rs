@@ -47,6 +47,26 @@ fn closed_from(d: &Daemon, pid: u32, n: usize) -> Result<Vec<Session>> {
     )
 }
 
+/// Kills the daemon with SIGKILL: no chance to flush or clean up.
+fn kill_9(d: &Daemon) -> Result<()> {
+    let pid = d.pid().context("daemon pid")?;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    Ok(())
+}
+
+/// [`echo_many`], then its `n` closed sessions.
+fn closed_echoes(
+    d: &Daemon,
+    srv: &Server,
+    n: usize,
+    bytes: usize,
+    seed: &str,
+) -> Result<(ClientReport, Vec<Session>)> {
+    let report = echo_many(d, srv, n, bytes, seed)?;
+    let sessions = closed_from(d, report.pid, n)?;
+    Ok((report, sessions))
+}
+
 /// `sessions verify --json` (through the daemon, or of a data dir) whatever its exit code.
 fn verify(d: &Daemon, data_dir: bool) -> Result<(bool, Value)> {
     let mut args = vec![s("sessions"), s("verify"), s("--json")];
@@ -210,8 +230,7 @@ fn verify_names_the_record_whose_byte_was_flipped() -> Result<()> {
     require_root();
     let d = Daemon::start()?;
     let srv = Server::echo("127.0.0.2")?;
-    let rep = echo_many(&d, &srv, 4, 100, "verify")?;
-    closed_from(&d, rep.pid, 4)?;
+    closed_echoes(&d, &srv, 4, 100, "verify")?;
     let report = verify_ok(&d)?;
     ensure!(report["records"].as_u64() >= Some(8), "{report:#}");
 
@@ -244,9 +263,8 @@ fn torn_tail_is_cut_on_restart_and_the_chain_still_verifies() -> Result<()> {
     require_root();
     let mut d = Daemon::start()?;
     let srv = Server::echo("127.0.0.2")?;
-    let first = echo_many(&d, &srv, 3, 100, "torn-a")?;
-    closed_from(&d, first.pid, 3)?;
-    kill(Pid::from_raw(d.pid().unwrap() as i32), Signal::SIGKILL)?;
+    let (first, _) = closed_echoes(&d, &srv, 3, 100, "torn-a")?;
+    kill_9(&d)?;
     // Half a frame, as a write cut by power loss leaves it.
     let seg = segments(&d)?.pop().unwrap();
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg)?;
@@ -262,8 +280,7 @@ fn torn_tail_is_cut_on_restart_and_the_chain_still_verifies() -> Result<()> {
         std::fs::metadata(seg.with_extension("log.torn"))?.len() == 10,
         "cut bytes not kept aside"
     );
-    let second = echo_many(&d, &srv, 3, 100, "torn-b")?;
-    closed_from(&d, second.pid, 3)?;
+    closed_echoes(&d, &srv, 3, 100, "torn-b")?;
     closed_from(&d, first.pid, 3)?;
     let report = verify_ok(&d)?;
     ensure!(report["notes"].as_array().unwrap().is_empty(), "{report:#}");
@@ -275,8 +292,7 @@ fn kill_9_during_50_transfers_keeps_every_completed_session() -> Result<()> {
     require_root();
     let mut d = Daemon::start()?;
     let srv = Server::echo("127.0.0.2")?;
-    let done = echo_many(&d, &srv, 20, 10_000, "before")?;
-    let completed = closed_from(&d, done.pid, 20)?;
+    let (_, completed) = closed_echoes(&d, &srv, 20, 10_000, "before")?;
 
     // 50 transfers of 4 MB each: the client computes its payloads after all 50 are open,
     // so they are in flight for seconds.
@@ -305,7 +321,7 @@ fn kill_9_during_50_transfers_keeps_every_completed_session() -> Result<()> {
     );
     std::thread::sleep(Duration::from_millis(300));
     let before = d.sessions()?;
-    kill(Pid::from_raw(d.pid().unwrap() as i32), Signal::SIGKILL)?;
+    kill_9(&d)?;
     let live = live?;
     d.restart()?;
     let _ = wait_child(&mut client, RUN);
@@ -375,8 +391,7 @@ fn tailer_started_before_traffic_sees_every_event_in_order() -> Result<()> {
     // Records the daemon wrote at start (policy) come before the tailer.
     let earlier = ndjson(&d, &["sessions", "export"])?.len();
     let tailer = Tailer::start(&d, &["-f", "--json"])?;
-    let rep = echo_many(&d, &srv, 30, 1000, "tail")?;
-    let sessions = closed_from(&d, rep.pid, 30)?;
+    let (_, sessions) = closed_echoes(&d, &srv, 30, 1000, "tail")?;
     let ids: Vec<String> = sessions.iter().map(Session::id_str).collect();
     let stored = ndjson(&d, &["sessions", "export"])?.split_off(earlier);
     let live = tailer.wait_for(stored.len(), SESSIONS)?;
@@ -439,11 +454,8 @@ fn tailer_with_since_sees_earlier_events_then_live_ones() -> Result<()> {
     let srv = Server::echo("127.0.0.2")?;
     // The daemon is younger than this: everything it recorded.
     let since = "10m";
-    let early = echo_many(&d, &srv, 5, 100, "early")?;
-    let early_ids: Vec<String> = closed_from(&d, early.pid, 5)?
-        .iter()
-        .map(Session::id_str)
-        .collect();
+    let (_, early) = closed_echoes(&d, &srv, 5, 100, "early")?;
+    let early_ids: Vec<String> = early.iter().map(Session::id_str).collect();
     let tailer = Tailer::start(
         &d,
         &[
@@ -455,11 +467,8 @@ fn tailer_with_since_sees_earlier_events_then_live_ones() -> Result<()> {
             python().to_str().unwrap(),
         ],
     )?;
-    let late = echo_many(&d, &srv, 5, 100, "late")?;
-    let late_ids: Vec<String> = closed_from(&d, late.pid, 5)?
-        .iter()
-        .map(Session::id_str)
-        .collect();
+    let (_, late) = closed_echoes(&d, &srv, 5, 100, "late")?;
+    let late_ids: Vec<String> = late.iter().map(Session::id_str).collect();
     let records = tailer.wait_for(20, SESSIONS)?;
     let mut seen_early = session_events(&records, &early_ids);
     let seen_late = session_events(&records, &late_ids);
@@ -568,8 +577,7 @@ fn export_by_time_range_and_replay_with_timing() -> Result<()> {
     require_root();
     let d = Daemon::start()?;
     let srv = Server::echo("127.0.0.2")?;
-    let a = echo_many(&d, &srv, 2, 100, "a")?;
-    closed_from(&d, a.pid, 2)?;
+    let (a, _) = closed_echoes(&d, &srv, 2, 100, "a")?;
     std::thread::sleep(Duration::from_millis(1500));
     // One session held open for a second: its start and end are a second apart.
     let out = run_with_timeout(
@@ -597,8 +605,7 @@ fn export_by_time_range_and_replay_with_timing() -> Result<()> {
         SESSIONS,
     )?;
     std::thread::sleep(Duration::from_millis(1500));
-    let b = echo_many(&d, &srv, 2, 100, "b")?;
-    closed_from(&d, b.pid, 2)?;
+    closed_echoes(&d, &srv, 2, 100, "b")?;
 
     // The range from the held session's start to its end, as the store timed them.
     let id = held[0].id_str();
@@ -755,8 +762,7 @@ fn show_reads_sessions_across_rolled_segments_also_after_kill_9() -> Result<()> 
     // Small segments: the sessions spread over many, most of them closed.
     let mut d = Daemon::start_with(&["--segment-bytes", "1500"])?;
     let srv = Server::echo("127.0.0.2")?;
-    let done = echo_many(&d, &srv, 12, 1000, "spans")?;
-    closed_from(&d, done.pid, 12)?;
+    closed_echoes(&d, &srv, 12, 1000, "spans")?;
     ensure!(segments(&d)?.len() > 3, "segments: {:?}", segments(&d)?);
     ensure!(show_matches_list(&d)? == 12);
     let spans = span_files(&d)?;
@@ -764,7 +770,7 @@ fn show_reads_sessions_across_rolled_segments_also_after_kill_9() -> Result<()> 
     // A torn index (a crash mid-write) and a missing one, then kill -9: rebuilt when asked.
     std::fs::write(&spans[0], b"{\"segment_bytes\":")?;
     std::fs::remove_file(&spans[1])?;
-    kill(Pid::from_raw(d.pid().unwrap() as i32), Signal::SIGKILL)?;
+    kill_9(&d)?;
     d.restart()?;
     ensure!(show_matches_list(&d)? == 12);
     ensure!(span_files(&d)?.len() >= spans.len());
