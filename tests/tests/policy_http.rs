@@ -105,11 +105,37 @@ fn setup_with(extra: &[&str]) -> Result<Setup> {
     })
 }
 
+/// `program` under `interceptor exec --include-loopback` (bounded time).
+fn exec(d: &Daemon, program: &[&str]) -> Result<Output> {
+    run_with_timeout(&mut d.exec_command(&["--include-loopback"], program), RUN)
+}
+
 /// curl under exec with `args`.
 fn curl(d: &Daemon, args: &[&str]) -> Result<Output> {
     let mut argv = vec!["curl", "-sS"];
     argv.extend_from_slice(args);
-    run_with_timeout(&mut d.exec_command(&["--include-loopback"], &argv), RUN)
+    exec(d, &argv)
+}
+
+/// The client succeeded and its output passes `ok` (both streams in the message when not).
+fn ensure_output(out: &Output, ok: impl Fn(&str) -> bool) -> Result<()> {
+    let stdout = text(&out.stdout);
+    ensure!(
+        out.status.success() && ok(&stdout),
+        "client: {stdout} {}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The newest session to `port` with SNI blocked.test was denied by the host-name rule.
+fn ensure_sni_denied(d: &Daemon, port: u16) -> Result<Value> {
+    let rec = session(d, port, |x| x["tls"]["sni"] == "blocked.test")?;
+    ensure!(
+        rec["outcome"] == "denied" && rec["tls"]["policy"]["rule"] == "no-blocked-host",
+        "session: {rec:#}"
+    );
+    Ok(rec)
 }
 
 fn text(b: &[u8]) -> String {
@@ -150,13 +176,7 @@ fn host_name_deny_gets_a_tls_alert_and_is_recorded_with_its_rule() -> Result<()>
         "curl got through: {}",
         text(&out.stdout)
     );
-    let rec = session(&s.d, s.server.addr.port(), |x| {
-        x["tls"]["sni"] == "blocked.test"
-    })?;
-    ensure!(
-        rec["outcome"] == "denied" && rec["tls"]["policy"]["rule"] == "no-blocked-host",
-        "session: {rec:#}"
-    );
+    let rec = ensure_sni_denied(&s.d, s.server.addr.port())?;
     let error = rec["error"].as_str().unwrap_or_default();
     ensure!(
         error.contains("no-blocked-host") && error.contains("blocked host"),
@@ -181,12 +201,7 @@ fn http_path_deny_is_a_403_naming_the_rule_and_other_paths_pass() -> Result<()> 
         "response: {body}"
     );
     let out = curl(&s.d, &[&s.server.url("/hello")])?;
-    ensure!(
-        out.status.success() && text(&out.stdout).starts_with("hello over"),
-        "curl: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    ensure_output(&out, |t| t.starts_with("hello over"))?;
     let rec = session(&s.d, s.server.addr.port(), |x| {
         x["http"][0]["path"] == "/admin/users"
     })?;
@@ -272,12 +287,7 @@ fn approve_rule_holds_the_request_until_approved_or_denied() -> Result<()> {
     let id = pending_echo(&s.d)?;
     s.d.cli_ok(["approvals", "approve", &id])?;
     let out = client.join().expect("client thread")?;
-    ensure!(
-        out.status.success() && text(&out.stdout) == "payload-one",
-        "curl: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    ensure_output(&out, |t| t == "payload-one")?;
 
     let client = background_curl(&s, &["-d", "payload-two", &url]);
     let id = pending_echo(&s.d)?;
@@ -361,12 +371,7 @@ fn host_name_approve_holds_the_connection_before_the_upstream_is_dialled() -> Re
     ensure!(accepted() == 0, "the server was dialled during the hold");
     s.d.cli_ok(["approvals", "approve", &id])?;
     let out = client.join().expect("client thread")?;
-    ensure!(
-        out.status.success() && text(&out.stdout).starts_with("hello over"),
-        "curl: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    ensure_output(&out, |t| t.starts_with("hello over"))?;
     ensure!(accepted() == 1, "connections: {}", accepted());
     Ok(())
 }
@@ -377,12 +382,7 @@ fn a_stream_that_is_not_http_is_decided_without_the_http_rules() -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.4:0")?;
     let port = listener.local_addr()?.port();
     let script = format!("exec 3<>/dev/tcp/127.0.0.4/{port}; echo hello >&3; cat <&3");
-    let out = run_with_timeout(
-        &mut s
-            .d
-            .exec_command(&["--include-loopback"], &["bash", "-c", &script]),
-        RUN,
-    )?;
+    let out = exec(&s.d, &["bash", "-c", &script])?;
     ensure!(!out.status.success(), "raw TCP got through");
     let rec = session(&s.d, port, |_| true)?;
     let error = rec["error"].as_str().unwrap_or_default();
@@ -414,18 +414,8 @@ fn a_server_that_speaks_first_is_reached_when_the_client_waits() -> Result<()> {
         conn.write_all(b"220 greetings first\n")
     });
     let script = format!("exec 3<>/dev/tcp/127.0.0.5/{port}; head -1 <&3");
-    let out = run_with_timeout(
-        &mut s
-            .d
-            .exec_command(&["--include-loopback"], &["bash", "-c", &script]),
-        RUN,
-    )?;
-    ensure!(
-        text(&out.stdout) == "220 greetings first\n",
-        "client: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = exec(&s.d, &["bash", "-c", &script])?;
+    ensure_output(&out, |t| t == "220 greetings first\n")?;
     server.join().expect("server thread")?;
     Ok(())
 }
@@ -449,23 +439,9 @@ fn a_client_slow_to_say_hello_is_still_decided_by_its_sni() -> Result<()> {
     );
     let python = python();
     let python = python.to_str().context("utf-8")?;
-    let out = run_with_timeout(
-        &mut s
-            .d
-            .exec_command(&["--include-loopback"], &[python, "-c", &script]),
-        RUN,
-    )?;
-    ensure!(
-        text(&out.stdout).contains("ACCESS_DENIED"),
-        "client: {} {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let rec = session(&s.d, port, |x| x["tls"]["sni"] == "blocked.test")?;
-    ensure!(
-        rec["outcome"] == "denied" && rec["tls"]["policy"]["rule"] == "no-blocked-host",
-        "session: {rec:#}"
-    );
+    let out = exec(&s.d, &[python, "-c", &script])?;
+    ensure_output(&out, |t| t.contains("ACCESS_DENIED"))?;
+    ensure_sni_denied(&s.d, port)?;
     Ok(())
 }
 
