@@ -352,23 +352,26 @@ fn policy_check_and_explain_cli() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("p.toml");
     let bin = interceptor_bin();
-    let policy = |args: &[&str]| -> Result<std::process::Output> {
-        run_with_timeout(
+    // `interceptor policy ARGS`: its output once it exited with `code`.
+    let policy = |args: &[&str], code: i32, what: &str| -> Result<(String, String)> {
+        let out = run_with_timeout(
             std::process::Command::new(&bin).arg("policy").args(args),
             RUN,
-        )
+        )?;
+        ensure!(out.status.code() == Some(code), "{what}: {out:?}");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Ok((text(&out.stdout), text(&out.stderr)))
     };
 
     std::fs::write(
         &file,
         deny_policy("169.254.169.254").replace("cidr", "cidrs"),
     )?;
-    let out = policy(&["check", file.to_str().unwrap()])?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(1),
-        "check of a broken file: {out:?}"
-    );
+    let (_, stderr) = policy(
+        &["check", file.to_str().unwrap()],
+        1,
+        "check of a broken file",
+    )?;
     ensure!(
         stderr.contains(&format!("{}:5:1: unknown field `cidrs`", file.display())),
         "{stderr}"
@@ -378,35 +381,35 @@ fn policy_check_and_explain_cli() -> Result<()> {
     let rules = workspace_root().join("policies/rules");
     let rules = rules.to_str().unwrap();
     std::fs::write(&file, format!("{TYPO}{}", deny_policy("169.254.169.254")))?;
-    let out = policy(&["check", "--rules", rules, file.to_str().unwrap()])?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(1),
-        "check with an unknown rule id: {out:?}"
-    );
+    let (_, stderr) = policy(
+        &["check", "--rules", rules, file.to_str().unwrap()],
+        1,
+        "check with an unknown rule id",
+    )?;
     let want = unknown_rule_error(&file);
     ensure!(stderr.contains(&want), "{stderr}\nwanted: {want}");
 
     std::fs::write(&file, deny_policy("169.254.169.254"))?;
-    let out = policy(&["check", "--rules", rules, file.to_str().unwrap()])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "{out:?}");
+    let (stdout, _) = policy(
+        &["check", "--rules", rules, file.to_str().unwrap()],
+        0,
+        "check of a good file",
+    )?;
     ensure!(stdout.contains("denied in the kernel"), "{stdout}");
 
-    let out = policy(&[
-        "explain",
-        "--policy",
-        file.to_str().unwrap(),
-        "--exe",
-        "/usr/bin/curl",
-        "--dest",
-        "169.254.169.254:80",
-    ])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.code() == Some(2),
-        "explain deny exits 2: {out:?}"
-    );
+    let (stdout, _) = policy(
+        &[
+            "explain",
+            "--policy",
+            file.to_str().unwrap(),
+            "--exe",
+            "/usr/bin/curl",
+            "--dest",
+            "169.254.169.254:80",
+        ],
+        2,
+        "explain deny exits 2",
+    )?;
     ensure!(
         stdout.starts_with("decision: deny by rule #0 \"deny-169.254.169.254\""),
         "{stdout}"
@@ -417,22 +420,21 @@ fn policy_check_and_explain_cli() -> Result<()> {
     );
 
     let agent = workspace_root().join("policies/examples/ai-agent.toml");
-    let out = policy(&[
-        "explain",
-        "--policy",
-        agent.to_str().unwrap(),
-        "--dest",
-        "api.github.com:443",
-        "--method",
-        "POST",
-        "--path",
-        "/repos/o/r/pulls",
-    ])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.code() == Some(3),
-        "explain approve exits 3: {out:?}"
-    );
+    let (stdout, _) = policy(
+        &[
+            "explain",
+            "--policy",
+            agent.to_str().unwrap(),
+            "--dest",
+            "api.github.com:443",
+            "--method",
+            "POST",
+            "--path",
+            "/repos/o/r/pulls",
+        ],
+        3,
+        "explain approve exits 3",
+    )?;
     ensure!(
         stdout.contains("by rule #3 \"github-write-needs-approval\""),
         "{stdout}"
