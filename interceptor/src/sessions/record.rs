@@ -342,7 +342,12 @@ impl Session {
             Event::Start(_) => {}
             Event::End(end) => self.apply_end(end),
             Event::Tls(tls) => self.tls = Some(tls),
-            Event::Http(exchange) => self.http.push(exchange),
+            Event::Http(exchange) => {
+                // Exchanges are recorded as they finish, and HTTP/2 streams finish in any
+                // order: a session lists them in request order.
+                let at = self.http.partition_point(|h| h.seq <= exchange.seq);
+                self.http.insert(at, exchange);
+            }
             Event::Retention(_) => {}
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
@@ -388,5 +393,28 @@ mod tests {
         let binary = RecordedBody::new(&[0, 1, 2], 16, 3);
         assert_eq!((binary.data.as_str(), binary.base64), ("AAEC", true));
         assert!(!binary.truncated);
+    }
+
+    #[test]
+    fn exchanges_are_listed_in_request_order() {
+        let start: SessionStart = serde_json::from_value(serde_json::json!({
+            "id": 1, "enrollment": 1, "identity": Identity::default(),
+            "destination": "127.0.0.2:443", "started_at": "2026-11-23T09:00:00Z",
+        }))
+        .unwrap();
+        let mut session = Session::from_start(start);
+        for seq in [1, 0, 2] {
+            let exchange = serde_json::from_value(serde_json::json!({
+                "id": 1, "seq": seq, "version": "HTTP/2.0", "method": "GET", "authority": null,
+                "path": "/", "status": 200, "request_headers": [], "response_headers": [],
+                "request_body_bytes": 0, "response_body_bytes": 0,
+                "started_at": "2026-11-23T09:00:00Z", "response_after": null,
+                "duration": "1ms", "upgraded": null, "error": null,
+            }))
+            .unwrap();
+            session.apply(Event::Http(exchange));
+        }
+        let seqs: Vec<u64> = session.http.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
     }
 }
