@@ -376,7 +376,34 @@ fn target_dir() -> PathBuf {
 }
 
 fn test(test_threads: &str, args: Vec<OsString>) -> Result<()> {
-    setup()?;
+    // The tests need bpffs; a mount made only for them is taken down again, pass or fail, so
+    // the kernel's own entries in it (bpf_preload's maps.debug, progs.debug) go with it.
+    let mounted_here = !bpffs_mounted()?;
+    let result = setup().and_then(|()| checks_and_tests(test_threads, args));
+    if mounted_here {
+        unmount_bpffs_if_unused()?;
+    }
+    result
+}
+
+/// Unmounts bpffs unless something besides the kernel's preload entries is pinned in it.
+fn unmount_bpffs_if_unused() -> Result<()> {
+    const KERNEL_ENTRIES: [&str; 2] = ["maps.debug", "progs.debug"];
+    let others: Vec<String> = fs::read_dir(BPFFS)
+        .with_context(|| format!("read {BPFFS}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !KERNEL_ENTRIES.contains(&name.as_str()))
+        .collect();
+    if !others.is_empty() {
+        eprintln!("    leaving {BPFFS} mounted: still pinned there: {others:?}");
+        return Ok(());
+    }
+    step("cleanup: unmount the bpffs the tests mounted");
+    run_cmd(Command::new("umount").arg(BPFFS))
+}
+
+fn checks_and_tests(test_threads: &str, args: Vec<OsString>) -> Result<()> {
     step("fmt: cargo fmt --all --check");
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     step("clippy: cargo clippy --workspace --all-targets -- -D warnings");
