@@ -41,12 +41,14 @@ pub trait Hook: Send + Sync {
         head: &'a mut http::request::Parts,
     ) -> HookFuture<'a>;
 
-    /// Before the response goes back to the workload.
+    /// Before the response goes back to the workload. By default it passes unchanged.
     fn on_response<'a>(
         &'a self,
-        info: &'a ExchangeInfo,
-        head: &'a mut http::response::Parts,
-    ) -> HookFuture<'a>;
+        _info: &'a ExchangeInfo,
+        _head: &'a mut http::response::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async { Decision::default() })
+    }
 }
 
 /// A hook's answer for one head.
@@ -55,6 +57,19 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Sees the body that follows this head, chunk by chunk.
     pub body: Option<Box<dyn BodyTransform>>,
+}
+
+impl Decision {
+    /// Refuse with 403 and `reason` as the body.
+    pub fn forbidden(reason: String) -> Decision {
+        Decision {
+            verdict: Verdict::Refuse {
+                status: StatusCode::FORBIDDEN,
+                reason,
+            },
+            body: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

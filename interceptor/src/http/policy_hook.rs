@@ -12,7 +12,7 @@ use interceptor::approvals::HoldRequest;
 use interceptor::policy::{RequestFacts, Verdict as PolicyVerdict};
 
 use super::exchange::recorded_request_headers;
-use super::hook::{Decision, ExchangeInfo, Hook, HookFuture, Verdict};
+use super::hook::{Decision, ExchangeInfo, Hook, HookFuture};
 use super::masking::Masking;
 use super::preview::BodyPreview;
 use crate::gate::{self, Gate};
@@ -150,24 +150,10 @@ impl Hook for PolicyHook {
                 Ok(()) => Decision::default(),
                 Err(reason) => {
                     tracing::info!(session = info.session, seq = info.seq, %reason, "request refused by policy");
-                    Decision {
-                        verdict: Verdict::Refuse {
-                            status: http::StatusCode::FORBIDDEN,
-                            reason,
-                        },
-                        body: None,
-                    }
+                    Decision::forbidden(reason)
                 }
             }
         })
-    }
-
-    fn on_response<'a>(
-        &'a self,
-        _info: &'a ExchangeInfo,
-        _head: &'a mut http::response::Parts,
-    ) -> HookFuture<'a> {
-        Box::pin(async { Decision::default() })
     }
 }
 

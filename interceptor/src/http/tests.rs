@@ -35,13 +35,7 @@ impl Hook for TestHook {
             head.headers
                 .insert("x-hooked", format!("seq {}", info.seq).parse().unwrap());
             match head.uri.path() {
-                "/forbidden" => Decision {
-                    verdict: Verdict::Refuse {
-                        status: StatusCode::FORBIDDEN,
-                        reason: "not on the list".into(),
-                    },
-                    body: None,
-                },
+                "/forbidden" => Decision::forbidden("not on the list".into()),
                 "/echo" => Decision {
                     verdict: Verdict::Forward,
                     body: Some(Box::new(Upper)),

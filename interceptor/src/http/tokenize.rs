@@ -26,9 +26,7 @@ use interceptor::vault::{
     Caller, Check, Credential, Destination, Refusal, SharedVault, StreamSwap,
 };
 
-use super::hook::{
-    BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, Refused, Verdict,
-};
+use super::hook::{BodyTransform, BoxError, Decision, ExchangeInfo, Hook, HookFuture, Refused};
 use super::masking::Masking;
 use super::settings::Plan;
 
@@ -184,23 +182,9 @@ impl Hook for Tokenizer {
                 Err(reason) => {
                     tracing::warn!(session = info.session, seq = info.seq, %reason,
                         "vault placeholder refused");
-                    Decision {
-                        verdict: Verdict::Refuse {
-                            status: StatusCode::FORBIDDEN,
-                            reason,
-                        },
-                        body: None,
-                    }
+                    Decision::forbidden(reason)
                 }
             }
         })
-    }
-
-    fn on_response<'a>(
-        &'a self,
-        _info: &'a ExchangeInfo,
-        _head: &'a mut http::response::Parts,
-    ) -> HookFuture<'a> {
-        Box::pin(async { Decision::default() })
     }
 }
