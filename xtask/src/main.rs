@@ -147,6 +147,8 @@ fn dpkg_installed(pkg: &str) -> bool {
 fn setup() -> Result<()> {
     step("setup: system packages");
     setup_apt()?;
+    step("setup: python modules for the test clients");
+    setup_python_modules()?;
     step("setup: nightly rust-src");
     setup_rust_src()?;
     step("setup: bpf-linker");
@@ -185,6 +187,38 @@ fn setup_apt() -> Result<()> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Python modules the end-to-end tests import beyond the standard library:
+/// `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode test bodies.
+/// (import name, pip package)
+const PYTHON_MODULES: [(&str, &str); 3] = [
+    ("h2", "h2"),
+    ("brotli", "brotli"),
+    ("zstandard", "zstandard"),
+];
+
+fn setup_python_modules() -> Result<()> {
+    let missing: Vec<&str> = PYTHON_MODULES
+        .iter()
+        .filter(|(module, _)| {
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present");
+        return Ok(());
+    }
+    eprintln!("    missing: {}", missing.join(" "));
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
     )
 }
 
