@@ -331,16 +331,20 @@ pub fn full(data: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// 64 KiB of JSON log lines, built once: what an API or a log shipper sends, with
-/// JSON-escaped URLs (`https:\/\/...`) and URL-encoded queries as real ones have.
-fn text_block() -> Bytes {
-    static BLOCK: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    BLOCK
+/// 64 KiB of JSON log lines, built once: what an API or a log shipper sends. `escaped`:
+/// with JSON-escaped URLs (`https:\/\/...`, as PHP writes them) and URL-encoded queries
+/// (`red%20shoes`), which start the masker's decoded views; otherwise as Go, Python and
+/// serde write them (`https://...`, `red+shoes`).
+fn log_block(escaped: bool) -> Bytes {
+    static BLOCKS: [std::sync::OnceLock<Bytes>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let (slash, space) = if escaped { ("\\/", "%20") } else { ("/", "+") };
+    BLOCKS[usize::from(escaped)]
         .get_or_init(|| {
             let mut block = String::new();
             for i in 0u64.. {
                 let line = format!(
-                    "{{\"ts\": \"2026-11-23T08:{:02}:{:02}Z\", \"level\": \"info\", \"user\": \"user{}\", \"msg\": \"GET /api/v1/items?q=red%20shoes&page={} 200 {}ms\", \"img\": \"https:\\/\\/cdn.example.com\\/img\\/{}.png\", \"trace\": \"{:016x}\"}}\n",
+                    "{{\"ts\": \"2026-11-23T08:{:02}:{:02}Z\", \"level\": \"info\", \"user\": \"user{}\", \"msg\": \"GET /api/v1/items?q=red{space}shoes&page={} 200 {}ms\", \"img\": \"https:{slash}{slash}cdn.example.com{slash}img{slash}{}.png\", \"trace\": \"{:016x}\"}}\n",
                     i / 60 % 60,
                     i % 60,
                     i % 97,
@@ -397,10 +401,14 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, hyper::Erro
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
         Response::new(full(vec![b'x'; n]))
-    } else if let Some(n) = path.strip_prefix("/text/") {
+    } else if let Some((escaped, n)) = path
+        .strip_prefix("/text/")
+        .map(|n| (true, n))
+        .or_else(|| path.strip_prefix("/ndjson/").map(|n| (false, n)))
+    {
         Response::new(
             Repeat {
-                block: text_block(),
+                block: log_block(escaped),
                 left: n.parse().unwrap_or(0),
             }
             .boxed(),

@@ -5,14 +5,12 @@
 
 use std::ops::Range;
 
+use super::base64_runs::MIN_BASE64_RUN;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 /// Decoded bytes a view forgets at once (fewer stay until there are this many).
 const RELEASE_BATCH: usize = 64 * 1024;
-
-/// Base64 runs shorter than this are not decoded (a 16-byte secret is 24 characters).
-pub const MIN_BASE64_RUN: usize = 24;
 
 /// Decoded bytes of a stream, held from decoded offset `base` on, with the way back to raw
 /// offsets: between anchors, decoded and raw bytes correspond one to one; every byte that
@@ -231,53 +229,6 @@ pub fn url_decode(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     raw.len()
 }
 
-/// Characters of the standard and URL-safe base64 alphabets.
-const BASE64_CHARS: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_');
-        b += 1;
-    }
-    table
-};
-
-/// The next run of at least `MIN_BASE64_RUN` base64 characters in `raw` that starts at or
-/// after `from` (`from` is at a run boundary).
-pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
-    let is = |i: usize| BASE64_CHARS[raw[i] as usize];
-    // A long enough run covers every MIN_BASE64_RUN-th position: look only there, and
-    // around the positions that are base64.
-    let mut probe = from + MIN_BASE64_RUN - 1;
-    while probe < raw.len() {
-        if !is(probe) {
-            probe += MIN_BASE64_RUN;
-            continue;
-        }
-        let mut start = probe;
-        while start > from && is(start - 1) {
-            start -= 1;
-        }
-        let mut end = probe + 1;
-        while end < raw.len() && is(end) {
-            end += 1;
-        }
-        if end - start >= MIN_BASE64_RUN {
-            return Some(start..end);
-        }
-        probe = end + MIN_BASE64_RUN;
-    }
-    None
-}
-
-/// Where the run of base64 characters that ends `raw` starts (`raw.len()` if none does).
-pub fn trailing_base64_start(raw: &[u8]) -> usize {
-    raw.iter()
-        .rposition(|&b| !BASE64_CHARS[b as usize])
-        .map_or(0, |p| p + 1)
-}
-
 /// Decodes one run of base64 characters (standard or URL-safe alphabet, padding optional)
 /// if it can wrap a secret: long enough, and with both upper- and lower-case letters, which
 /// base64 of text always has and hex digests, ids and words do not. The decoded byte `k`
@@ -366,8 +317,7 @@ mod tests {
 
     #[test]
     fn base64_runs_decode_with_either_alphabet() {
-        let raw = b"x dXNlcjpodW50ZXIyLXN1cGVyLXNlY3JldA== y";
-        let run = &raw[next_base64_run(raw, 0).unwrap()];
+        let run = b"dXNlcjpodW50ZXIyLXN1cGVyLXNlY3JldA==";
         let decoded = base64_decode_run(run).unwrap();
         assert_eq!(decoded, b"user:hunter2-super-secret");
         // "hunter2" is bytes 5..12 of the decoded text: characters 6..16 of the run.

@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use hyperscan::Scratch;
 
-use super::decode;
 use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
 use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
 use super::views::{View, ViewFinding};
+use super::{base64_runs, decode};
 
 /// Forwarded bytes a masker keeps beyond its context before it drops them.
 const COMPACT_AT: usize = 64 * 1024;
@@ -202,7 +202,7 @@ impl Masker {
     /// Decodes and scans each base64 run once, when it is complete (or at the end).
     fn scan_base64(&mut self, at_end: bool) -> Result<(), ScanError> {
         let from = (self.base64_done.max(self.base) - self.base) as usize;
-        let mut next = decode::next_base64_run(&self.buf, from);
+        let mut next = base64_runs::next_base64_run(&self.buf, from);
         while let Some(Range { start: i, end }) = next {
             if end == self.buf.len() && !at_end {
                 // The run may go on in the next chunk.
@@ -223,13 +223,13 @@ impl Masker {
                 }
             }
             self.record_views(found);
-            next = decode::next_base64_run(&self.buf, end);
+            next = base64_runs::next_base64_run(&self.buf, end);
         }
         // A short run at the end may still grow into one worth decoding.
         let resume = if at_end {
             self.buf.len()
         } else {
-            decode::trailing_base64_start(&self.buf)
+            base64_runs::trailing_base64_start(&self.buf)
         };
         self.base64_done = self.base + resume.max(from) as u64;
         Ok(())

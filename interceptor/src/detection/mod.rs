@@ -11,6 +11,7 @@
 //! let (masked, found) = mask_buffer(&engine, &hasher, header_value)?; // whole values
 //! ```
 
+mod base64_runs;
 pub mod check;
 pub mod compression;
 pub mod decode;
