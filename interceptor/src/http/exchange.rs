@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
@@ -14,7 +14,8 @@ use http::HeaderMap;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::hook::{BodyTransform, BoxError, ExchangeInfo, RecordedBody, Refused};
+use super::hook::{BodyTransform, BoxError, ExchangeInfo, Refused};
+use super::pipeline::Pipeline;
 use crate::sessions::{HttpExchange, PolicyDecision, UpgradedBytes};
 
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -117,11 +118,23 @@ impl Exchange {
         self.refused.lock().unwrap().clone()
     }
 
-    fn body_recorded(&self, side: Side, body: RecordedBody) {
+    /// What a body's transform kept of the body, for the record.
+    pub(super) fn record_body(&self, side: Side, t: &mut dyn BodyTransform) {
+        let Some(body) = t.recorded() else {
+            return;
+        };
         let mut r = self.record.lock().unwrap();
         match side {
             Side::Request => r.request_body = Some(body),
             Side::Response => r.response_body = Some(body),
+        }
+    }
+
+    /// Body bytes that came in on `side`.
+    pub(super) fn body_bytes(&self, side: Side) -> &AtomicU64 {
+        match side {
+            Side::Request => &self.request_bytes,
+            Side::Response => &self.response_bytes,
         }
     }
 
@@ -166,39 +179,38 @@ pub enum Side {
     Response,
 }
 
-/// A body on its way through: counted, passed through the hooks' transform, its end and
-/// errors noted in the exchange.
+/// A body on its way through: counted, passed through the hooks' transform (on a task of its
+/// own: [`Pipeline`]), its end and errors noted in the exchange.
 pub struct Metered {
-    inner: HttpBody,
-    exchange: std::sync::Arc<Exchange>,
+    source: Source,
+    exchange: Arc<Exchange>,
     side: Side,
-    transform: Option<Box<dyn BodyTransform>>,
-    /// Trailers held while a transform's tail goes out first.
-    pending: Option<Frame<Bytes>>,
     done: bool,
 }
 
+enum Source {
+    /// No transform: frames go on as they come.
+    Direct(HttpBody),
+    Transformed(Pipeline),
+}
+
 impl Metered {
+    /// A transform starts its task on the current Tokio runtime.
     pub fn new(
         inner: HttpBody,
-        exchange: std::sync::Arc<Exchange>,
+        exchange: Arc<Exchange>,
         side: Side,
         transform: Option<Box<dyn BodyTransform>>,
     ) -> Self {
+        let source = match transform {
+            None => Source::Direct(inner),
+            Some(t) => Source::Transformed(Pipeline::start(inner, t, exchange.clone(), side)),
+        };
         Metered {
-            inner,
+            source,
             exchange,
             side,
-            transform,
-            pending: None,
             done: false,
-        }
-    }
-
-    fn counter(&self) -> &AtomicU64 {
-        match self.side {
-            Side::Request => &self.exchange.request_bytes,
-            Side::Response => &self.exchange.response_bytes,
         }
     }
 
@@ -214,47 +226,6 @@ impl Metered {
         self.exchange.fail(format_args!("{side}: {e}"));
         Poll::Ready(Some(Err(e)))
     }
-
-    /// The transform's held-back tail, once, at the end of the data.
-    fn finish(&mut self) -> Result<Option<Frame<Bytes>>, BoxError> {
-        match self.transform.take() {
-            Some(mut t) => {
-                let tail = t.finish();
-                self.record(t.as_mut());
-                let tail = tail?;
-                Ok((!tail.is_empty()).then(|| Frame::data(tail)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// A trailers frame through the transform (which may rewrite them: masking).
-    fn trailers(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, BoxError> {
-        match (frame.into_trailers(), self.transform.as_mut()) {
-            (Ok(mut trailers), Some(t)) => {
-                t.trailers(&mut trailers)?;
-                Ok(Frame::trailers(trailers))
-            }
-            (Ok(trailers), None) => Ok(Frame::trailers(trailers)),
-            // Neither data nor trailers: passed on as it came.
-            (Err(other), _) => Ok(other),
-        }
-    }
-
-    fn record(&self, t: &mut dyn BodyTransform) {
-        if let Some(body) = t.recorded() {
-            self.exchange.body_recorded(self.side, body);
-        }
-    }
-}
-
-impl Drop for Metered {
-    /// A body cut short still leaves what it recorded.
-    fn drop(&mut self) {
-        if let Some(mut t) = self.transform.take() {
-            self.record(t.as_mut());
-        }
-    }
 }
 
 impl Body for Metered {
@@ -266,59 +237,46 @@ impl Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.pending.take() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
         if this.done {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    this.counter()
+        let item = match &mut this.source {
+            Source::Direct(inner) => {
+                let item = ready!(Pin::new(inner).poll_frame(cx));
+                if let Some(Ok(frame)) = &item
+                    && let Some(data) = frame.data_ref()
+                {
+                    this.exchange
+                        .body_bytes(this.side)
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    match this.transform.as_mut().map(|t| t.chunk(data.clone())) {
-                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Some(Ok(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Some(Err(e)) => this.failed(e),
-                    }
                 }
-                Err(frame) => {
-                    let trailers = match this.trailers(frame) {
-                        Ok(trailers) => trailers,
-                        Err(e) => return this.failed(e),
-                    };
-                    match this.finish() {
-                        Ok(Some(tail)) => {
-                            this.pending = Some(trailers);
-                            Poll::Ready(Some(Ok(tail)))
-                        }
-                        Ok(None) => Poll::Ready(Some(Ok(trailers))),
-                        Err(e) => this.failed(e),
-                    }
-                }
-            },
+                item
+            }
+            // The task counts what comes in.
+            Source::Transformed(pipeline) => ready!(pipeline.poll_frame(cx)),
+        };
+        match item {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             Some(Err(e)) => this.failed(e),
             None => {
                 this.done = true;
-                match this.finish() {
-                    Ok(tail) => Poll::Ready(tail.map(Ok)),
-                    Err(e) => this.failed(e),
-                }
+                Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none()
-            && (self.done || (self.transform.is_none() && self.inner.is_end_stream()))
+        self.done
+            || match &self.source {
+                Source::Direct(inner) => inner.is_end_stream(),
+                Source::Transformed(_) => false,
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.transform {
-            // A transform may change the length.
-            Some(t) if !t.keeps_length() => SizeHint::default(),
-            _ => self.inner.size_hint(),
+        match &self.source {
+            Source::Direct(inner) => inner.size_hint(),
+            Source::Transformed(pipeline) => pipeline.size_hint(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod exchange;
 pub mod hook;
 mod idle;
 pub mod masking;
+mod pipeline;
 pub mod policy_hook;
 pub mod preview;
 pub mod settings;
