@@ -33,6 +33,22 @@ pub struct ExchangeInfo {
     pub plan: std::sync::OnceLock<std::sync::Arc<super::settings::Plan>>,
 }
 
+#[cfg(test)]
+impl ExchangeInfo {
+    /// An exchange to 127.0.0.2:443 by an unknown process, for tests.
+    pub fn for_tests() -> ExchangeInfo {
+        ExchangeInfo {
+            session: 9,
+            seq: 0,
+            destination: "127.0.0.2:443".parse().unwrap(),
+            sni: None,
+            identity: Default::default(),
+            enrollment: None,
+            plan: Default::default(),
+        }
+    }
+}
+
 pub trait Hook: Send + Sync {
     /// Before the request goes upstream. Headers, method and URI may be rewritten.
     fn on_request<'a>(

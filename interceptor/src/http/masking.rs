@@ -706,15 +706,7 @@ mod tests {
     }
 
     fn info() -> ExchangeInfo {
-        ExchangeInfo {
-            session: 9,
-            seq: 0,
-            destination: "127.0.0.2:443".parse().unwrap(),
-            sni: None,
-            identity: Default::default(),
-            enrollment: None,
-            plan: Default::default(),
-        }
+        ExchangeInfo::for_tests()
     }
 
     fn response(encoding: Option<&str>) -> http::response::Parts {

@@ -277,15 +277,7 @@ mod tests {
     fn exchange() -> (Arc<Exchange>, Arc<Mutex<Vec<HttpExchange>>>) {
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = records.clone();
-        let info = ExchangeInfo {
-            session: 1,
-            seq: 0,
-            destination: "127.0.0.2:443".parse().unwrap(),
-            sni: None,
-            identity: Default::default(),
-            enrollment: None,
-            plan: Default::default(),
-        };
+        let info = ExchangeInfo::for_tests();
         let head = http::Request::builder()
             .uri("https://127.0.0.2/x")
             .body(())
