@@ -3,6 +3,8 @@
 //! every chunk's way from one peer to the other. Here the next chunk is transformed, on
 //! another core, while the one before it is still being encrypted and sent.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use super::exchange::{Exchange, HttpBody, Side};
 use super::hook::{BodyTransform, BoxError};
@@ -29,7 +31,9 @@ type Slot = Arc<Mutex<Option<Box<dyn BodyTransform>>>>;
 pub(super) struct Pipeline {
     frames: mpsc::Receiver<FrameResult>,
     slot: Slot,
-    task: AbortHandle,
+    task: JoinHandle<()>,
+    /// The task's end has been seen.
+    ended: bool,
     exchange: Arc<Exchange>,
     side: Side,
     /// Bytes still to come when the transform keeps the body's known length.
@@ -55,7 +59,8 @@ impl Pipeline {
         Pipeline {
             frames,
             slot,
-            task: task.abort_handle(),
+            task,
+            ended: false,
             exchange,
             side,
             remaining,
@@ -63,13 +68,26 @@ impl Pipeline {
     }
 
     pub(super) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
-        let item = ready!(self.frames.poll_recv(cx));
-        if let (Some(Ok(frame)), Some(left)) = (&item, &mut self.remaining)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let Some(item) = ready!(self.frames.poll_recv(cx)) else {
+            // The task is gone: its work done, or a panic in the transform, which must not
+            // pass for the body's end (a chunked body would look complete, cut short).
+            let ended = ready!(Pin::new(&mut self.task).poll(cx));
+            self.ended = true;
+            return Poll::Ready(
+                ended
+                    .err()
+                    .map(|e| Err(format!("body transform: {e}").into())),
+            );
+        };
+        if let (Ok(frame), Some(left)) = (&item, &mut self.remaining)
             && let Some(data) = frame.data_ref()
         {
             *left = left.saturating_sub(data.len() as u64);
         }
-        Poll::Ready(item)
+        Poll::Ready(Some(item))
     }
 
     pub(super) fn size_hint(&self) -> SizeHint {
@@ -216,7 +234,6 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::pin::Pin;
 
     use http::HeaderMap;
 
@@ -342,6 +359,40 @@ mod tests {
         let records = records.lock().unwrap();
         assert_eq!(records[0].response_body_bytes, expected.len() as u64);
         assert_eq!(records[0].response_body.as_ref().unwrap().data, "kept");
+    }
+
+    /// A transform with a bug.
+    struct Panics;
+
+    impl BodyTransform for Panics {
+        fn chunk(&mut self, _: Bytes) -> Result<Bytes, BoxError> {
+            panic!("a bug in a transform");
+        }
+
+        fn finish(&mut self) -> Result<Bytes, BoxError> {
+            Ok(Bytes::new())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transform_that_panics_ends_its_body_with_an_error_not_a_clean_end() {
+        let frames = Frames {
+            frames: VecDeque::from([Frame::data(Bytes::from_static(b"data"))]),
+            stall: false,
+        };
+        let (exchange, _) = exchange();
+        let mut body = Metered::new(
+            frames.boxed_unsync(),
+            exchange,
+            Side::Response,
+            Some(Box::new(Panics)),
+        );
+        let error = body
+            .frame()
+            .await
+            .expect("an error, not the end")
+            .unwrap_err();
+        assert!(error.to_string().contains("body transform"), "{error}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
