@@ -248,6 +248,16 @@ mod tests {
         stall: bool,
     }
 
+    impl Frames {
+        /// One data frame, then the end or a stall.
+        fn data(data: &'static [u8], stall: bool) -> Frames {
+            Frames {
+                frames: VecDeque::from([Frame::data(Bytes::from_static(data))]),
+                stall,
+            }
+        }
+    }
+
     impl hyper::body::Body for Frames {
         type Data = Bytes;
         type Error = BoxError;
@@ -308,18 +318,21 @@ mod tests {
     fn metered(
         frames: Frames,
         exchange: &Arc<Exchange>,
-        chunks: &Arc<Mutex<Vec<usize>>>,
+        t: impl BodyTransform + 'static,
     ) -> Metered {
-        let shout = Shout {
-            held: None,
-            chunks: chunks.clone(),
-        };
         Metered::new(
             frames.boxed_unsync(),
             exchange.clone(),
             Side::Response,
-            Some(Box::new(shout)),
+            Some(Box::new(t)),
         )
+    }
+
+    fn shout(chunks: &Arc<Mutex<Vec<usize>>>) -> Shout {
+        Shout {
+            held: None,
+            chunks: chunks.clone(),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +350,7 @@ mod tests {
         };
         let (exchange, records) = exchange();
         let chunks = Arc::default();
-        let mut body = metered(frames, &exchange, &chunks);
+        let mut body = metered(frames, &exchange, shout(&chunks));
         let (mut data, mut last) = (Vec::new(), None);
         while let Some(frame) = body.frame().await {
             let frame = frame.unwrap();
@@ -376,17 +389,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transform_that_panics_ends_its_body_with_an_error_not_a_clean_end() {
-        let frames = Frames {
-            frames: VecDeque::from([Frame::data(Bytes::from_static(b"data"))]),
-            stall: false,
-        };
+        let frames = Frames::data(b"data", false);
         let (exchange, _) = exchange();
-        let mut body = Metered::new(
-            frames.boxed_unsync(),
-            exchange,
-            Side::Response,
-            Some(Box::new(Panics)),
-        );
+        let mut body = metered(frames, &exchange, Panics);
         let error = body
             .frame()
             .await
@@ -397,13 +402,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_dropped_midway_stops_its_task_and_keeps_its_record() {
-        let frames = Frames {
-            frames: VecDeque::from([Frame::data(Bytes::from_static(b"first"))]),
-            stall: true,
-        };
+        let frames = Frames::data(b"first", true);
         let (exchange, records) = exchange();
         let chunks = Arc::default();
-        let mut body = metered(frames, &exchange, &chunks);
+        let mut body = metered(frames, &exchange, shout(&chunks));
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"FIRS");
         drop(body);
