@@ -52,11 +52,27 @@ impl Decoded {
         self.linear_next = raw_at + bytes.len() as u64;
     }
 
-    /// A byte an escape at `raw_at` produced.
-    fn escaped(&mut self, byte: u8, raw_at: u64) {
-        let here = self.end();
-        self.anchors.push((here, raw_at));
+    /// The one byte an escape of `raw_len` bytes at `raw_at` produced. One anchor, after
+    /// it: the byte itself continues the stretch before (the escape starts where that ends).
+    fn escaped(&mut self, byte: u8, raw_at: u64, raw_len: u64) {
+        if raw_at != self.linear_next {
+            let here = self.end();
+            self.anchors.push((here, raw_at));
+        }
         self.bytes.push(byte);
+        let next = self.end();
+        self.linear_next = raw_at + raw_len;
+        self.anchors.push((next, self.linear_next));
+    }
+
+    /// Bytes one escape at `raw_at` produced (a character's UTF-8): they all share its raw
+    /// start, each with an anchor of its own.
+    fn escaped_many(&mut self, bytes: &[u8], raw_at: u64) {
+        for &b in bytes {
+            let here = self.end();
+            self.anchors.push((here, raw_at));
+            self.bytes.push(b);
+        }
         self.linear_next = u64::MAX;
     }
 
@@ -123,13 +139,13 @@ pub fn has_percent_escape(raw: &[u8]) -> bool {
 /// ends inside an escape and more input may come (`last` false).
 pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
-    while i < raw.len() {
-        let Some(n) = memchr::memchr(b'\\', &raw[i..]) else {
-            out.plain(&raw[i..], at + i as u64);
-            break;
-        };
-        out.plain(&raw[i..i + n], at + i as u64);
-        i += n;
+    // One pass for every backslash; those inside an escape already decoded are skipped.
+    for p in memchr::memchr_iter(b'\\', raw) {
+        if p < i {
+            continue;
+        }
+        out.plain(&raw[i..p], at + i as u64);
+        i = p;
         let rest = &raw[i..];
         if !last && json_escape_incomplete(rest) {
             return i;
@@ -146,12 +162,13 @@ pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usiz
             _ => None,
         };
         if let Some(b) = simple {
-            out.escaped(b, at + i as u64);
+            out.escaped(b, at + i as u64, 2);
             i += 2;
         } else if let Some((c, len)) = unicode_escape(rest) {
             let mut utf8 = [0u8; 4];
-            for &b in c.encode_utf8(&mut utf8).as_bytes() {
-                out.escaped(b, at + i as u64);
+            match c.encode_utf8(&mut utf8).as_bytes() {
+                &[b] => out.escaped(b, at + i as u64, len as u64),
+                bytes => out.escaped_many(bytes, at + i as u64),
             }
             i += len;
         } else {
@@ -159,6 +176,7 @@ pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usiz
             i += 1;
         }
     }
+    out.plain(&raw[i..], at + i as u64);
     raw.len()
 }
 
@@ -217,7 +235,7 @@ pub fn url_decode(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
             .and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             Some(b) => {
-                out.escaped(b, at + i as u64);
+                out.escaped(b, at + i as u64, 3);
                 i += 3;
             }
             None => {
@@ -305,6 +323,49 @@ mod tests {
             let rest = [&raw[used..split], &raw[split..]].concat();
             url_decode(&rest, used as u64, true, &mut url);
             assert_eq!(url.bytes, br#"a\u0041\uD83D\uDE00\/b+c"#, "split {split}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every decoded byte maps back to the raw bytes that made it (the whole escape),
+        /// wherever the input is split.
+        #[test]
+        fn every_decoded_byte_maps_to_its_raw_source(
+            tokens in proptest::collection::vec(0usize..8, 0..40),
+            split in 0usize..400,
+        ) {
+            // (raw text, decoded bytes) of each kind of token.
+            const KINDS: [(&str, &[u8]); 8] = [
+                ("a", b"a"),
+                ("Z", b"Z"),
+                ("\\/", b"/"),
+                ("\\n", b"\n"),
+                ("\\\\", b"\\"),
+                ("\\u0041", b"A"),
+                ("\\u00e9", "\u{e9}".as_bytes()),
+                ("\\uD83D\\uDE00", "\u{1F600}".as_bytes()),
+            ];
+            let (mut raw, mut starts) = (String::new(), Vec::new());
+            for &t in &tokens {
+                let (text, bytes) = KINDS[t];
+                starts.extend(std::iter::repeat_n(raw.len() as u64, bytes.len()));
+                raw.push_str(text);
+            }
+            let raw = raw.as_bytes();
+            let split = split.min(raw.len());
+            let mut out = Decoded::new(0);
+            let used = json_unescape(&raw[..split], 0, false, &mut out);
+            let rest = [&raw[used..split], &raw[split..]].concat();
+            json_unescape(&rest, used as u64, true, &mut out);
+            proptest::prop_assert_eq!(out.bytes.len(), starts.len());
+            for k in 0..starts.len() {
+                let end = starts.get(k + 1).copied().unwrap_or(raw.len() as u64);
+                proptest::prop_assert_eq!(
+                    out.raw_span(k..k + 1, raw.len() as u64),
+                    starts[k]..end,
+                    "byte {} of {:?}", k, String::from_utf8_lossy(raw)
+                );
+            }
         }
     }
 
