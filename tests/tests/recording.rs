@@ -579,21 +579,25 @@ fn websocket_payloads_are_recorded_masked_and_capped() -> Result<()> {
     ensure!(r["received"].as_array().map(Vec::len) == Some(2), "{r:#}");
     let session = ended_session(&d, server.port())?;
     let streams = session["streams"].as_array().context("no stream records")?;
-    // What the scanner saw: frame headers as they were (so base64), payloads unmasked with
-    // the secrets masked, a newline after each.
+    // What the scanner saw: the payloads only, unmasked with the secrets masked, a newline
+    // after each message (base64 when one is binary: the close frame's status code).
     let side = |direction: &str| -> Result<(&Value, String)> {
         let record = streams
             .iter()
             .find(|x| x["direction"] == direction)
             .with_context(|| format!("no {direction} record: {streams:#?}"))?;
-        ensure!(record["base64"] == true, "{record:#}");
-        let bytes = BASE64.decode(record["data"].as_str().context("data")?)?;
-        Ok((record, String::from_utf8_lossy(&bytes).into_owned()))
+        let data = record["data"].as_str().context("data")?;
+        let text = if record["base64"] == true {
+            String::from_utf8_lossy(&BASE64.decode(data)?).into_owned()
+        } else {
+            data.to_owned()
+        };
+        Ok((record, text))
     };
     // The default policy records 64 KiB: the second frame goes past it.
     let (up, text) = side("up")?;
     ensure!(
-        text.contains(&format!(
+        text.starts_with(&format!(
             "token ghp_{}\n",
             "*".repeat(HEADER_SECRET.len() - 4)
         )) && !text.contains(HEADER_SECRET),
@@ -606,7 +610,8 @@ fn websocket_payloads_are_recorded_masked_and_capped() -> Result<()> {
     );
     let (down, text) = side("down")?;
     ensure!(
-        text.matches("key AKIA****").count() == 2
+        text.starts_with("key AKIA****")
+            && text.matches("key AKIA****").count() == 2
             && !text.contains(BODY_SECRET)
             && down["truncated"] == false,
         "down: {down:#}"
