@@ -176,11 +176,9 @@ fn setup_apt() -> Result<()> {
         })
         .map(|(pkg, _)| *pkg)
         .collect();
-    if missing.is_empty() {
-        eprintln!("    all present");
+    if all_present(&missing) {
         return Ok(());
     }
-    eprintln!("    missing: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").arg("update"))?;
     run_cmd(
         Command::new("apt-get")
@@ -190,36 +188,39 @@ fn setup_apt() -> Result<()> {
     )
 }
 
-/// Python modules the end-to-end tests import beyond the standard library:
-/// `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode test bodies.
-/// (import name, pip package)
-const PYTHON_MODULES: [(&str, &str); 3] = [
-    ("h2", "h2"),
-    ("brotli", "brotli"),
-    ("zstandard", "zstandard"),
-];
+/// Python modules the end-to-end tests import beyond the standard library (each installed
+/// by pip under the same name): `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode
+/// test bodies.
+const PYTHON_MODULES: [&str; 3] = ["h2", "brotli", "zstandard"];
 
 fn setup_python_modules() -> Result<()> {
     let missing: Vec<&str> = PYTHON_MODULES
-        .iter()
-        .filter(|(module, _)| {
+        .into_iter()
+        .filter(|module| {
             !Command::new("python3")
                 .args(["-c", &format!("import {module}")])
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
-        eprintln!("    all present");
+    if all_present(&missing) {
         return Ok(());
     }
-    eprintln!("    missing: {}", missing.join(" "));
     run_cmd(
         Command::new("python3")
             .args(["-m", "pip", "install", "--quiet"])
             .args(&missing),
     )
+}
+
+/// Says what a setup step found missing; true when nothing is.
+fn all_present(missing: &[&str]) -> bool {
+    if missing.is_empty() {
+        eprintln!("    all present");
+    } else {
+        eprintln!("    missing: {}", missing.join(" "));
+    }
+    missing.is_empty()
 }
 
 fn setup_mitmproxy() -> Result<()> {

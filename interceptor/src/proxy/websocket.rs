@@ -308,16 +308,15 @@ impl<W> FrameWriter<W> {
 
     /// What goes on the wire next, into `scratch`: the headers due and as much of `buf` as
     /// reaches the next message end (not sent on); the layout is not consumed yet. Returns
-    /// how many bytes of `buf` to skip instead when it starts with a message end.
-    fn restore(&mut self, buf: &[u8]) -> usize {
+    /// true instead when `buf` starts with a message end (its newline is to be skipped).
+    fn restore(&mut self, buf: &[u8]) -> bool {
         self.scratch.clear();
         let layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut at = self.front_at;
         let mut rest = buf;
         for segment in layout.iter() {
             match segment {
-                Segment::End if self.scratch.is_empty() => return 1,
-                Segment::End => return 0,
+                Segment::End => return self.scratch.is_empty(),
                 Segment::Header { bytes, len } => {
                     self.scratch.extend_from_slice(&bytes[at as usize..*len]);
                 }
@@ -332,7 +331,7 @@ impl<W> FrameWriter<W> {
                     rest = &rest[n..];
                     if at + (n as u64) < *len {
                         // The payload goes on in later bytes: nothing after it yet.
-                        return 0;
+                        return false;
                     }
                 }
             }
@@ -340,7 +339,7 @@ impl<W> FrameWriter<W> {
         }
         // Past every frame the reader parsed (it never hands those bytes on): as they are.
         self.scratch.extend_from_slice(rest);
-        0
+        false
     }
 
     /// `sent` bytes went out on the wire: drop the segments they finish. Returns how many
@@ -389,7 +388,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for FrameWriter<W> {
             return Poll::Ready(Ok(0));
         }
         loop {
-            if this.restore(buf) > 0 {
+            if this.restore(buf) {
                 this.skip_end();
                 return Poll::Ready(Ok(1));
             }
