@@ -1,5 +1,6 @@
-//! `interceptor rules check`: every rule compiles in Hyperscan and in `regex`, the two agree
-//! on every example, examples are found (with the stated secret) and masked, and negative
+//! `interceptor rules check`: every rule compiles in Hyperscan and in `regex`, Hyperscan
+//! finds a candidate wherever the regex matches (its form may be a wider prefilter, never a
+//! narrower one), examples are found (with the stated secret) and masked, and negative
 //! examples are not found.
 
 use std::path::Path;
@@ -114,11 +115,8 @@ fn check_negative(engine: &Engine, rule: usize, text: &str) -> Result<(), String
         .candidate_rules(data)
         .map_err(|e| e.to_string())?
         .contains(&rule);
-    let regex = engine.rules()[rule].regex_matches(data).is_some();
-    if hyperscan != regex {
-        return Err(format!(
-            "engines disagree: hyperscan {hyperscan}, regex {regex}"
-        ));
+    if !hyperscan && engine.rules()[rule].regex_matches(data).is_some() {
+        return Err("regex matches, hyperscan does not".into());
     }
     let found = engine.find(data).map_err(|e| e.to_string())?;
     if found.iter().any(|d| d.rule == rule) {

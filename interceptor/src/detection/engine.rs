@@ -9,8 +9,8 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
+use hyperscan::CompileFlags;
 use hyperscan::prelude::*;
-use hyperscan::{CompileFlags, ExpressionInfo};
 
 use super::rules::Rule;
 
@@ -117,8 +117,8 @@ impl Engine {
         let mut patterns = Vec::with_capacity(rules.len());
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, rule) in rules.iter().enumerate() {
-            let (pattern, info) = hyperscan_pattern(rule, i)?;
-            compiled.push(CompiledRule::new(rule, info.max_width())?);
+            let (pattern, width) = hyperscan_pattern(rule, i)?;
+            compiled.push(CompiledRule::new(rule, width)?);
             patterns.push(pattern);
         }
         let patterns = Patterns(patterns);
@@ -268,35 +268,67 @@ impl Engine {
         let r = &self.rules[rule];
         let lo = first_end.saturating_sub(r.width as u64).max(base) - base;
         let hi = (last_end - base).min(data.len() as u64);
-        let (lo, hi) = (lo as usize, hi as usize);
-        for caps in r.regex.captures_iter(&data[lo..hi]) {
-            let (Some(whole), Some(secret)) = (caps.get(0), caps.get(1)) else {
-                continue;
-            };
-            if r.accepts(whole.as_bytes(), secret.as_bytes()) {
-                each(lo + secret.start()..lo + secret.end(), lo + whole.end());
+        let (mut at, window) = (lo as usize, &data[..hi as usize]);
+        // From `at` with the bytes before it as context: a leading `\b` the Hyperscan form
+        // dropped is checked against the byte before the window, not assumed.
+        while let Some(caps) = r.regex.captures_at(window, at) {
+            let whole = caps.get(0).expect("group 0 always matches");
+            at = whole.end().max(whole.start() + 1);
+            if let Some(secret) = caps.get(1)
+                && r.accepts(whole.as_bytes(), secret.as_bytes())
+            {
+                each(secret.range(), whole.end());
+            }
+            if at > window.len() {
+                break;
             }
         }
     }
 }
 
-fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, ExpressionInfo), EngineError> {
+/// The rule's Hyperscan pattern (its prefilter, or its pattern without a leading `\b`) and
+/// the rule's width: the widest match of either form.
+fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, usize), EngineError> {
     let err = |message: String| EngineError::Rule {
         id: rule.id.clone(),
         message,
     };
-    let mut pattern = Pattern::with_flags(rule.pattern.as_str(), CompileFlags::empty())
-        .map_err(|e| err(e.to_string()))?;
+    let width = |pattern: &str| -> Result<(Pattern, usize), EngineError> {
+        let pattern =
+            Pattern::with_flags(pattern, CompileFlags::empty()).map_err(|e| err(e.to_string()))?;
+        let info = pattern
+            .info()
+            .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
+        if info.max_width() > MAX_RULE_WIDTH {
+            return Err(err(format!(
+                "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
+            )));
+        }
+        Ok((pattern, info.max_width()))
+    };
+    let (_, own) = width(&rule.pattern)?;
+    let (mut pattern, candidate) = match &rule.prefilter {
+        Some(prefilter) => width(prefilter)?,
+        None => width(&without_leading_boundary(&rule.pattern))?,
+    };
     pattern.id = Some(index);
-    let info = pattern
-        .info()
-        .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
-    if info.max_width() > MAX_RULE_WIDTH {
-        return Err(err(format!(
-            "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
-        )));
+    Ok((pattern, own.max(candidate)))
+}
+
+/// `pattern` without a leading word boundary: Hyperscan checks one before a literal slowly
+/// (it looks back at every hit), and the confirming regex checks it anyway, so the
+/// candidates are a superset that ends on the same bytes.
+fn without_leading_boundary(pattern: &str) -> String {
+    for flags in ["", "(?i)"] {
+        if let Some(rest) = pattern
+            .strip_prefix(flags)
+            .and_then(|p| p.strip_prefix(r"\b"))
+            && !rest.is_empty()
+        {
+            return format!("{flags}{rest}");
+        }
     }
-    Ok((pattern, info))
+    pattern.to_string()
 }
 
 impl CompiledRule {

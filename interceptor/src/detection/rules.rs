@@ -42,6 +42,11 @@ pub struct Rule {
     pub name: String,
     /// Hyperscan- and `regex`-compatible; exactly one capture group: the secret.
     pub pattern: String,
+    /// A Hyperscan pattern that finds candidates in place of `pattern`, for a pattern whose
+    /// own literals are frequent in traffic: it must match wherever `pattern` does and end
+    /// on the same byte (a cheaper superset); `pattern` still confirms every candidate.
+    #[serde(default)]
+    pub prefilter: Option<String>,
     /// Case-insensitive words of which one must occur in the whole match.
     #[serde(default)]
     pub keywords: Vec<String>,

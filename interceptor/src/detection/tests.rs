@@ -49,17 +49,23 @@ fn a_broken_rule_is_reported_by_check() {
     pattern: 'pw_([a-z]{8})'
     examples: ['pw_abcdefgh']
     negative_examples: ['pw_zzzzzzzz']
+  - id: t.narrow-prefilter
+    name: the prefilter misses what the pattern matches
+    pattern: 'pk_([a-z]{8})'
+    prefilter: 'pk_[a-z]{8}x'
+    examples: ['pk_abcdefgh']
 "#,
     )
     .unwrap();
     let report = check_dir(dir.path()).unwrap();
     let text = report.problems.join("\n");
-    assert_eq!(report.problems.len(), 4, "{text}");
+    assert_eq!(report.problems.len(), 5, "{text}");
     for id in [
         "t.no-capture",
         "t.lookahead",
         "t.wrong-secret",
         "t.negative-matches",
+        "t.narrow-prefilter",
     ] {
         assert!(text.contains(id), "{id} missing in:\n{text}");
     }
@@ -93,6 +99,7 @@ fn samples() -> Vec<(String, String, String)> {
         "pem.private-key",
         "jwt",
         "postgres.url-password",
+        "url.credentials",
         "http.basic-auth",
         "generic.password",
     ];
@@ -153,7 +160,8 @@ fn masking_is_independent_of_chunking_and_never_leaks() {
     let samples = samples();
     let corpus: String = samples.iter().map(|(t, ..)| t.as_str()).collect();
     let data = corpus.as_bytes();
-    let (whole, whole_findings) = mask_chunks([data]);
+    let (whole, mut whole_findings) = mask_chunks([data]);
+    whole_findings.sort_by(|a, b| (a.offset, &a.rule).cmp(&(b.offset, &b.rule)));
     for (_, _, rule) in &samples {
         assert!(whole_findings.iter().any(|f| &f.rule == rule), "{rule}");
     }
@@ -169,8 +177,10 @@ fn masking_is_independent_of_chunking_and_never_leaks() {
             chunks.push(c);
             rest = r;
         }
-        let (out, findings) = mask_chunks(chunks);
+        let (out, mut findings) = mask_chunks(chunks);
         assert_eq!(out, whole, "round {round}");
+        // Two rules that match the same bytes may be confirmed in either order.
+        findings.sort_by(|a, b| (a.offset, &a.rule).cmp(&(b.offset, &b.rule)));
         assert_eq!(findings, whole_findings, "round {round}");
     }
     for (_, secret, rule) in &samples {
@@ -319,6 +329,58 @@ fn compressed_bodies_are_masked_after_decoding_and_re_encoded() {
         assert_eq!(result.len(), body.len(), "{encoding:?}");
         assert!(!contains(&result, secret.as_bytes()), "{encoding:?}");
         assert!(!contains(&out_wire, secret.as_bytes()));
+    }
+}
+
+/// An engine of the rules in `yaml` (a rule file's text).
+fn engine_of(yaml: &str) -> Arc<Engine> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.yaml"), yaml).unwrap();
+    Arc::new(Engine::compile(&load_dir(dir.path()).unwrap()).unwrap())
+}
+
+#[test]
+fn a_leading_boundary_is_checked_against_the_byte_before_the_window() {
+    // Hyperscan's form drops the `\b`, and the window to confirm starts right after the
+    // `x`: only the bytes before the window say there is no boundary.
+    let e = engine_of(
+        r#"rules:
+  - id: t.bounded
+    name: word-bounded token
+    pattern: '\btok_([a-z]{8})'
+"#,
+    );
+    assert!(e.find(b"xtok_abcdefgh").unwrap().is_empty());
+    assert_eq!(e.find(b"x tok_abcdefgh").unwrap().len(), 1);
+    let (out, found) =
+        mask_buffer(&e, &SecretHasher::with_salt([0; 16]), b"xtok_abcdefgh").unwrap();
+    assert_eq!((out.as_slice(), found.len()), (&b"xtok_abcdefgh"[..], 0));
+}
+
+#[test]
+fn a_prefilter_finds_candidates_and_the_pattern_decides() {
+    let e = engine_of(
+        r#"rules:
+  - id: t.anchored
+    name: anchored on a rare byte
+    pattern: 'key=([a-z]{8})#'
+    prefilter: '#'
+"#,
+    );
+    let found = e.find(b"a key=abcdefgh# b key=abc# c #").unwrap();
+    let spans: Vec<(usize, usize)> = found
+        .iter()
+        .map(|d| (d.secret.start, d.secret.end))
+        .collect();
+    assert_eq!(spans, [(6, 14)]);
+    let text = b"key=abcdefgh#";
+    for split in 0..=text.len() {
+        let mut m = Masker::new(e.clone(), SecretHasher::with_salt([0; 16])).unwrap();
+        let mut out = Vec::new();
+        m.push(&text[..split], &mut out).unwrap();
+        m.push(&text[split..], &mut out).unwrap();
+        m.finish(&mut out).unwrap();
+        assert!(!contains(&out, b"abcdefgh"), "split {split}");
     }
 }
 

@@ -295,6 +295,7 @@ impl Vault {
                 id: format!("vault.{}", c.name),
                 name: format!("vault credential {}", c.name),
                 pattern: format!("({})", regex::escape(c.secret.expose())),
+                prefilter: None,
                 keywords: Vec::new(),
                 min_entropy: None,
                 examples: Vec::new(),
