@@ -269,15 +269,15 @@ impl Engine {
         let lo = first_end.saturating_sub(r.width as u64).max(base) - base;
         let hi = (last_end - base).min(data.len() as u64);
         let (mut at, window) = (lo as usize, &data[..hi as usize]);
-        // From `at` with the bytes before it as context: a leading `\b` the Hyperscan form
-        // dropped is checked against the byte before the window, not assumed.
-        while let Some(caps) = r.regex.captures_at(window, at) {
-            let whole = caps.get(0).expect("group 0 always matches");
+        // From `at` with the bytes before it as context: a leading `\b` (that a prefilter
+        // need not have) is checked against the byte before the window, not assumed.
+        let mut groups = r.regex.capture_locations();
+        while let Some(whole) = r.regex.captures_read_at(&mut groups, window, at) {
             at = whole.end().max(whole.start() + 1);
-            if let Some(secret) = caps.get(1)
-                && r.accepts(whole.as_bytes(), secret.as_bytes())
+            if let Some((start, end)) = groups.get(1)
+                && r.accepts(whole.as_bytes(), &window[start..end])
             {
-                each(secret.range(), whole.end());
+                each(start..end, whole.end());
             }
             if at > window.len() {
                 break;
@@ -286,49 +286,32 @@ impl Engine {
     }
 }
 
-/// The rule's Hyperscan pattern (its prefilter, or its pattern without a leading `\b`) and
-/// the rule's width: the widest match of either form.
+/// The rule's Hyperscan pattern (its prefilter, if it has one) and the rule's width. Only the pattern's width counts: candidates are confirmed on the bytes
+/// a match of the pattern can span, so a prefilter may even be unbounded.
 fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, usize), EngineError> {
     let err = |message: String| EngineError::Rule {
         id: rule.id.clone(),
         message,
     };
-    let width = |pattern: &str| -> Result<(Pattern, usize), EngineError> {
+    let parse = |pattern: &str| -> Result<(Pattern, usize), EngineError> {
         let pattern =
             Pattern::with_flags(pattern, CompileFlags::empty()).map_err(|e| err(e.to_string()))?;
         let info = pattern
             .info()
             .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
-        if info.max_width() > MAX_RULE_WIDTH {
-            return Err(err(format!(
-                "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
-            )));
-        }
         Ok((pattern, info.max_width()))
     };
-    let (_, own) = width(&rule.pattern)?;
-    let (mut pattern, candidate) = match &rule.prefilter {
-        Some(prefilter) => width(prefilter)?,
-        None => width(&without_leading_boundary(&rule.pattern))?,
-    };
-    pattern.id = Some(index);
-    Ok((pattern, own.max(candidate)))
-}
-
-/// `pattern` without a leading word boundary: Hyperscan checks one before a literal slowly
-/// (it looks back at every hit), and the confirming regex checks it anyway, so the
-/// candidates are a superset that ends on the same bytes.
-fn without_leading_boundary(pattern: &str) -> String {
-    for flags in ["", "(?i)"] {
-        if let Some(rest) = pattern
-            .strip_prefix(flags)
-            .and_then(|p| p.strip_prefix(r"\b"))
-            && !rest.is_empty()
-        {
-            return format!("{flags}{rest}");
-        }
+    let (mut pattern, width) = parse(&rule.pattern)?;
+    if width > MAX_RULE_WIDTH {
+        return Err(err(format!(
+            "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
+        )));
     }
-    pattern.to_string()
+    if let Some(prefilter) = &rule.prefilter {
+        pattern = parse(prefilter)?.0;
+    }
+    pattern.id = Some(index);
+    Ok((pattern, width))
 }
 
 impl CompiledRule {

@@ -44,7 +44,7 @@ pub struct Rule {
     pub pattern: String,
     /// A Hyperscan pattern that finds candidates in place of `pattern`, for a pattern whose
     /// own literals are frequent in traffic: it must match wherever `pattern` does and end
-    /// on the same byte (a cheaper superset); `pattern` still confirms every candidate.
+    /// on the same byte (a cheaper superset, even unbounded); `pattern` confirms each one.
     #[serde(default)]
     pub prefilter: Option<String>,
     /// Case-insensitive words of which one must occur in the whole match.

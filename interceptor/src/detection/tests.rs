@@ -341,13 +341,14 @@ fn engine_of(yaml: &str) -> Arc<Engine> {
 
 #[test]
 fn a_leading_boundary_is_checked_against_the_byte_before_the_window() {
-    // Hyperscan's form drops the `\b`, and the window to confirm starts right after the
-    // `x`: only the bytes before the window say there is no boundary.
+    // The prefilter has no `\b`, and the window to confirm starts right after the `x`:
+    // only the bytes before the window say there is no boundary.
     let e = engine_of(
         r#"rules:
   - id: t.bounded
     name: word-bounded token
     pattern: '\btok_([a-z]{8})'
+    prefilter: 'tok_[a-z]{8}'
 "#,
     );
     assert!(e.find(b"xtok_abcdefgh").unwrap().is_empty());
