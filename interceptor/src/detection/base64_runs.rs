@@ -1,8 +1,8 @@
 //! Finding runs of base64 characters long enough to wrap a secret. Text is mostly letters,
-//! so a byte-at-a-time walk touches much of the stream; instead each 64-byte block becomes a
-//! bitmask of base64 characters (two AVX2 nibble lookups per 32 bytes), and a few shifts
-//! tell whether it holds a long enough run. Most blocks hold none and cost a dozen
-//! instructions.
+//! so a byte-at-a-time walk touches much of the stream. Instead: a run of 24 or more holds
+//! two whole adjacent 8-byte lanes (counted from any origin), so the search looks for such a
+//! pair, 64 bytes at a time (AVX2 nibble lookups classify the bytes, one compare per lane),
+//! and only then walks the one run around it. Most text has no such pair.
 
 use std::ops::Range;
 
@@ -25,59 +25,50 @@ fn is_base64(b: u8) -> bool {
     BASE64_CHARS[b as usize]
 }
 
+/// Bytes per lane: a run of `MIN_BASE64_RUN` covers at least two whole lanes.
+const LANE: usize = 8;
+
 /// The next run of at least `MIN_BASE64_RUN` base64 characters in `raw` that starts at or
 /// after `from` (`from` is at a run boundary).
 pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
+    let mut at = from;
+    // Each pair found lies in the next run that may be long enough; shorter ones are passed.
+    while let Some(pair) = first_full_pair(raw, at) {
+        let start = raw[at..pair]
+            .iter()
+            .rposition(|&b| !is_base64(b))
+            .map_or(at, |p| at + p + 1);
+        let end = run_end(raw, pair);
+        if end - start >= MIN_BASE64_RUN {
+            return Some(start..end);
+        }
+        at = end;
+    }
+    None
+}
+
+/// Where the first two adjacent whole lanes of base64 characters (lanes counted from `at`)
+/// start.
+fn first_full_pair(raw: &[u8], at: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
-        return unsafe { avx2::next_base64_run(raw, from) };
+        return unsafe { avx2::first_full_pair(raw, at) };
     }
-    find_run(raw, from, scalar_mask)
+    pair_from(raw, at, false)
 }
 
-/// `next_base64_run` with `mask_of` turning each block of at most 64 bytes into a bitmask
-/// (inlined, so that a SIMD caller's target features reach the mask).
-#[inline(always)]
-fn find_run(raw: &[u8], from: usize, mask_of: impl Fn(&[u8]) -> u64) -> Option<Range<usize>> {
-    // Start of a run that reaches the current block from the ones before.
-    let mut open: Option<usize> = None;
-    let mut at = from;
-    while at < raw.len() {
-        let block = &raw[at..raw.len().min(at + 64)];
-        let n = block.len();
-        let mut mask = mask_of(block);
-        if let Some(start) = open.take() {
-            let lead = mask.trailing_ones() as usize;
-            if lead == 64 {
-                open = Some(start);
-                at += 64;
-                continue;
-            }
-            if at + lead - start >= MIN_BASE64_RUN {
-                return Some(start..at + lead);
-            }
-            // Bit `lead` is clear: the open run ends there.
-            mask &= !0u64 << lead;
+/// `first_full_pair` a lane at a time; `prev_full` says whether the lane before `at` was
+/// whole.
+fn pair_from(raw: &[u8], at: usize, mut prev_full: bool) -> Option<usize> {
+    for (k, lane) in raw[at..].chunks_exact(LANE).enumerate() {
+        let full = lane.iter().all(|&b| is_base64(b));
+        if full && prev_full {
+            return Some(at + k * LANE - LANE);
         }
-        let long = if may_hold_run(mask) {
-            run_starts(mask, MIN_BASE64_RUN as u32)
-        } else {
-            0
-        };
-        if long != 0 {
-            let start = at + long.trailing_zeros() as usize;
-            return Some(start..run_end(raw, start));
-        }
-        // A shorter run that reaches the end of the block may go on in the next one.
-        let top = (mask << (64 - n)).leading_ones() as usize;
-        if top > 0 {
-            open = Some(at + n - top);
-        }
-        at += n;
+        prev_full = full;
     }
-    open.filter(|&start| raw.len() - start >= MIN_BASE64_RUN)
-        .map(|start| start..raw.len())
+    None
 }
 
 /// Where the run of base64 characters that ends `raw` starts (`raw.len()` if none does).
@@ -94,42 +85,9 @@ fn run_end(raw: &[u8], start: usize) -> usize {
         .map_or(raw.len(), |p| start + p)
 }
 
-/// Whether `mask` may hold a run of `MIN_BASE64_RUN` (24) set bits: such a run covers two
-/// adjacent whole bytes. Cheaper than `run_starts`, and false for most blocks of text.
-fn may_hold_run(mask: u64) -> bool {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    let clear = !mask;
-    // The high bit of each byte of `clear` that is zero (and, from the borrow, maybe of the
-    // byte above one: a false positive that `run_starts` then rules out).
-    let full = clear.wrapping_sub(LOW) & !clear & (LOW << 7);
-    full & (full >> 8) != 0
-}
-
-/// Bit i set when bits i .. i + len of `mask` are all set (within the 64 bits).
-fn run_starts(mask: u64, len: u32) -> u64 {
-    let (mut runs, mut have) = (mask, 1);
-    while have * 2 <= len {
-        runs &= runs >> have;
-        have *= 2;
-    }
-    if have < len {
-        runs &= runs >> (len - have);
-    }
-    runs
-}
-
-/// Bit i set when `block[i]` is a base64 character (`block` is at most 64 bytes).
-fn scalar_mask(block: &[u8]) -> u64 {
-    block
-        .iter()
-        .enumerate()
-        .fold(0, |m, (i, &b)| m | (u64::from(is_base64(b)) << i))
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
     // A byte is a base64 character when the classes its high nibble allows and those its
     // low nibble allows share a bit.
@@ -182,41 +140,48 @@ mod avx2 {
     };
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
-        super::find_run(raw, from, |block| {
-            if block.len() == 64 {
-                mask64(block)
-            } else {
-                super::scalar_mask(block)
+    pub(super) fn first_full_pair(raw: &[u8], at: usize) -> Option<usize> {
+        let mut prev_full = false;
+        let mut i = at;
+        // 64 bytes (eight lanes) per step: one branch for both halves.
+        while i + 64 <= raw.len() {
+            let full = whole_lanes(&raw[i..i + 32]) | whole_lanes(&raw[i + 32..i + 64]) << 4;
+            // Bit k + 1: lane k is whole; bit 0: the lane before these eight.
+            let lanes = (full << 1) | u32::from(prev_full);
+            let pairs = lanes & (lanes >> 1);
+            if pairs != 0 {
+                return Some(i + pairs.trailing_zeros() as usize * super::LANE - super::LANE);
             }
-        })
+            prev_full = full & 0x80 != 0;
+            i += 64;
+        }
+        super::pair_from(raw, i, prev_full)
     }
 
-    /// `super::scalar_mask` for exactly 64 bytes.
+    /// Bit k set when the 8 bytes of lane k of `v` (32 bytes) are all base64 characters.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) fn mask64(block: &[u8]) -> u64 {
-        assert_eq!(block.len(), 64);
-        // SAFETY: the two tables are 16 bytes and the block 64, so every load is in bounds.
+    pub(super) fn whole_lanes(v: &[u8]) -> u32 {
+        assert_eq!(v.len(), 32);
+        // SAFETY: the two tables are 16 bytes and `v` 32, so every load is in bounds.
         unsafe {
             let by_high =
                 _mm256_broadcastsi128_si256(_mm_loadu_si128(BY_HIGH_NIBBLE.as_ptr().cast()));
             let by_low =
                 _mm256_broadcastsi128_si256(_mm_loadu_si128(BY_LOW_NIBBLE.as_ptr().cast()));
             let nibble = _mm256_set1_epi8(0x0F);
-            let mut mask = 0u64;
-            for (i, half) in block.chunks_exact(32).enumerate() {
-                let v = _mm256_loadu_si256(half.as_ptr().cast());
-                // Bytes from 0x80 have a high nibble from 8: no class.
-                let high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                let low = _mm256_and_si256(v, nibble);
-                let classes = _mm256_and_si256(
-                    _mm256_shuffle_epi8(by_high, high),
-                    _mm256_shuffle_epi8(by_low, low),
-                );
-                let none = _mm256_cmpeq_epi8(classes, _mm256_setzero_si256());
-                mask |= u64::from(!(_mm256_movemask_epi8(none) as u32)) << (32 * i);
-            }
-            mask
+            let v = _mm256_loadu_si256(v.as_ptr().cast());
+            // Bytes from 0x80 have a high nibble from 8: no class.
+            let high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+            let low = _mm256_and_si256(v, nibble);
+            let classes = _mm256_and_si256(
+                _mm256_shuffle_epi8(by_high, high),
+                _mm256_shuffle_epi8(by_low, low),
+            );
+            let zero = _mm256_setzero_si256();
+            let not_base64 = _mm256_cmpeq_epi8(classes, zero);
+            let whole = _mm256_cmpeq_epi64(not_base64, zero);
+            _mm256_movemask_pd(_mm256_castsi256_pd(whole)) as u32
         }
     }
 }
@@ -244,44 +209,43 @@ mod tests {
     }
 
     #[test]
-    fn mask_matches_the_table_for_every_byte() {
-        for b in 0..=255u8 {
-            let block = [b; 64];
-            let expected = if is_base64(b) { !0 } else { 0 };
-            assert_eq!(scalar_mask(&block), expected, "byte {b:#x}");
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                assert_eq!(unsafe { avx2::mask64(&block) }, expected, "byte {b:#x}");
-            }
-        }
-        // Every byte value in every lane.
-        for shift in 0..=255u8 {
-            let block: Vec<u8> = (0..64u8)
-                .map(|i| i.wrapping_mul(4).wrapping_add(shift))
-                .collect();
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                assert_eq!(unsafe { avx2::mask64(&block) }, scalar_mask(&block));
+    fn whole_lanes_match_the_table_for_every_byte_in_every_position() {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            for b in 0..=255u8 {
+                for at in 0..32 {
+                    let mut v = [b'A'; 32];
+                    v[at] = b;
+                    let expected = if is_base64(b) {
+                        0b1111
+                    } else {
+                        0b1111 & !(1 << (at / LANE))
+                    };
+                    // SAFETY: the CPU has AVX2.
+                    assert_eq!(unsafe { avx2::whole_lanes(&v) }, expected, "{b:#x} at {at}");
+                }
             }
         }
     }
 
     #[test]
-    fn the_prefilter_never_misses_a_run() {
-        for start in 0..=40 {
-            for len in 24..=64 - start {
-                let mask = (!0u64 >> (64 - len)) << start;
-                assert!(may_hold_run(mask), "run {start}+{len}");
-                assert!(
-                    may_hold_run(mask | 0x5555_0000_0000_5555),
-                    "run {start}+{len}"
-                );
+    fn runs_of_every_length_and_place_are_found_from_every_origin() {
+        for from in 0..LANE {
+            for start in from..from + 70 {
+                for len in 14..=34 {
+                    let mut raw = vec![b' '; 120];
+                    raw[start..start + len].fill(b'Q');
+                    let expected = naive_next_run(&raw, from);
+                    assert_eq!(next_base64_run(&raw, from), expected, "{start}+{len}");
+                    // The lane walk alone (the fallback without AVX2) finds the same pair.
+                    assert_eq!(
+                        first_full_pair(&raw, from),
+                        pair_from(&raw, from, false),
+                        "{start}+{len} from {from}"
+                    );
+                }
             }
         }
-        assert!(!may_hold_run(0x00FF_00FF_00FF_00FF));
-        assert!(!may_hold_run(0x7FFF_7FFF_7FFF_7FFF));
     }
 
     #[test]
