@@ -134,50 +134,87 @@ pub fn has_percent_escape(raw: &[u8]) -> bool {
     })
 }
 
-/// Appends `raw` (starting at raw offset `at`) with JSON string escapes decoded; anything
-/// malformed is kept as written. Returns the raw bytes consumed: all of them, unless `raw`
-/// ends inside an escape and more input may come (`last` false).
-pub fn json_unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
+/// Appends `raw` (starting at raw offset `at`) with JSON string escapes and `%XX` escapes
+/// decoded (not `+`: in a secret it is a literal plus as often as a space); anything
+/// malformed is kept as written. Both in one pass: a secret URL-encoded inside a JSON string
+/// comes out whole, and one view costs one Hyperscan stream. Returns the raw bytes consumed:
+/// all of them, unless `raw` ends inside an escape and more input may come (`last` false).
+pub fn unescape(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
     let mut i = 0;
-    // One pass for every backslash; those inside an escape already decoded are skipped.
-    for p in memchr::memchr_iter(b'\\', raw) {
+    // One pass for every escape; those inside an escape already decoded are skipped.
+    for p in memchr::memchr2_iter(b'\\', b'%', raw) {
         if p < i {
             continue;
         }
         out.plain(&raw[i..p], at + i as u64);
         i = p;
         let rest = &raw[i..];
-        if !last && json_escape_incomplete(rest) {
-            return i;
-        }
-        let simple = match rest.get(1) {
-            Some(b'"') => Some(b'"'),
-            Some(b'\\') => Some(b'\\'),
-            Some(b'/') => Some(b'/'),
-            Some(b'b') => Some(8),
-            Some(b'f') => Some(12),
-            Some(b'n') => Some(b'\n'),
-            Some(b'r') => Some(b'\r'),
-            Some(b't') => Some(b'\t'),
-            _ => None,
-        };
-        if let Some(b) = simple {
-            out.escaped(b, at + i as u64, 2);
-            i += 2;
-        } else if let Some((c, len)) = unicode_escape(rest) {
-            let mut utf8 = [0u8; 4];
-            match c.encode_utf8(&mut utf8).as_bytes() {
-                &[b] => out.escaped(b, at + i as u64, len as u64),
-                bytes => out.escaped_many(bytes, at + i as u64),
-            }
-            i += len;
+        let decoded = if rest[0] == b'%' {
+            percent_escape(rest, at + i as u64, last, out)
         } else {
-            out.plain(&raw[i..i + 1], at + i as u64);
-            i += 1;
+            json_escape(rest, at + i as u64, last, out)
+        };
+        match decoded {
+            Some(len) => i += len,
+            None => return i,
         }
     }
     out.plain(&raw[i..], at + i as u64);
     raw.len()
+}
+
+/// Decodes the JSON escape that `rest` starts with (at raw offset `at`): its raw length, or
+/// None when it may go on in input still to come. A malformed one is a plain backslash.
+fn json_escape(rest: &[u8], at: u64, last: bool, out: &mut Decoded) -> Option<usize> {
+    if !last && json_escape_incomplete(rest) {
+        return None;
+    }
+    let simple = match rest.get(1) {
+        Some(b'"') => Some(b'"'),
+        Some(b'\\') => Some(b'\\'),
+        Some(b'/') => Some(b'/'),
+        Some(b'b') => Some(8),
+        Some(b'f') => Some(12),
+        Some(b'n') => Some(b'\n'),
+        Some(b'r') => Some(b'\r'),
+        Some(b't') => Some(b'\t'),
+        _ => None,
+    };
+    if let Some(b) = simple {
+        out.escaped(b, at, 2);
+        return Some(2);
+    }
+    let Some((c, len)) = unicode_escape(rest) else {
+        out.plain(&rest[..1], at);
+        return Some(1);
+    };
+    let mut utf8 = [0u8; 4];
+    match c.encode_utf8(&mut utf8).as_bytes() {
+        &[b] => out.escaped(b, at, len as u64),
+        bytes => out.escaped_many(bytes, at),
+    }
+    Some(len)
+}
+
+/// Decodes the `%XX` escape that `rest` starts with, as `json_escape` does.
+fn percent_escape(rest: &[u8], at: u64, last: bool, out: &mut Decoded) -> Option<usize> {
+    if !last && rest.len() < 3 {
+        return None;
+    }
+    match rest
+        .get(1..3)
+        .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+        .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
+    {
+        Some(b) => {
+            out.escaped(b, at, 3);
+            Some(3)
+        }
+        None => {
+            out.plain(&rest[..1], at);
+            Some(1)
+        }
+    }
 }
 
 /// Whether `rest` (starting with `\`) may be the start of an escape that is not all there.
@@ -213,38 +250,6 @@ fn unicode_escape(raw: &[u8]) -> Option<(char, usize)> {
         return char::from_u32(c).map(|c| (c, 12));
     }
     char::from_u32(first).map(|c| (c, 6))
-}
-
-/// Appends `raw` with `%XX` decoded (not `+`: in a secret it is a literal plus as often as a
-/// space). Returns the raw bytes consumed, as `json_unescape`.
-pub fn url_decode(raw: &[u8], at: u64, last: bool, out: &mut Decoded) -> usize {
-    let mut i = 0;
-    while i < raw.len() {
-        let Some(n) = memchr::memchr(b'%', &raw[i..]) else {
-            out.plain(&raw[i..], at + i as u64);
-            break;
-        };
-        out.plain(&raw[i..i + n], at + i as u64);
-        i += n;
-        if !last && raw.len() - i < 3 {
-            return i;
-        }
-        match raw
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            Some(b) => {
-                out.escaped(b, at + i as u64, 3);
-                i += 3;
-            }
-            None => {
-                out.plain(&raw[i..i + 1], at + i as u64);
-                i += 1;
-            }
-        }
-    }
-    raw.len()
 }
 
 /// Decodes one run of base64 characters (standard or URL-safe alphabet, padding optional)
@@ -290,39 +295,34 @@ pub fn base64_raw_span(decoded: Range<usize>, run_len: usize) -> Range<usize> {
 mod tests {
     use super::*;
 
-    fn decode_all(f: fn(&[u8], u64, bool, &mut Decoded) -> usize, raw: &[u8]) -> Decoded {
+    fn decode_all(raw: &[u8]) -> Decoded {
         let mut out = Decoded::new(0);
-        assert_eq!(f(raw, 0, true, &mut out), raw.len());
+        assert_eq!(unescape(raw, 0, true, &mut out), raw.len());
         out
     }
 
     #[test]
     fn json_escapes_map_back_to_raw() {
         let raw = br#"{"u":"https:\/\/x\u0041y"}"#;
-        let v = decode_all(json_unescape, raw);
+        let v = decode_all(raw);
         assert_eq!(v.bytes, br#"{"u":"https://xAy"}"#);
         let a = v.bytes.iter().position(|&b| b == b'A').unwrap();
         let span = v.raw_span(a..a + 1, raw.len() as u64);
         assert_eq!(&raw[span.start as usize..span.end as usize], br"\u0041");
-        let emoji = decode_all(json_unescape, br"\uD83D\uDE00!");
+        let emoji = decode_all(br"\uD83D\uDE00!");
         assert_eq!(emoji.bytes, "😀!".as_bytes());
         assert_eq!(emoji.raw_span(0..4, 13), 0..12);
     }
 
     #[test]
-    fn json_and_url_decoding_resume_inside_an_escape() {
-        let raw = br#"a\u0041\uD83D\uDE00\/b%2Bc"#;
+    fn decoding_resumes_inside_an_escape() {
+        let raw = br#"a\u0041\uD83D\uDE00\/b%2Bc%4"#;
         for split in 0..=raw.len() {
             let mut out = Decoded::new(0);
-            let used = json_unescape(&raw[..split], 0, false, &mut out);
+            let used = unescape(&raw[..split], 0, false, &mut out);
             let rest = [&raw[used..split], &raw[split..]].concat();
-            json_unescape(&rest, used as u64, true, &mut out);
-            assert_eq!(out.bytes, "aA😀/b%2Bc".as_bytes(), "split {split}");
-            let mut url = Decoded::new(0);
-            let used = url_decode(&raw[..split], 0, false, &mut url);
-            let rest = [&raw[used..split], &raw[split..]].concat();
-            url_decode(&rest, used as u64, true, &mut url);
-            assert_eq!(url.bytes, br#"a\u0041\uD83D\uDE00\/b+c"#, "split {split}");
+            unescape(&rest, used as u64, true, &mut out);
+            assert_eq!(out.bytes, "aA😀/b+c%4".as_bytes(), "split {split}");
         }
     }
 
@@ -331,12 +331,13 @@ mod tests {
         /// wherever the input is split.
         #[test]
         fn every_decoded_byte_maps_to_its_raw_source(
-            tokens in proptest::collection::vec(0usize..8, 0..40),
+            tokens in proptest::collection::vec(0usize..10, 0..40),
             split in 0usize..400,
         ) {
             // (raw text, decoded bytes) of each kind of token.
-            const KINDS: [(&str, &[u8]); 8] = [
-                ("a", b"a"),
+            // Single-byte plain tokens only, none a hex digit: a lone `%` stays plain.
+            const KINDS: [(&str, &[u8]); 10] = [
+                ("x", b"x"),
                 ("Z", b"Z"),
                 ("\\/", b"/"),
                 ("\\n", b"\n"),
@@ -344,6 +345,8 @@ mod tests {
                 ("\\u0041", b"A"),
                 ("\\u00e9", "\u{e9}".as_bytes()),
                 ("\\uD83D\\uDE00", "\u{1F600}".as_bytes()),
+                ("%2F", b"/"),
+                ("%", b"%"),
             ];
             let (mut raw, mut starts) = (String::new(), Vec::new());
             for &t in &tokens {
@@ -354,9 +357,9 @@ mod tests {
             let raw = raw.as_bytes();
             let split = split.min(raw.len());
             let mut out = Decoded::new(0);
-            let used = json_unescape(&raw[..split], 0, false, &mut out);
+            let used = unescape(&raw[..split], 0, false, &mut out);
             let rest = [&raw[used..split], &raw[split..]].concat();
-            json_unescape(&rest, used as u64, true, &mut out);
+            unescape(&rest, used as u64, true, &mut out);
             proptest::prop_assert_eq!(out.bytes.len(), starts.len());
             for k in 0..starts.len() {
                 let end = starts.get(k + 1).copied().unwrap_or(raw.len() as u64);
@@ -371,8 +374,8 @@ mod tests {
 
     #[test]
     fn percent_escapes_map_back_to_raw() {
-        let v = decode_all(url_decode, b"a%2Bb%zz+");
-        assert_eq!(v.bytes, b"a+b%zz+");
+        let v = decode_all(b"a%2Bb%zz+%+1");
+        assert_eq!(v.bytes, b"a+b%zz+%+1");
         assert_eq!(v.raw_span(1..2, 9), 1..4);
     }
 

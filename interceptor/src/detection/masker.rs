@@ -6,7 +6,7 @@
 //! context), so a secret split across any two chunks
 //! is still whole in the buffer when Hyperscan reports its end, and a body is never buffered
 //! whole. Masking keeps length: a short prefix stays readable and the rest becomes `*`.
-//! JSON-escaped and URL-encoded secrets are found by decoded views that run alongside; base64
+//! JSON-escaped and URL-encoded secrets are found by a decoded view that runs alongside; base64
 //! runs are decoded and scanned once each, when complete.
 
 use std::ops::Range;
@@ -18,14 +18,11 @@ use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
 use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
-use super::views::{View, ViewFinding};
+use super::view::{View, ViewFinding};
 use super::{base64_runs, decode};
 
 /// Forwarded bytes a masker keeps beyond its context before it drops them.
 const COMPACT_AT: usize = 64 * 1024;
-
-/// The decoded views a masker may start.
-const VIEWS: [Encoding; 2] = [Encoding::JsonEscaped, Encoding::UrlEncoded];
 
 pub struct Masker {
     engine: Arc<Engine>,
@@ -34,7 +31,8 @@ pub struct Masker {
     selection: Option<Arc<Selection>>,
     scratch: Scratch,
     raw: StreamScan,
-    views: Vec<View>,
+    /// Started when the first escape shows up.
+    view: Option<View>,
     /// Block-mode candidates for base64 runs.
     candidates: Candidates,
     /// Raw bytes from stream offset `base` on: up to `holdback` already forwarded (context
@@ -69,7 +67,7 @@ impl Masker {
             candidates: engine.candidates(),
             engine,
             hasher,
-            views: Vec::new(),
+            view: None,
             buf: Vec::new(),
             base: 0,
             sent: 0,
@@ -115,10 +113,10 @@ impl Masker {
         )?;
         self.record_plain(plain);
         let mut found = Vec::new();
-        for view in &mut self.views {
+        if let Some(view) = &mut self.view {
             view.finish(&self.engine, &self.scratch, &mut found)?;
         }
-        self.record_views(found);
+        self.record_view(found);
         self.scan_base64(true)?;
         self.release(self.held(), out);
         Ok(())
@@ -134,7 +132,7 @@ impl Masker {
         std::mem::take(&mut self.findings)
     }
 
-    /// Scans the last `new` bytes of the buffer, raw and in every decoded view.
+    /// Scans the last `new` bytes of the buffer, raw and in the decoded view.
     fn scan(&mut self, new: usize, at_end: bool) -> Result<(), ScanError> {
         let mut plain = Vec::new();
         self.raw.scan(
@@ -147,17 +145,17 @@ impl Masker {
             |rule, span| plain.push((rule, span)),
         )?;
         self.record_plain(plain);
-        self.start_views(new)?;
+        self.start_view(new)?;
         let fresh = &self.buf[self.buf.len() - new..];
         let mut found = Vec::new();
-        for view in &mut self.views {
+        if let Some(view) = &mut self.view {
             view.push(&self.engine, &self.scratch, fresh, at_end, &mut found)?;
         }
-        self.record_views(found);
+        self.record_view(found);
         self.scan_base64(at_end)
     }
 
-    /// Secrets that end at the end of the buffer, raw and in every view, as at the end.
+    /// Secrets that end at the end of the buffer, raw and in the view, as at the end.
     fn scan_tails(&mut self) -> Result<(), ScanError> {
         let mut plain = Vec::new();
         self.raw
@@ -166,36 +164,33 @@ impl Masker {
             })?;
         self.record_plain(plain);
         let mut found = Vec::new();
-        for view in &mut self.views {
+        if let Some(view) = &mut self.view {
             view.scan_tail(&self.engine, &self.scratch, &mut found)?;
         }
-        self.record_views(found);
+        self.record_view(found);
         Ok(())
     }
 
-    /// Starts a view when its escape first appears; it decodes everything still held.
-    fn start_views(&mut self, new: usize) -> Result<(), ScanError> {
+    /// Starts the view when an escape first appears; it decodes everything still held.
+    fn start_view(&mut self, new: usize) -> Result<(), ScanError> {
         // Two bytes more, for an escape split across chunks.
         let recent = &self.buf[self.buf.len().saturating_sub(new + 2)..];
-        let wanted: Vec<Encoding> = VIEWS
-            .into_iter()
-            .filter(|&e| !self.views.iter().any(|v| v.encoding == e) && View::wanted(e, recent))
-            .collect();
-        for encoding in wanted {
-            let mut view = View::new(&self.engine, encoding, self.base)?;
-            let old = self.buf.len() - new;
-            let mut found = Vec::new();
-            // The held bytes before this chunk; the chunk itself follows with the others.
-            view.push(
-                &self.engine,
-                &self.scratch,
-                &self.buf[..old],
-                false,
-                &mut found,
-            )?;
-            self.record_views(found);
-            self.views.push(view);
+        if self.view.is_some() || !View::wanted(recent) {
+            return Ok(());
         }
+        let mut view = View::new(&self.engine, self.base)?;
+        let old = self.buf.len() - new;
+        let mut found = Vec::new();
+        // The held bytes before this chunk; the chunk itself follows with the others.
+        view.push(
+            &self.engine,
+            &self.scratch,
+            &self.buf[..old],
+            false,
+            &mut found,
+        )?;
+        self.view = Some(view);
+        self.record_view(found);
         Ok(())
     }
 
@@ -219,10 +214,12 @@ impl Masker {
                 {
                     let raw = decode::base64_raw_span(d.secret.clone(), run.len());
                     let span = at + raw.start as u64..at + raw.end as u64;
-                    found.push((d.rule, span, decoded[d.secret].to_vec(), Encoding::Base64));
+                    found.push((d.rule, span, decoded[d.secret].to_vec()));
                 }
             }
-            self.record_views(found);
+            for (rule, span, secret) in found {
+                self.record(rule, span, Encoding::Base64, &secret);
+            }
             next = base64_runs::next_base64_run(&self.buf, end);
         }
         // A short run at the end may still grow into one worth decoding.
@@ -248,9 +245,21 @@ impl Masker {
         }
     }
 
-    fn record_views(&mut self, found: Vec<ViewFinding>) {
-        for (rule, span, secret, encoding) in found {
+    fn record_view(&mut self, found: Vec<ViewFinding>) {
+        for (rule, span, secret) in found {
+            let encoding = self.escapes_in(&span);
             self.record(rule, span, encoding, &secret);
+        }
+    }
+
+    /// How the raw bytes at stream range `span` (held, as a view's finding is) were escaped:
+    /// URL-encoded when they hold a `%XX`, JSON-escaped otherwise.
+    fn escapes_in(&self, span: &Range<u64>) -> Encoding {
+        let held = |at: u64| (at.max(self.base) - self.base).min(self.buf.len() as u64) as usize;
+        if decode::has_percent_escape(&self.buf[held(span.start)..held(span.end)]) {
+            Encoding::UrlEncoded
+        } else {
+            Encoding::JsonEscaped
         }
     }
 
@@ -328,7 +337,7 @@ impl Masker {
         self.base += drop;
         let base = self.base;
         self.reported.retain(|(_, s)| s.end > base);
-        for view in &mut self.views {
+        if let Some(view) = &mut self.view {
             view.release(base);
         }
     }
@@ -362,7 +371,7 @@ impl Drop for Masker {
     fn drop(&mut self) {
         // Hyperscan streams must be closed or their state leaks.
         self.raw.close(&self.scratch);
-        for view in &mut self.views {
+        if let Some(view) = &mut self.view {
             view.close(&self.scratch);
         }
     }

@@ -21,7 +21,7 @@ pub mod masker;
 pub mod rules;
 pub mod selection;
 mod stream;
-mod views;
+mod view;
 
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};

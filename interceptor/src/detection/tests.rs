@@ -249,6 +249,16 @@ fn json_escaped_url_encoded_and_base64_secrets_are_found_and_masked() {
             "aws.secret-access-key",
             Encoding::UrlEncoded,
         ),
+        // A callback URL in a JSON string: `\/` escapes around a URL-encoded secret.
+        (
+            format!(
+                r#"{{"cb": "https:\/\/app.test\/cb?aws_secret_access_key={}&x=1"}}"#,
+                aws.replace('+', "%2B").replace('/', "%2F")
+            ),
+            aws.replace('+', "%2B").replace('/', "%2F"),
+            "aws.secret-access-key",
+            Encoding::UrlEncoded,
+        ),
     ];
     for (text, written, rule, encoding) in cases {
         let (out, findings) = mask_chunks([text.as_bytes()]);

@@ -1,6 +1,7 @@
-//! Decoded views of a stream (JSON-unescaped, URL-decoded), scanned as they flow with a
-//! Hyperscan stream of their own. A view starts the first time its escape shows up in the
-//! raw stream, from the bytes still held back then, so plain traffic costs nothing extra.
+//! The decoded view of a stream (JSON string escapes and `%XX` escapes decoded), scanned as
+//! it flows with a Hyperscan stream of its own. It starts the first time an escape shows up
+//! in the raw stream, from the bytes still held back then, so plain traffic costs nothing
+//! extra.
 
 use std::ops::Range;
 
@@ -8,14 +9,12 @@ use hyperscan::Scratch;
 
 use super::decode::{self, Decoded};
 use super::engine::{Engine, ScanError};
-use super::finding::Encoding;
 use super::stream::StreamScan;
 
-/// A secret found in a view: rule, raw span (stream offsets), decoded secret, view.
-pub(super) type ViewFinding = (usize, Range<u64>, Vec<u8>, Encoding);
+/// A secret found in the view: rule, raw span (stream offsets), decoded secret.
+pub(super) type ViewFinding = (usize, Range<u64>, Vec<u8>);
 
 pub(super) struct View {
-    pub encoding: Encoding,
     scan: StreamScan,
     /// Decoded bytes held, and the way back to raw offsets.
     decoded: Decoded,
@@ -25,19 +24,14 @@ pub(super) struct View {
 }
 
 impl View {
-    /// Whether `raw` holds the escape that makes this view worth running.
-    pub fn wanted(encoding: Encoding, raw: &[u8]) -> bool {
-        match encoding {
-            Encoding::JsonEscaped => decode::has_json_escape(raw),
-            Encoding::UrlEncoded => decode::has_percent_escape(raw),
-            Encoding::Plain | Encoding::Base64 => false,
-        }
+    /// Whether `raw` holds an escape that makes the view worth running.
+    pub fn wanted(raw: &[u8]) -> bool {
+        decode::has_json_escape(raw) || decode::has_percent_escape(raw)
     }
 
     /// A view of the raw stream from offset `raw_at` on.
-    pub fn new(engine: &Engine, encoding: Encoding, raw_at: u64) -> Result<View, ScanError> {
+    pub fn new(engine: &Engine, raw_at: u64) -> Result<View, ScanError> {
         Ok(View {
-            encoding,
             scan: StreamScan::new(engine)?,
             decoded: Decoded::new(raw_at),
             pending: Vec::new(),
@@ -56,10 +50,6 @@ impl View {
         found: &mut Vec<ViewFinding>,
     ) -> Result<(), ScanError> {
         let before = self.decoded.bytes.len();
-        let decode = match self.encoding {
-            Encoding::UrlEncoded => decode::url_decode,
-            _ => decode::json_unescape,
-        };
         let joined;
         let input = if self.pending.is_empty() {
             raw
@@ -67,11 +57,11 @@ impl View {
             joined = [std::mem::take(&mut self.pending).as_slice(), raw].concat();
             &joined
         };
-        let used = decode(input, self.raw_next, at_end, &mut self.decoded);
+        let used = decode::unescape(input, self.raw_next, at_end, &mut self.decoded);
         self.pending = input[used..].to_vec();
         self.raw_next += used as u64;
         let new = self.decoded.bytes.len() - before;
-        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        let (decoded, raw_end) = (&self.decoded, self.raw_next);
         self.scan.scan(
             engine,
             scratch,
@@ -79,7 +69,7 @@ impl View {
             self.decoded.base,
             new,
             at_end,
-            collect(decoded, raw_end, encoding, found),
+            collect(decoded, raw_end, found),
         )
     }
 
@@ -91,12 +81,12 @@ impl View {
         scratch: &Scratch,
         found: &mut Vec<ViewFinding>,
     ) -> Result<(), ScanError> {
-        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        let (decoded, raw_end) = (&self.decoded, self.raw_next);
         self.scan.scan_tail(
             engine,
             scratch,
             &decoded.bytes,
-            collect(decoded, raw_end, encoding, found),
+            collect(decoded, raw_end, found),
         )
     }
 
@@ -108,13 +98,13 @@ impl View {
         found: &mut Vec<ViewFinding>,
     ) -> Result<(), ScanError> {
         self.push(engine, scratch, &[], true, found)?;
-        let (decoded, raw_end, encoding) = (&self.decoded, self.raw_next, self.encoding);
+        let (decoded, raw_end) = (&self.decoded, self.raw_next);
         self.scan.finish(
             engine,
             scratch,
             &decoded.bytes,
             self.decoded.base,
-            collect(decoded, raw_end, encoding, found),
+            collect(decoded, raw_end, found),
         )
     }
 
@@ -132,11 +122,10 @@ impl View {
 fn collect<'a>(
     decoded: &'a Decoded,
     raw_end: u64,
-    encoding: Encoding,
     found: &'a mut Vec<ViewFinding>,
 ) -> impl FnMut(usize, Range<usize>) + 'a {
     move |rule, span| {
         let secret = decoded.bytes[span.clone()].to_vec();
-        found.push((rule, decoded.raw_span(span, raw_end), secret, encoding));
+        found.push((rule, decoded.raw_span(span, raw_end), secret));
     }
 }
