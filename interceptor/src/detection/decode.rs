@@ -121,17 +121,23 @@ impl Decoded {
     }
 }
 
-/// A `\/` or `\u` escape: worth a decoded view.
-pub fn has_json_escape(raw: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', raw).any(|i| matches!(raw.get(i + 1), Some(b'/' | b'u')))
+/// A JSON `\/` or `\u` escape, or a `%XX` escape: worth a decoded view. One pass for both.
+pub fn has_escape(raw: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\\', b'%', raw).any(|i| match raw[i] {
+        b'%' => is_percent_escape(&raw[i..]),
+        _ => matches!(raw.get(i + 1), Some(b'/' | b'u')),
+    })
 }
 
-/// A `%XX` escape: worth a decoded view.
+/// A `%XX` escape anywhere in `raw`.
 pub fn has_percent_escape(raw: &[u8]) -> bool {
-    memchr::memchr_iter(b'%', raw).any(|i| {
-        raw.get(i + 1..i + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-    })
+    memchr::memchr_iter(b'%', raw).any(|i| is_percent_escape(&raw[i..]))
+}
+
+/// Whether `rest` starts with `%` and two hex digits.
+fn is_percent_escape(rest: &[u8]) -> bool {
+    rest.get(1..3)
+        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// Appends `raw` (starting at raw offset `at`) with JSON string escapes and `%XX` escapes
@@ -201,20 +207,13 @@ fn percent_escape(rest: &[u8], at: u64, last: bool, out: &mut Decoded) -> Option
     if !last && rest.len() < 3 {
         return None;
     }
-    match rest
-        .get(1..3)
-        .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-        .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
-    {
-        Some(b) => {
-            out.escaped(b, at, 3);
-            Some(3)
-        }
-        None => {
-            out.plain(&rest[..1], at);
-            Some(1)
-        }
+    if !is_percent_escape(rest) {
+        out.plain(&rest[..1], at);
+        return Some(1);
     }
+    let digit = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+    out.escaped(digit(rest[1]) << 4 | digit(rest[2]), at, 3);
+    Some(3)
 }
 
 /// Whether `rest` (starting with `\`) may be the start of an escape that is not all there.

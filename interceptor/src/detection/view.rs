@@ -26,7 +26,7 @@ pub(super) struct View {
 impl View {
     /// Whether `raw` holds an escape that makes the view worth running.
     pub fn wanted(raw: &[u8]) -> bool {
-        decode::has_json_escape(raw) || decode::has_percent_escape(raw)
+        decode::has_escape(raw)
     }
 
     /// A view of the raw stream from offset `raw_at` on.
