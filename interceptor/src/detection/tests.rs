@@ -27,6 +27,18 @@ fn rules_check_passes_for_every_rule() {
 }
 
 #[test]
+fn the_rule_in_the_rules_guide_passes_check() {
+    let guide = std::fs::read_to_string(rules_dir().join("../../docs/rules.md")).unwrap();
+    let (_, rest) = guide.split_once("```yaml\n").expect("a yaml block");
+    let (yaml, _) = rest.split_once("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("guide.yaml"), yaml).unwrap();
+    let report = check_dir(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{}", report.problems.join("\n"));
+    assert_eq!((report.rules, report.examples), (1, 1));
+}
+
+#[test]
 fn a_broken_rule_is_reported_by_check() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
