@@ -286,8 +286,9 @@ impl Engine {
     }
 }
 
-/// The rule's Hyperscan pattern (its prefilter, if it has one) and the rule's width. Only the pattern's width counts: candidates are confirmed on the bytes
-/// a match of the pattern can span, so a prefilter may even be unbounded.
+/// The rule's Hyperscan pattern (its prefilter, if it has one) and the rule's width. Only
+/// the pattern's width counts: candidates are confirmed on the bytes a match of the pattern
+/// can span, so a prefilter may even be unbounded.
 fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, usize), EngineError> {
     let err = |message: String| EngineError::Rule {
         id: rule.id.clone(),
