@@ -11,6 +11,10 @@ use super::finding::SecretHasher;
 use super::masker::mask_buffer;
 use super::rules::{Rule, RulesError, load_dir};
 
+/// Hyperscan runs the rule's prefilter when it has one, which must cover the pattern.
+const MISSED: &str = "the regex matches but Hyperscan does not (a prefilter must match \
+                      wherever the pattern does, ending on the same byte)";
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub rules: usize,
@@ -88,7 +92,7 @@ fn check_example(
         return Err(format!("regex does not match (hyperscan: {hyperscan})"));
     };
     if !hyperscan {
-        return Err("hyperscan does not match, regex does".into());
+        return Err(MISSED.into());
     }
     let captured = &text[capture.clone()];
     if let Some(secret) = secret
@@ -116,7 +120,7 @@ fn check_negative(engine: &Engine, rule: usize, text: &str) -> Result<(), String
         .map_err(|e| e.to_string())?
         .contains(&rule);
     if !hyperscan && engine.rules()[rule].regex_matches(data).is_some() {
-        return Err("regex matches, hyperscan does not".into());
+        return Err(MISSED.into());
     }
     let found = engine.find(data).map_err(|e| e.to_string())?;
     if found.iter().any(|d| d.rule == rule) {

@@ -81,6 +81,11 @@ fn a_broken_rule_is_reported_by_check() {
     ] {
         assert!(text.contains(id), "{id} missing in:\n{text}");
     }
+    let narrow = report
+        .problems
+        .iter()
+        .find(|p| p.contains("t.narrow-prefilter"));
+    assert!(narrow.unwrap().contains("a prefilter must match"), "{text}");
 }
 
 fn masker() -> Masker {
