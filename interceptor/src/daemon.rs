@@ -252,7 +252,7 @@ impl Daemon {
     pub async fn handle(&self, request: Request) -> Reply {
         self.dispatch(request)
             .await
-            .map_err(|e| crate::errors::chain(&e))
+            .map_err(|e| crate::errors::chain(e.as_ref()))
     }
 
     async fn dispatch(&self, request: Request) -> anyhow::Result<serde_json::Value> {

@@ -85,7 +85,7 @@ impl Enrollments {
                     tracing::info!(id = s.id, cgroup = %s.cgroup.display(), "enrollment restored")
                 }
                 Err(e) => {
-                    tracing::warn!(id = s.id, cgroup = %s.cgroup.display(), error = %crate::errors::chain(&e), "dropping enrollment that cannot be restored");
+                    tracing::warn!(id = s.id, cgroup = %s.cgroup.display(), error = %crate::errors::chain(e.as_ref()), "dropping enrollment that cannot be restored");
                     let _ = self.kernel.unenroll(&kernel_enrollment(
                         &s,
                         0,

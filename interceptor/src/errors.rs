@@ -2,9 +2,9 @@
 
 /// `outer: cause: root cause`, skipping a cause whose text its parent already contains
 /// (many library errors repeat their source in their own message).
-pub fn chain(error: &anyhow::Error) -> String {
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in error.chain() {
+    for cause in std::iter::successors(Some(error), |e| e.source()) {
         let text = cause.to_string();
         if out.contains(&text) {
             continue;
@@ -27,8 +27,11 @@ mod tests {
         let e = anyhow::Error::new(io)
             .context("load failed: permission denied")
             .context("starting");
-        assert_eq!(chain(&e), "starting: load failed: permission denied");
+        assert_eq!(
+            chain(e.as_ref()),
+            "starting: load failed: permission denied"
+        );
         let e = anyhow::anyhow!("root").context("outer");
-        assert_eq!(chain(&e), "outer: root");
+        assert_eq!(chain(e.as_ref()), "outer: root");
     }
 }

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("interceptor: {}", errors::chain(&e));
+            eprintln!("interceptor: {}", errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

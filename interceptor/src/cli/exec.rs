@@ -49,7 +49,7 @@ pub fn exec(socket: &Path, args: ExecArgs) -> anyhow::Result<i32> {
             target: Target::Id(enrolled.id),
         },
     ) {
-        tracing::warn!(error = %crate::errors::chain(&e), "could not unenroll the command's cgroup");
+        tracing::warn!(error = %crate::errors::chain(e.as_ref()), "could not unenroll the command's cgroup");
     }
     drop(owned);
     let _ = std::fs::remove_dir(&parent); // only succeeds when no other exec is running

@@ -327,7 +327,11 @@ impl Proxy {
             Ok(()) => (Outcome::Closed, None),
             Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
             Err(e @ (HttpError::Serve(_) | HttpError::HeaderTimeout(_))) => {
-                (Outcome::ClientError, Some(format!("HTTP: {e}")))
+                // With its causes: "connection error" alone does not say reset or EOF.
+                (
+                    Outcome::ClientError,
+                    Some(format!("HTTP: {}", crate::errors::chain(&e))),
+                )
             }
         }
     }
