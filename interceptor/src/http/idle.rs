@@ -35,6 +35,11 @@ impl InFlight {
         Busy(self.clone())
     }
 
+    /// Whether no request is in progress.
+    pub fn is_idle(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
     /// Resolves once no request has been in progress for `limit`.
     pub async fn idle_for(&self, limit: Duration) {
         loop {

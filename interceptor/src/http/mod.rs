@@ -187,7 +187,12 @@ impl HttpLayer {
                         .serve_connection(client, service);
                     tokio::pin!(conn);
                     tokio::select! {
-                        served = conn.as_mut() => served.map_err(HttpError::Serve),
+                        served = conn.as_mut() => match served {
+                            // Gone once its streams were done: curl often resets, leaving
+                            // a last WINDOW_UPDATE of ours unread. That is a close.
+                            Err(e) if in_flight.is_idle() && went_away(&e) => Ok(()),
+                            served => served.map_err(HttpError::Serve),
+                        },
                         () = in_flight.idle_for(self.header_timeout) => {
                             // GOAWAY; with nothing in progress the connection ends at once.
                             conn.as_mut().graceful_shutdown();
@@ -351,6 +356,21 @@ impl Connection {
         };
         Response::from_parts(head, body)
     }
+}
+
+/// Whether `e` is the client's connection dropping (a reset, TCP closed without TLS
+/// close_notify, a broken pipe) rather than a protocol error.
+fn went_away(e: &hyper::Error) -> bool {
+    std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .find_map(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        })
 }
 
 /// A request body transform whose cap refuses the exchange: a body that decodes past the

@@ -277,3 +277,38 @@ async fn connect_tunnels_are_relayed_and_counted() {
     let upgraded = records[0].upgraded.unwrap();
     assert_eq!((upgraded.up, upgraded.down), (17, 17));
 }
+
+#[tokio::test]
+async fn an_http2_client_that_resets_once_its_streams_are_done_has_closed() {
+    let upstream = upstream_server().await;
+    let layer = HttpLayer::new(Hooks::default(), Duration::from_secs(5));
+    let proxied = start_proxy(layer, 1, Version::Http2, upstream).await;
+    let tcp = TcpStream::connect(proxied.front)
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    let same_socket = tcp.try_clone().unwrap();
+    let io = TokioIo::new(TcpStream::from_std(tcp).unwrap());
+    let (mut tx, conn) = client2::handshake(TokioExecutor::new(), io).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // An echo: the proxy still holds the request's stream while the response ends.
+    let req = Request::post("http://example.test/echo")
+        .body(Full::new(Bytes::from_static(b"ping")))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    resp.into_body().collect().await.unwrap();
+    // Closed with SO_LINGER 0: the proxy reads a reset, not an end.
+    socket2::SockRef::from(&same_socket)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    conn.abort();
+    let _ = conn.await;
+    drop((tx, same_socket));
+    let served = tokio::time::timeout(Duration::from_secs(5), proxied.task)
+        .await
+        .expect("the proxy saw the connection end")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    assert_eq!(proxied.records.lock().unwrap().len(), 1);
+}
