@@ -11,9 +11,9 @@ use super::finding::SecretHasher;
 use super::masker::mask_buffer;
 use super::rules::{Rule, RulesError, load_dir};
 
-/// Hyperscan runs the rule's prefilter when it has one, which must cover the pattern.
-const MISSED: &str = "the regex matches but Hyperscan does not (a prefilter must match \
-                      wherever the pattern does, ending on the same byte)";
+/// Hyperscan runs the rule's prefilters when it has them, which must cover the pattern.
+const MISSED: &str = "the regex matches but Hyperscan does not, in block or stream mode (a \
+                      prefilter must match wherever the pattern does, ending on the same byte)";
 
 #[derive(Debug, Default)]
 pub struct Report {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use hyperscan::CompileFlags;
 use hyperscan::prelude::*;
 
+use super::end_check::EndCheck;
 use super::rules::Rule;
 
 /// Widest match a rule may have: it bounds how much of a stream is held back for scanning.
@@ -45,6 +46,8 @@ pub struct CompiledRule {
     min_entropy: Option<f64>,
     /// Widest match in bytes (capped at `MAX_RULE_WIDTH`).
     pub width: usize,
+    /// For a rule with a prefilter: which of its ends the pattern can have.
+    end_check: Option<EndCheck>,
 }
 
 /// A confirmed secret in a buffer.
@@ -80,9 +83,35 @@ pub(super) struct Candidates {
     widths: Vec<u64>,
     touched: Vec<u32>,
     closed: Vec<(usize, u64, u64)>,
+    /// Lazy DFA caches for the rules' end checks, made on first use.
+    end_caches: Vec<Option<regex_automata::hybrid::dfa::Cache>>,
 }
 
 impl Candidates {
+    /// Hyperscan reported `rule` ending at stream offset `end` in `data`, whose first byte is
+    /// at offset `base`: a candidate, unless the rule's end check rules it out.
+    pub(super) fn report(
+        &mut self,
+        rules: &[CompiledRule],
+        rule: u32,
+        end: u64,
+        data: &[u8],
+        base: u64,
+    ) {
+        let r = &rules[rule as usize];
+        // An end outside `data` cannot be checked; it stays a candidate.
+        let at = (end.checked_sub(base))
+            .map(|at| at as usize)
+            .filter(|&at| at <= data.len());
+        if let (Some(check), Some(at)) = (&r.end_check, at) {
+            let cache = self.end_caches[rule as usize].get_or_insert_with(|| check.cache());
+            if !check.can_end_at(cache, data, at, r.width) {
+                return;
+            }
+        }
+        self.hit(rule, end);
+    }
+
     pub(super) fn hit(&mut self, rule: u32, end: u64) {
         let r = rule as usize;
         let slot = &mut self.ends[r];
@@ -114,16 +143,16 @@ impl Engine {
         if rules.is_empty() {
             return Err(EngineError::NoRules);
         }
-        let mut patterns = Vec::with_capacity(rules.len());
         let mut compiled = Vec::with_capacity(rules.len());
+        let (mut block, mut stream) = (Vec::with_capacity(rules.len()), Vec::new());
         for (i, rule) in rules.iter().enumerate() {
-            let (pattern, width) = hyperscan_pattern(rule, i)?;
-            compiled.push(CompiledRule::new(rule, width)?);
-            patterns.push(pattern);
+            let forms = hyperscan_forms(rule, i)?;
+            compiled.push(CompiledRule::new(rule, forms.width)?);
+            block.push(forms.block);
+            stream.push(forms.stream);
         }
-        let patterns = Patterns(patterns);
-        let block: BlockDatabase = patterns.build().map_err(EngineError::Database)?;
-        let stream: StreamingDatabase = patterns.build().map_err(EngineError::Database)?;
+        let block: BlockDatabase = Patterns(block).build().map_err(EngineError::Database)?;
+        let stream: StreamingDatabase = Patterns(stream).build().map_err(EngineError::Database)?;
         let mut prototype = block.alloc_scratch().map_err(EngineError::Database)?;
         stream
             .realloc_scratch(&mut prototype)
@@ -168,6 +197,7 @@ impl Engine {
             widths: self.rules.iter().map(|r| r.width as u64).collect(),
             touched: Vec::new(),
             closed: Vec::new(),
+            end_caches: self.rules.iter().map(|_| None).collect(),
         }
     }
 
@@ -202,7 +232,7 @@ impl Engine {
         candidates: &mut Candidates,
     ) -> Result<Vec<Detection>, ScanError> {
         self.block.scan(data, scratch, |id, _, to, _| {
-            candidates.hit(id, to);
+            candidates.report(&self.rules, id, to, data, 0);
             Matching::Continue
         })?;
         let mut found = Vec::new();
@@ -228,7 +258,7 @@ impl Engine {
         let end = data.len() as u64;
         self.block.scan(data, scratch, |id, _, to, _| {
             if to == end {
-                candidates.hit(id, to);
+                candidates.report(&self.rules, id, to, data, 0);
             }
             Matching::Continue
         })?;
@@ -242,15 +272,28 @@ impl Engine {
         Ok(())
     }
 
-    /// Rules whose Hyperscan pattern matches somewhere in `data` (unconfirmed).
+    /// Rules that Hyperscan finds somewhere in `data` (unconfirmed) in both block and
+    /// stream mode: a rule missing in either would be missed by some scans.
     pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
         let scratch = self.clone_scratch();
-        let mut candidates = self.candidates();
+        let (mut block, mut stream) = (self.candidates(), self.candidates());
         self.block.scan(data, &scratch, |id, _, to, _| {
-            candidates.hit(id, to);
+            block.report(&self.rules, id, to, data, 0);
             Matching::Continue
         })?;
-        Ok(candidates.drain().map(|(rule, ..)| rule).collect())
+        let mut report = |id, to| {
+            stream.report(&self.rules, id, to, data, 0);
+            Matching::Continue
+        };
+        let open = self.stream.open_stream()?;
+        open.scan(data, &scratch, |id, _, to, _| report(id, to))?;
+        open.close(&scratch, |id, _, to, _| report(id, to))?;
+        let in_stream: Vec<usize> = stream.drain().map(|(rule, ..)| rule).collect();
+        Ok(block
+            .drain()
+            .map(|(rule, ..)| rule)
+            .filter(|rule| in_stream.contains(rule))
+            .collect())
     }
 
     /// Confirms the candidates of `rule` that end in `first_end..=last_end` (absolute stream
@@ -286,33 +329,50 @@ impl Engine {
     }
 }
 
-/// The rule's Hyperscan pattern (its prefilter, if it has one) and the rule's width. Only
+/// What Hyperscan runs for a rule in each mode.
+struct HyperscanForms {
+    block: Pattern,
+    stream: Pattern,
+    /// Widest match of the rule's pattern.
+    width: usize,
+}
+
+/// The rule's Hyperscan forms: its prefilters where it has them, else its pattern. Only
 /// the pattern's width counts: candidates are confirmed on the bytes a match of the pattern
 /// can span, so a prefilter may even be unbounded.
-fn hyperscan_pattern(rule: &Rule, index: usize) -> Result<(Pattern, usize), EngineError> {
+fn hyperscan_forms(rule: &Rule, index: usize) -> Result<HyperscanForms, EngineError> {
     let err = |message: String| EngineError::Rule {
         id: rule.id.clone(),
         message,
     };
     let parse = |pattern: &str| -> Result<(Pattern, usize), EngineError> {
-        let pattern =
+        let mut pattern =
             Pattern::with_flags(pattern, CompileFlags::empty()).map_err(|e| err(e.to_string()))?;
         let info = pattern
             .info()
             .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
+        pattern.id = Some(index);
         Ok((pattern, info.max_width()))
     };
-    let (mut pattern, width) = parse(&rule.pattern)?;
+    let (own, width) = parse(&rule.pattern)?;
     if width > MAX_RULE_WIDTH {
         return Err(err(format!(
             "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
         )));
     }
-    if let Some(prefilter) = &rule.prefilter {
-        pattern = parse(prefilter)?.0;
-    }
-    pattern.id = Some(index);
-    Ok((pattern, width))
+    let block = match &rule.prefilter {
+        Some(prefilter) => parse(prefilter)?.0,
+        None => own,
+    };
+    let stream = match &rule.stream_prefilter {
+        Some(prefilter) => parse(prefilter)?.0,
+        None => block.clone(),
+    };
+    Ok(HyperscanForms {
+        block,
+        stream,
+        width,
+    })
 }
 
 impl CompiledRule {
@@ -343,6 +403,11 @@ impl CompiledRule {
                 .collect(),
             min_entropy: rule.min_entropy,
             width,
+            end_check: if rule.prefilter.is_some() || rule.stream_prefilter.is_some() {
+                Some(EndCheck::new(&rule.pattern).map_err(&err)?)
+            } else {
+                None
+            },
         })
     }
 

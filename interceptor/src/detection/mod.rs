@@ -15,6 +15,7 @@ mod base64_runs;
 pub mod check;
 pub mod compression;
 pub mod decode;
+mod end_check;
 pub mod engine;
 pub mod finding;
 pub mod masker;

@@ -47,6 +47,11 @@ pub struct Rule {
     /// on the same byte (a cheaper superset, even unbounded); `pattern` confirms each one.
     #[serde(default)]
     pub prefilter: Option<String>,
+    /// The same, for stream mode only (bodies and connections), where Hyperscan cannot look
+    /// back: it may hang on a late, rarer byte (`@`), from which a reverse DFA of `pattern`
+    /// walks back, where `prefilter` would have Hyperscan follow every earlier part.
+    #[serde(default)]
+    pub stream_prefilter: Option<String>,
     /// Case-insensitive words of which one must occur in the whole match.
     #[serde(default)]
     pub keywords: Vec<String>,

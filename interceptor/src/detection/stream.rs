@@ -44,7 +44,7 @@ impl StreamScan {
         {
             let candidates = &mut self.candidates;
             stream.scan(&buf[buf.len() - new..], scratch, |id, _, to, _| {
-                candidates.hit(id, to);
+                candidates.report(engine.rules(), id, to, buf, base);
                 Matching::Continue
             })?;
         }
@@ -64,7 +64,7 @@ impl StreamScan {
         if let Some(stream) = self.stream.take() {
             let candidates = &mut self.candidates;
             stream.close(scratch, |id, _, to, _| {
-                candidates.hit(id, to);
+                candidates.report(engine.rules(), id, to, buf, base);
                 Matching::Continue
             })?;
         }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use super::check::{check_dir, contains, mask_all};
+use super::end_check::EndCheck;
 use super::*;
 
 fn rules_dir() -> PathBuf {
@@ -66,26 +67,61 @@ fn a_broken_rule_is_reported_by_check() {
     pattern: 'pk_([a-z]{8})'
     prefilter: 'pk_[a-z]{8}x'
     examples: ['pk_abcdefgh']
+  - id: t.narrow-stream-prefilter
+    name: the stream prefilter misses what the pattern matches
+    pattern: 'sk_([a-z]{8})'
+    stream_prefilter: 'sk_[a-z]{8}y'
+    examples: ['sk_abcdefgh']
+  - id: t.early-prefilter
+    name: the prefilter ends before the pattern does
+    pattern: 'ak_([a-z]{8})'
+    prefilter: 'ak_'
+    examples: ['ak_abcdefgh']
 "#,
     )
     .unwrap();
     let report = check_dir(dir.path()).unwrap();
     let text = report.problems.join("\n");
-    assert_eq!(report.problems.len(), 5, "{text}");
+    assert_eq!(report.problems.len(), 7, "{text}");
     for id in [
         "t.no-capture",
         "t.lookahead",
         "t.wrong-secret",
         "t.negative-matches",
         "t.narrow-prefilter",
+        "t.narrow-stream-prefilter",
+        "t.early-prefilter",
     ] {
         assert!(text.contains(id), "{id} missing in:\n{text}");
     }
-    let narrow = report
-        .problems
-        .iter()
-        .find(|p| p.contains("t.narrow-prefilter"));
-    assert!(narrow.unwrap().contains("a prefilter must match"), "{text}");
+    for id in [
+        "t.narrow-prefilter",
+        "t.narrow-stream-prefilter",
+        "t.early-prefilter",
+    ] {
+        let problem = report.problems.iter().find(|p| p.contains(id));
+        assert!(
+            problem.unwrap().contains("a prefilter must match"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_end_check_walks_back_from_where_a_prefilter_ends() {
+    let check = EndCheck::new(r"\bhttps?://[^:/\s@]{1,64}:([^@/\s]{1,128})@[a-z]").unwrap();
+    let mut cache = check.cache();
+    // A prefilter on `@` plus one byte ends after each `@x`: only the URL's can be a match.
+    let text = b"mail \"bob@example.com\" or https://deploy:s3cret@git.example.com";
+    let verdicts: Vec<bool> = memchr::memchr_iter(b'@', text)
+        .map(|at| check.can_end_at(&mut cache, text, at + 2, 256))
+        .collect();
+    assert_eq!(verdicts, [false, true]);
+    // The range starts at `https`; the byte before it still decides the leading `\b`.
+    for (text, boundary) in [(&b"xhttps://u:p@h"[..], false), (b" https://u:p@h", true)] {
+        let end = text.len();
+        assert_eq!(check.can_end_at(&mut cache, text, end, end - 1), boundary);
+    }
 }
 
 fn masker() -> Masker {
@@ -126,7 +162,7 @@ fn samples() -> Vec<(String, String, String)> {
             let rule = rules.iter().find(|r| r.id == *id).expect(id);
             let ex = &rule.examples[0];
             let text = format!(
-                "GET /x HTTP/1.1\r\nHost: a\r\n\r\nlead {} trail\n",
+                "GET /x HTTP/1.1\r\nHost: a\r\n\r\nlead ops@example.com {} trail\n",
                 ex.text()
             );
             (

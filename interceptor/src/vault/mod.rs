@@ -296,6 +296,7 @@ impl Vault {
                 name: format!("vault credential {}", c.name),
                 pattern: format!("({})", regex::escape(c.secret.expose())),
                 prefilter: None,
+                stream_prefilter: None,
                 keywords: Vec::new(),
                 min_entropy: None,
                 examples: Vec::new(),
