@@ -555,9 +555,8 @@ struct MaskBody {
 impl MaskBody {
     /// Masks decoded bytes; `last` at the end of the body. Returns what may go on, decoded.
     fn mask(&mut self, plain: &[u8], last: bool) -> Result<Vec<u8>, ScanError> {
-        let mut out = Vec::new();
         if plain.is_empty() && (!last || self.masker.is_none()) {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let masker = match &mut self.masker {
             Some(m) => m,
@@ -567,6 +566,8 @@ impl MaskBody {
                 Some(self.scanner.selection.clone()),
             )?),
         };
+        // Sized for all that can go out, so it is copied into once, never regrown.
+        let mut out = Vec::with_capacity(plain.len() + masker.held());
         masker.push(plain, &mut out)?;
         if last {
             masker.finish(&mut out)?;
