@@ -1,5 +1,6 @@
-//! All rules compiled into one Hyperscan database (block and stream mode), with the `regex`
-//! crate confirming each candidate on a bounded window and finding the secret's exact span.
+//! All rules compiled into one Hyperscan database per mode (block, stream: the same patterns
+//! but for a rule's stream prefilter), with the `regex` crate confirming each candidate on a
+//! bounded window and finding the secret's exact span.
 //!
 //! Hyperscan runs without start-of-match tracking: it reports where a candidate ends, and the
 //! rule's regex re-runs on the bytes that can hold a match ending there (at most the rule's
