@@ -173,6 +173,22 @@ fn selected(headers: &HeaderMap, names: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The transform a body is to go through, with its headers fixed for it: one that may change
+/// the length drops `Content-Length`. A body that has already ended (a GET, a 204) gets
+/// none: nothing in it to transform, and a transformed body's length is not known up front,
+/// so HTTP/1.1 would send a body-less request on as an empty chunked one.
+pub fn transform_for(
+    body: &impl Body,
+    transform: Option<Box<dyn BodyTransform>>,
+    headers: &mut HeaderMap,
+) -> Option<Box<dyn BodyTransform>> {
+    let transform = transform.filter(|_| !body.is_end_stream())?;
+    if !transform.keeps_length() {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
+    Some(transform)
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Side {
     Request,

@@ -32,7 +32,7 @@ use crate::proxy::counted::Counted;
 use crate::proxy::scan::StreamScan;
 use crate::relay::Traffic;
 pub use exchange::Recorder;
-use exchange::{Exchange, HttpBody, Metered, Side};
+use exchange::{Exchange, HttpBody, Metered, Side, transform_for};
 use hook::{BodyTransform, BoxError, ExchangeInfo, Hooks, Refused, Verdict};
 use interceptor::detection::compression::CodecError;
 use interceptor::relay_scan::Counters;
@@ -265,13 +265,10 @@ impl Connection {
             exchange.fail(format_args!("refused: {reason}"));
             return answer(&exchange, status, reason);
         }
-        if decision.body.as_ref().is_some_and(|t| !t.keeps_length()) {
-            head.headers.remove(http::header::CONTENT_LENGTH);
-        }
-        let transform = decision
-            .body
+        let body = body.into_body();
+        let transform = transform_for(&body, decision.body, &mut head.headers)
             .map(|t| Box::new(CapRefuses(t)) as Box<dyn BodyTransform>);
-        let body = Metered::new(body.into_body(), exchange.clone(), Side::Request, transform);
+        let body = Metered::new(body, exchange.clone(), Side::Request, transform);
         let mut req = Request::from_parts(head, body);
         // A CONNECT (the workload talks to an HTTP proxy) becomes a tunnel on a 2xx, an
         // `Upgrade` (WebSocket) another protocol on a 101: either way, raw bytes follow.
@@ -340,14 +337,12 @@ impl Connection {
             exchange.fail(format_args!("response refused: {reason}"));
             return answer(&exchange, status, reason);
         }
-        if decision.body.as_ref().is_some_and(|t| !t.keeps_length()) {
-            head.headers.remove(http::header::CONTENT_LENGTH);
-        }
+        let transform = transform_for(&body, decision.body, &mut head.headers);
         let body = Metered::new(
             body.map_err(Into::into).boxed_unsync(),
             exchange,
             Side::Response,
-            decision.body,
+            transform,
         )
         .boxed_unsync();
         let body = match busy {

@@ -10,7 +10,8 @@ use super::hook::{BodyTransform, Decision, Hook, HookFuture};
 use super::*;
 use crate::sessions::HttpExchange;
 
-/// Adds `x-hooked` to requests, refuses `/forbidden`, upper-cases `/echo` request bodies.
+/// Adds `x-hooked` to requests, refuses `/forbidden`, upper-cases request bodies (`/echo`;
+/// `/hello` has none, and must go on without one).
 struct TestHook;
 
 struct Upper;
@@ -36,7 +37,7 @@ impl Hook for TestHook {
                 .insert("x-hooked", format!("seq {}", info.seq).parse().unwrap());
             match head.uri.path() {
                 "/forbidden" => Decision::forbidden("not on the list".into()),
-                "/echo" => Decision {
+                "/echo" | "/hello" => Decision {
                     verdict: Verdict::Forward,
                     body: Some(Box::new(Upper)),
                 },
@@ -87,10 +88,19 @@ async fn upstream_server() -> SocketAddr {
                     let body: HttpBody = if req.uri().path() == "/echo" {
                         req.into_body().map_err(Into::into).boxed_unsync()
                     } else {
-                        let v = req.headers().get("x-hooked").cloned();
-                        let text = v
-                            .map(|v| v.to_str().unwrap().to_owned())
-                            .unwrap_or_default();
+                        let header = |name| {
+                            req.headers()
+                                .get(name)
+                                .map_or("-".into(), |v| v.to_str().unwrap().to_owned())
+                        };
+                        let framing = format!(
+                            "te={} cl={}",
+                            header("transfer-encoding"),
+                            header("content-length")
+                        );
+                        let hooked = header("x-hooked");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let text = format!("{hooked} {framing} body={}", body.len());
                         Full::new(Bytes::from(text))
                             .map_err(|never: Infallible| match never {})
                             .boxed_unsync()
@@ -159,7 +169,7 @@ async fn run(version: Version) -> Vec<HttpExchange> {
 
     let io = TokioIo::new(TcpStream::connect(front_addr).await.unwrap());
     let requests = [
-        ("GET", "/hello", "", "seq 0"),
+        ("GET", "/hello", "", "seq 0 te=- cl=- body=0"),
         ("POST", "/echo", "abc", "ABC!"),
         ("GET", "/forbidden", "", "not on the list"),
     ];
