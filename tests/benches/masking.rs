@@ -104,12 +104,13 @@ fn main() -> Result<()> {
          median shown). curl downloads {mib} MiB of JSON log lines (no secrets) over HTTPS \
          (HTTP/1.1) from a hyper + rustls server. Through interceptor, TLS is re-terminated \
          and the response streams through the HTTP layer; \"masking on\" scans it with every \
-         shipped rule (stream mode, decoded view, masking), \"masking off\" goes to a server \
+         shipped rule (stream mode, escape-tolerant, masking), \"masking off\" goes to a server \
          that a policy rule with `secrets_mask = []` covers (nothing scanned). Both use the \
          same daemon, with `record_body_bytes = 0`. Two payloads: lines as Go, Python or \
          serde write them (`https://...`, `q=red+shoes`), and the same lines with \
-         `\\/`-escaped URLs (as PHP writes them) and `%20`-encoded queries, which make the \
-         masker run its decoded view (both escapes in one pass) over the whole stream.\n\n\
+         `\\/`-escaped URLs (as PHP writes them) and `%20`-encoded queries, which the \
+         rules' escape-tolerant forms take (Hyperscan does more there: more of the text may \
+         be a rule's).\n\n\
          | payload | direct (no proxy) | masking off | masking on | on ÷ off |\n\
          | --- | --- | --- | --- | --- |\n\
          {rows}\n\

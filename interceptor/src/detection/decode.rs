@@ -6,6 +6,7 @@
 use std::ops::Range;
 
 use super::base64_runs::MIN_BASE64_RUN;
+use super::tolerant::is_escaped_by_encoders;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
@@ -121,12 +122,25 @@ impl Decoded {
     }
 }
 
-/// A JSON `\/` or `\u` escape, or a `%XX` escape: worth a decoded view. One pass for both.
-pub fn has_escape(raw: &[u8]) -> bool {
-    memchr::memchr2_iter(b'\\', b'%', raw).any(|i| match raw[i] {
-        b'%' => is_percent_escape(&raw[i..]),
-        _ => matches!(raw.get(i + 1), Some(b'/' | b'u')),
+/// A `%XX` or `\u00XX` escape of a byte that encoders leave as it is (`%5F`, `\u0067`):
+/// the escape-tolerant rule forms do not take those, a decoded view does.
+pub fn has_unusual_escape(raw: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\\', b'%', raw).any(|i| {
+        let rest = &raw[i..];
+        let byte = match rest[0] {
+            b'%' if is_percent_escape(rest) => hex_value(rest[1]) << 4 | hex_value(rest[2]),
+            b'\\' => match unicode_escape(rest) {
+                Some((c, _)) if c.is_ascii() => c as u8,
+                _ => return false,
+            },
+            _ => return false,
+        };
+        !is_escaped_by_encoders(byte)
     })
+}
+
+fn hex_value(d: u8) -> u8 {
+    (d as char).to_digit(16).unwrap_or(0) as u8
 }
 
 /// A `%XX` escape anywhere in `raw`.
@@ -211,8 +225,7 @@ fn percent_escape(rest: &[u8], at: u64, last: bool, out: &mut Decoded) -> Option
         out.plain(&rest[..1], at);
         return Some(1);
     }
-    let digit = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
-    out.escaped(digit(rest[1]) << 4 | digit(rest[2]), at, 3);
+    out.escaped(hex_value(rest[1]) << 4 | hex_value(rest[2]), at, 3);
     Some(3)
 }
 

@@ -7,21 +7,30 @@
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::nfa::thompson;
-use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input, MatchKind};
+use regex_syntax::hir::Hir;
 
 pub(super) struct EndCheck {
     dfa: DFA,
 }
 
 impl EndCheck {
-    pub(super) fn new(pattern: &str) -> Result<EndCheck, String> {
+    /// A check for `pattern`, given as its escape-tolerant form (the ends come from a
+    /// tolerant Hyperscan form, and an escaped match must pass).
+    pub(super) fn new(pattern: &Hir) -> Result<EndCheck, String> {
+        let nfa = thompson::Compiler::new()
+            .configure(
+                thompson::Config::new()
+                    .reverse(true)
+                    .utf8(false)
+                    .which_captures(thompson::WhichCaptures::None),
+            )
+            .build_from_hir(pattern)
+            .map_err(|e| e.to_string())?;
         let dfa = DFA::builder()
             // Every match, not only the preferred one: the question is whether any exists.
             .configure(DFA::config().match_kind(MatchKind::All))
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
-            .thompson(thompson::Config::new().reverse(true).utf8(false))
-            .build(pattern)
+            .build_from_nfa(nfa)
             .map_err(|e| e.to_string())?;
         Ok(EndCheck { dfa })
     }

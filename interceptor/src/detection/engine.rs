@@ -1,6 +1,7 @@
-//! All rules compiled into one Hyperscan database per mode (block, stream: the same patterns
-//! but for a rule's stream prefilter), with the `regex` crate confirming each candidate on a
-//! bounded window and finding the secret's exact span.
+//! All rules compiled into one Hyperscan database per mode (block; stream, in the rules'
+//! escape-tolerant forms and with their stream prefilters), with the `regex` crate
+//! confirming each candidate on a bounded window (decoded, if it holds an escape) and
+//! finding the secret's exact span.
 //!
 //! Hyperscan runs without start-of-match tracking: it reports where a candidate ends, and the
 //! rule's regex re-runs on the bytes that can hold a match ending there (at most the rule's
@@ -13,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use hyperscan::CompileFlags;
 use hyperscan::prelude::*;
 
+use super::decode::{self, Decoded};
 use super::end_check::EndCheck;
 use super::rules::Rule;
+use super::tolerant::{self, LONGEST_ESCAPE, Precision};
 
 /// Widest match a rule may have: it bounds how much of a stream is held back for scanning.
 pub const MAX_RULE_WIDTH: usize = 8192;
-/// Encoded forms are wider than the secret (URL encoding triples a byte).
-const ENCODED_WIDTH_FACTOR: usize = 3;
 /// Upper bound on the tail a masker holds back.
 pub const MAX_HOLDBACK: usize = 16 * 1024;
 
@@ -106,7 +107,7 @@ impl Candidates {
             .filter(|&at| at <= data.len());
         if let (Some(check), Some(at)) = (&r.end_check, at) {
             let cache = self.end_caches[rule as usize].get_or_insert_with(|| check.cache());
-            if !check.can_end_at(cache, data, at, r.width) {
+            if !check.can_end_at(cache, data, at, r.width * LONGEST_ESCAPE) {
                 return;
             }
         }
@@ -165,7 +166,8 @@ impl Engine {
             stream,
             scratch: Mutex::new(Vec::new()),
             prototype: Mutex::new(prototype),
-            holdback: (widest * ENCODED_WIDTH_FACTOR).min(MAX_HOLDBACK),
+            // Escaped, a match is up to this much wider.
+            holdback: (widest * LONGEST_ESCAPE).min(MAX_HOLDBACK),
             exempt: Vec::new(),
         })
     }
@@ -238,7 +240,7 @@ impl Engine {
         })?;
         let mut found = Vec::new();
         for (rule, first_end, last_end) in candidates.drain() {
-            self.confirm(rule, data, 0, first_end, last_end, |secret, _| {
+            self.confirm_as_written(rule, data, 0, first_end, last_end, |secret, _| {
                 found.push(Detection { rule, secret })
             });
         }
@@ -248,27 +250,38 @@ impl Engine {
 
     /// Secrets whose whole match runs to the end of `data`, as if the data ended there: a
     /// stream confirms those only when the next byte or the end comes (a trailing `\b`), too
-    /// late for bytes flushed before either arrives. Calls `each` with rule and span.
+    /// late for bytes flushed before either arrives. Calls `each` with rule and span. In
+    /// stream mode, whose forms take escaped secrets; closing the stream ends the data.
     pub(super) fn find_ending(
         &self,
         data: &[u8],
         scratch: &Scratch,
         candidates: &mut Candidates,
-        mut each: impl FnMut(usize, Range<usize>),
+        mut each: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) -> Result<(), ScanError> {
         let end = data.len() as u64;
-        self.block.scan(data, scratch, |id, _, to, _| {
+        let mut report = |id, to| {
             if to == end {
                 candidates.report(&self.rules, id, to, data, 0);
             }
             Matching::Continue
-        })?;
+        };
+        let stream = self.stream.open_stream()?;
+        stream.scan(data, scratch, |id, _, to, _| report(id, to))?;
+        stream.close(scratch, |id, _, to, _| report(id, to))?;
         for (rule, first_end, last_end) in candidates.drain() {
-            self.confirm(rule, data, 0, first_end, last_end, |secret, whole_end| {
-                if whole_end == data.len() {
-                    each(rule, secret);
-                }
-            });
+            self.confirm(
+                rule,
+                data,
+                0,
+                first_end,
+                last_end,
+                |secret, whole_end, decoded| {
+                    if whole_end == data.len() {
+                        each(rule, secret, decoded);
+                    }
+                },
+            );
         }
         Ok(())
     }
@@ -298,9 +311,27 @@ impl Engine {
     }
 
     /// Confirms the candidates of `rule` that end in `first_end..=last_end` (absolute stream
-    /// offsets) in `data`, which starts at absolute offset `base`; calls `each` with the
-    /// secret's span and the whole match's end, relative to `data`.
+    /// offsets) in `data`, which starts at absolute offset `base`, as written and escaped;
+    /// calls `each` with the secret's span and the whole match's end, relative to `data`,
+    /// and for a secret that was escaped, its decoded bytes.
     pub(super) fn confirm(
+        &self,
+        rule: usize,
+        data: &[u8],
+        base: u64,
+        first_end: u64,
+        last_end: u64,
+        mut each: impl FnMut(Range<usize>, usize, Option<&[u8]>),
+    ) {
+        self.confirm_as_written(rule, data, base, first_end, last_end, |span, end| {
+            each(span, end, None)
+        });
+        self.confirm_escaped(rule, data, base, first_end, last_end, each);
+    }
+
+    /// [`Engine::confirm`] of the secrets as written only: for block scans, whose forms
+    /// are not escape-tolerant.
+    fn confirm_as_written(
         &self,
         rule: usize,
         data: &[u8],
@@ -310,23 +341,56 @@ impl Engine {
         mut each: impl FnMut(Range<usize>, usize),
     ) {
         let r = &self.rules[rule];
-        let lo = first_end.saturating_sub(r.width as u64).max(base) - base;
-        let hi = (last_end - base).min(data.len() as u64);
-        let (mut at, window) = (lo as usize, &data[..hi as usize]);
-        // From `at` with the bytes before it as context: a leading `\b` (that a prefilter
-        // need not have) is checked against the byte before the window, not assumed.
-        let mut groups = r.regex.capture_locations();
-        while let Some(whole) = r.regex.captures_read_at(&mut groups, window, at) {
-            at = whole.end().max(whole.start() + 1);
-            if let Some((start, end)) = groups.get(1)
-                && r.accepts(whole.as_bytes(), &window[start..end])
-            {
-                each(start..end, whole.end());
-            }
-            if at > window.len() {
-                break;
-            }
+        let lo = (first_end.saturating_sub(r.width as u64).max(base) - base) as usize;
+        let hi = (last_end - base).min(data.len() as u64) as usize;
+        // From the window's start with the bytes before it as context: a leading `\b` (that
+        // a prefilter need not have) is checked against the byte before the window.
+        r.each_match(&data[..hi], lo, |whole, secret| each(secret, whole.end));
+    }
+
+    /// [`Engine::confirm`] of escaped secrets: the window decoded, spans mapped back.
+    fn confirm_escaped(
+        &self,
+        rule: usize,
+        data: &[u8],
+        base: u64,
+        first_end: u64,
+        last_end: u64,
+        mut each: impl FnMut(Range<usize>, usize, Option<&[u8]>),
+    ) {
+        let r = &self.rules[rule];
+        let window_from =
+            |width: usize| (first_end.saturating_sub(width as u64).max(base) - base) as usize;
+        let hi = (last_end - base).min(data.len() as u64) as usize;
+        // A match with an escape in it has one within its last `width` bytes (and the
+        // escape's own length): else it is the plain pass's.
+        if memchr::memchr2(
+            b'\\',
+            b'%',
+            &data[window_from(r.width + LONGEST_ESCAPE)..hi],
+        )
+        .is_none()
+        {
+            return;
         }
+        // Escaped, the match is up to LONGEST_ESCAPE times wider: decoded, the regex
+        // decides; matches without an escape are still the plain pass's.
+        let lo = window_from(r.width * LONGEST_ESCAPE);
+        let mut decoded = Decoded::new(lo as u64);
+        decode::unescape(&data[lo..hi], lo as u64, true, &mut decoded);
+        r.each_match(&decoded.bytes, 0, |whole, secret| {
+            let raw_whole = decoded.raw_span(whole, hi as u64);
+            let (start, end) = (raw_whole.start as usize, raw_whole.end as usize);
+            if memchr::memchr2(b'\\', b'%', &data[start..end]).is_none() {
+                return;
+            }
+            let span = decoded.raw_span(secret.clone(), hi as u64);
+            each(
+                span.start as usize..span.end as usize,
+                end,
+                Some(&decoded.bytes[secret]),
+            );
+        });
     }
 }
 
@@ -355,20 +419,25 @@ fn hyperscan_forms(rule: &Rule, index: usize) -> Result<HyperscanForms, EngineEr
         pattern.id = Some(index);
         Ok((pattern, info.max_width()))
     };
-    let (own, width) = parse(&rule.pattern)?;
+    let width = parse(&rule.pattern)?.1;
     if width > MAX_RULE_WIDTH {
         return Err(err(format!(
             "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
         )));
     }
-    let block = match &rule.prefilter {
-        Some(prefilter) => parse(prefilter)?.0,
-        None => own,
+    let tolerant = |form: &str| -> Result<Pattern, EngineError> {
+        let hir = tolerant::parse(form).map_err(|e| err(format!("regex: {e}")))?;
+        let printed = tolerant::hyperscan_syntax(&tolerant::tolerant(&hir, Precision::Wide));
+        Ok(parse(&printed)?.0)
     };
-    let stream = match &rule.stream_prefilter {
-        Some(prefilter) => parse(prefilter)?.0,
-        None => block.clone(),
-    };
+    let block = parse(rule.prefilter.as_deref().unwrap_or(&rule.pattern))?.0;
+    // Streams meet escaped text (a masker's decoded view runs only for escapes no encoder
+    // writes); a block scan here is of decoded base64, or `find` on text as it is.
+    let stream = tolerant(
+        (rule.stream_prefilter.as_deref())
+            .or(rule.prefilter.as_deref())
+            .unwrap_or(&rule.pattern),
+    )?;
     Ok(HyperscanForms {
         block,
         stream,
@@ -405,11 +474,35 @@ impl CompiledRule {
             min_entropy: rule.min_entropy,
             width,
             end_check: if rule.prefilter.is_some() || rule.stream_prefilter.is_some() {
-                Some(EndCheck::new(&rule.pattern).map_err(&err)?)
+                let hir = tolerant::parse(&rule.pattern).map_err(&err)?;
+                Some(EndCheck::new(&tolerant::tolerant(&hir, Precision::Exact)).map_err(&err)?)
             } else {
                 None
             },
         })
+    }
+
+    /// Every match in `text` from `from` on (the bytes before as context) whose secret
+    /// passes the filters: the whole match's span and the secret's.
+    fn each_match(
+        &self,
+        text: &[u8],
+        from: usize,
+        mut each: impl FnMut(Range<usize>, Range<usize>),
+    ) {
+        let mut at = from;
+        let mut groups = self.regex.capture_locations();
+        while let Some(whole) = self.regex.captures_read_at(&mut groups, text, at) {
+            at = whole.end().max(whole.start() + 1);
+            if let Some((start, end)) = groups.get(1)
+                && self.accepts(whole.as_bytes(), &text[start..end])
+            {
+                each(whole.range(), start..end);
+            }
+            if at > text.len() {
+                break;
+            }
+        }
     }
 
     /// The keyword and entropy filters.

@@ -6,8 +6,9 @@
 //! context), so a secret split across any two chunks
 //! is still whole in the buffer when Hyperscan reports its end, and a body is never buffered
 //! whole. Masking keeps length: a short prefix stays readable and the rest becomes `*`.
-//! JSON-escaped and URL-encoded secrets are found by a decoded view that runs alongside; base64
-//! runs are decoded and scanned once each, when complete.
+//! JSON-escaped and URL-encoded secrets are found by the rules' escape-tolerant forms and
+//! confirmed decoded; escapes no encoder writes start a decoded view that runs alongside.
+//! Base64 runs are decoded and scanned once each, when complete.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -109,7 +110,9 @@ impl Masker {
             &self.scratch,
             &self.buf,
             self.base,
-            |rule, span| plain.push((rule, span)),
+            |rule, span, decoded: Option<&[u8]>| {
+                plain.push((rule, span, decoded.map(<[u8]>::to_vec)))
+            },
         )?;
         self.record_plain(plain);
         let mut found = Vec::new();
@@ -142,7 +145,9 @@ impl Masker {
             self.base,
             new,
             at_end,
-            |rule, span| plain.push((rule, span)),
+            |rule, span, decoded: Option<&[u8]>| {
+                plain.push((rule, span, decoded.map(<[u8]>::to_vec)))
+            },
         )?;
         self.record_plain(plain);
         self.start_view(new)?;
@@ -158,10 +163,12 @@ impl Masker {
     /// Secrets that end at the end of the buffer, raw and in the view, as at the end.
     fn scan_tails(&mut self) -> Result<(), ScanError> {
         let mut plain = Vec::new();
-        self.raw
-            .scan_tail(&self.engine, &self.scratch, &self.buf, |rule, span| {
-                plain.push((rule, span))
-            })?;
+        self.raw.scan_tail(
+            &self.engine,
+            &self.scratch,
+            &self.buf,
+            |rule, span, decoded| plain.push((rule, span, decoded.map(<[u8]>::to_vec))),
+        )?;
         self.record_plain(plain);
         let mut found = Vec::new();
         if let Some(view) = &mut self.view {
@@ -173,8 +180,8 @@ impl Masker {
 
     /// Starts the view when an escape first appears; it decodes everything still held.
     fn start_view(&mut self, new: usize) -> Result<(), ScanError> {
-        // Two bytes more, for an escape split across chunks.
-        let recent = &self.buf[self.buf.len().saturating_sub(new + 2)..];
+        // Five bytes more, for an escape (`\u0067`) split across chunks.
+        let recent = &self.buf[self.buf.len().saturating_sub(new + 5)..];
         if self.view.is_some() || !View::wanted(recent) {
             return Ok(());
         }
@@ -232,16 +239,22 @@ impl Masker {
         Ok(())
     }
 
-    fn record_plain(&mut self, found: Vec<(usize, Range<usize>)>) {
-        for (rule, span) in found {
-            let secret = self.buf[span.clone()].to_vec();
+    /// Secrets the raw stream found: as written, or escaped (with their decoded bytes).
+    fn record_plain(&mut self, found: Vec<(usize, Range<usize>, Option<Vec<u8>>)>) {
+        for (rule, span, decoded) in found {
             let at = self.base;
-            self.record(
-                rule,
-                at + span.start as u64..at + span.end as u64,
-                Encoding::Plain,
-                &secret,
-            );
+            let span = at + span.start as u64..at + span.end as u64;
+            match decoded {
+                Some(secret) => {
+                    let encoding = self.escapes_in(&span);
+                    self.record(rule, span, encoding, &secret);
+                }
+                None => {
+                    let held = (span.start - at) as usize..(span.end - at) as usize;
+                    let secret = self.buf[held].to_vec();
+                    self.record(rule, span, Encoding::Plain, &secret);
+                }
+            }
         }
     }
 

@@ -22,6 +22,7 @@ pub mod masker;
 pub mod rules;
 pub mod selection;
 mod stream;
+mod tolerant;
 mod view;
 
 pub use engine::{Detection, Engine, EngineError, ScanError};

@@ -26,7 +26,8 @@ impl StreamScan {
     }
 
     /// Scans the last `new` bytes of `buf` (whose first byte is at stream offset `base`) and
-    /// calls `found` with each confirmed secret's rule and span in `buf`. Unless `at_end`, a
+    /// calls `found` with each confirmed secret's rule and span in `buf` (and its decoded bytes
+    /// if it was escaped). Unless `at_end`, a
     /// match that reaches the end of `buf` waits for the next bytes.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn scan(
@@ -37,7 +38,7 @@ impl StreamScan {
         base: u64,
         new: usize,
         at_end: bool,
-        found: impl FnMut(usize, Range<usize>),
+        found: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) -> Result<(), ScanError> {
         if new > 0
             && let Some(stream) = &self.stream
@@ -59,7 +60,7 @@ impl StreamScan {
         scratch: &Scratch,
         buf: &[u8],
         base: u64,
-        found: impl FnMut(usize, Range<usize>),
+        found: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) -> Result<(), ScanError> {
         if let Some(stream) = self.stream.take() {
             let candidates = &mut self.candidates;
@@ -79,16 +80,19 @@ impl StreamScan {
         engine: &Engine,
         scratch: &Scratch,
         buf: &[u8],
-        mut found: impl FnMut(usize, Range<usize>),
+        mut found: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) -> Result<(), ScanError> {
         // A match is at most the widest rule long, and the holdback is at least that.
         let from = buf.len().saturating_sub(engine.holdback());
         if from == buf.len() {
             return Ok(());
         }
-        engine.find_ending(&buf[from..], scratch, &mut self.candidates, |rule, span| {
-            found(rule, from + span.start..from + span.end)
-        })
+        engine.find_ending(
+            &buf[from..],
+            scratch,
+            &mut self.candidates,
+            |rule, span, decoded| found(rule, from + span.start..from + span.end, decoded),
+        )
     }
 
     fn confirm(
@@ -97,7 +101,7 @@ impl StreamScan {
         buf: &[u8],
         base: u64,
         at_end: bool,
-        mut found: impl FnMut(usize, Range<usize>),
+        mut found: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) {
         for (rule, first_end, last_end) in std::mem::take(&mut self.deferred) {
             self.candidates.hit(rule as u32, first_end);
@@ -105,13 +109,20 @@ impl StreamScan {
         }
         for (rule, first_end, last_end) in self.candidates.drain() {
             let mut open = false;
-            engine.confirm(rule, buf, base, first_end, last_end, |span, end| {
-                if end == buf.len() && !at_end {
-                    open = true;
-                } else {
-                    found(rule, span);
-                }
-            });
+            engine.confirm(
+                rule,
+                buf,
+                base,
+                first_end,
+                last_end,
+                |span, end, decoded| {
+                    if end == buf.len() && !at_end {
+                        open = true;
+                    } else {
+                        found(rule, span, decoded);
+                    }
+                },
+            );
             if open {
                 self.deferred.push((rule, first_end, last_end));
             }

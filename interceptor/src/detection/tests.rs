@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::check::{check_dir, contains, mask_all};
 use super::end_check::EndCheck;
+use super::tolerant;
 use super::*;
 
 fn rules_dir() -> PathBuf {
@@ -109,7 +110,8 @@ fn a_broken_rule_is_reported_by_check() {
 
 #[test]
 fn the_end_check_walks_back_from_where_a_prefilter_ends() {
-    let check = EndCheck::new(r"\bhttps?://[^:/\s@]{1,64}:([^@/\s]{1,128})@[a-z]").unwrap();
+    let pattern = tolerant::parse(r"\bhttps?://[^:/\s@]{1,64}:([^@/\s]{1,128})@[a-z]").unwrap();
+    let check = EndCheck::new(&tolerant::tolerant(&pattern, tolerant::Precision::Exact)).unwrap();
     let mut cache = check.cache();
     // A prefilter on `@` plus one byte ends after each `@x`: only the URL's can be a match.
     let text = b"mail \"bob@example.com\" or https://deploy:s3cret@git.example.com";
@@ -698,4 +700,77 @@ fn a_secret_that_ends_the_held_tail_is_masked_by_an_idle_flush() {
         assert_eq!((f.rule.as_str(), f.encoding), ("github.ghp", encoding));
         assert_eq!(f.forwarded_unmasked, 0);
     }
+}
+
+#[test]
+fn escape_tolerant_forms_take_what_encoders_write_and_print_as_they_parse() {
+    use tolerant::Precision;
+    let hir = tolerant::parse(r"\bkey=([A-Za-z0-9/+]{8})\b").unwrap();
+    // Hyperscan's syntax here is also the regex crate's: the printed form is checked by it.
+    let form = |precision| {
+        let printed = tolerant::hyperscan_syntax(&tolerant::tolerant(&hir, precision));
+        regex::bytes::RegexBuilder::new(&printed)
+            .unicode(false)
+            .build()
+            .unwrap()
+    };
+    let (exact, wide) = (form(Precision::Exact), form(Precision::Wide));
+    for written in [
+        "key=ab/cd+ef",
+        r"key\u003dab\/cd\u002Bef",
+        "key%3Dab%2fcd%2Bef",
+        r#"{"k": "key=ab\/cd+ef"}"#,
+    ] {
+        assert!(exact.is_match(written.as_bytes()), "{written}");
+        assert!(wide.is_match(written.as_bytes()), "{written}");
+    }
+    for other in ["kex=ab/cd+ef", "key=ab/cd+e", "key:ab/cd+ef"] {
+        assert!(!exact.is_match(other.as_bytes()), "{other}");
+        assert!(!wide.is_match(other.as_bytes()), "{other}");
+    }
+    // An escaped `:` is no byte of the secret's class: only the wide superset takes it.
+    let colon = b"key=ab%3Acdef";
+    assert!(!exact.is_match(colon) && wide.is_match(colon));
+}
+
+#[test]
+fn only_escapes_no_encoder_writes_start_the_decoded_view() {
+    // What JSON and URL encoders write: the escape-tolerant forms take it.
+    for usual in [
+        r"a\/b",
+        "q=red%20shoes",
+        "%2F%2b%40",
+        r"\u002b\u003c",
+        r"caf\u00e9",
+        "%C3%A9",
+    ] {
+        assert!(!decode::has_unusual_escape(usual.as_bytes()), "{usual}");
+    }
+    // Letters, digits and `_` escaped: obfuscation, for the view.
+    for unusual in ["ghp%5Ftoken", r"\u0067hp_", "%41KIA"] {
+        assert!(decode::has_unusual_escape(unusual.as_bytes()), "{unusual}");
+    }
+}
+
+#[test]
+fn an_escaped_secret_that_ends_the_held_tail_is_masked_by_an_idle_flush() {
+    let aws = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzQ8x3Lk2Vd";
+    let written = aws.replace('/', r"\/").replace('+', r"\u002b");
+    // The rule wants the byte after the key (or the end) before it is sure; neither came.
+    let text = format!(r#"{{"aws_secret_access_key": "{written}"#);
+    let mut m = masker();
+    let mut out = Vec::new();
+    m.push(text.as_bytes(), &mut out).unwrap();
+    m.flush(&mut out).unwrap();
+    assert_eq!(out.len(), text.len());
+    assert!(out.ends_with(b"****"), "{}", String::from_utf8_lossy(&out));
+    let findings = m.take_findings();
+    let f = findings
+        .iter()
+        .find(|f| f.rule == "aws.secret-access-key")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(
+        (f.encoding, f.length as usize, f.forwarded_unmasked),
+        (Encoding::JsonEscaped, written.len(), 0)
+    );
 }

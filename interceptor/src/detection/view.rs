@@ -1,7 +1,8 @@
 //! The decoded view of a stream (JSON string escapes and `%XX` escapes decoded), scanned as
-//! it flows with a Hyperscan stream of its own. It starts the first time an escape shows up
-//! in the raw stream, from the bytes still held back then, so plain traffic costs nothing
-//! extra.
+//! it flows with a Hyperscan stream of its own. The raw stream's escape-tolerant rule forms
+//! take escapes as encoders write them; the view starts the first time an escape that no
+//! encoder writes shows up (`%5F`, `\u0067`), from the bytes still held back then, so
+//! other traffic costs nothing extra.
 
 use std::ops::Range;
 
@@ -24,9 +25,10 @@ pub(super) struct View {
 }
 
 impl View {
-    /// Whether `raw` holds an escape that makes the view worth running.
+    /// Whether `raw` holds an escape that makes the view worth running: one that the
+    /// escape-tolerant forms of the rules do not take.
     pub fn wanted(raw: &[u8]) -> bool {
-        decode::has_escape(raw)
+        decode::has_unusual_escape(raw)
     }
 
     /// A view of the raw stream from offset `raw_at` on.
@@ -123,9 +125,10 @@ fn collect<'a>(
     decoded: &'a Decoded,
     raw_end: u64,
     found: &'a mut Vec<ViewFinding>,
-) -> impl FnMut(usize, Range<usize>) + 'a {
-    move |rule, span| {
-        let secret = decoded.bytes[span.clone()].to_vec();
+) -> impl FnMut(usize, Range<usize>, Option<&[u8]>) + 'a {
+    move |rule, span, escaped| {
+        // Escaped once more inside the view: the confirmation decoded it again.
+        let secret = escaped.unwrap_or(&decoded.bytes[span.clone()]).to_vec();
         found.push((rule, decoded.raw_span(span, raw_end), secret));
     }
 }
