@@ -240,9 +240,9 @@ impl Engine {
         })?;
         let mut found = Vec::new();
         for (rule, first_end, last_end) in candidates.drain() {
-            self.confirm_as_written(rule, data, 0, first_end, last_end, |secret, _| {
-                found.push(Detection { rule, secret })
-            });
+            let window = Window::new(data, 0, first_end, last_end);
+            self.rules[rule]
+                .confirm_as_written(&window, |secret, _| found.push(Detection { rule, secret }));
         }
         found.sort_by_key(|d| (d.secret.start, d.rule));
         Ok(found)
@@ -323,74 +323,36 @@ impl Engine {
         last_end: u64,
         mut each: impl FnMut(Range<usize>, usize, Option<&[u8]>),
     ) {
-        self.confirm_as_written(rule, data, base, first_end, last_end, |span, end| {
-            each(span, end, None)
-        });
-        self.confirm_escaped(rule, data, base, first_end, last_end, each);
-    }
-
-    /// [`Engine::confirm`] of the secrets as written only: for block scans, whose forms
-    /// are not escape-tolerant.
-    fn confirm_as_written(
-        &self,
-        rule: usize,
-        data: &[u8],
-        base: u64,
-        first_end: u64,
-        last_end: u64,
-        mut each: impl FnMut(Range<usize>, usize),
-    ) {
+        let window = Window::new(data, base, first_end, last_end);
         let r = &self.rules[rule];
-        let lo = (first_end.saturating_sub(r.width as u64).max(base) - base) as usize;
-        let hi = (last_end - base).min(data.len() as u64) as usize;
-        // From the window's start with the bytes before it as context: a leading `\b` (that
-        // a prefilter need not have) is checked against the byte before the window.
-        r.each_match(&data[..hi], lo, |whole, secret| each(secret, whole.end));
+        r.confirm_as_written(&window, |span, end| each(span, end, None));
+        r.confirm_escaped(&window, each);
     }
+}
 
-    /// [`Engine::confirm`] of escaped secrets: the window decoded, spans mapped back.
-    fn confirm_escaped(
-        &self,
-        rule: usize,
-        data: &[u8],
-        base: u64,
-        first_end: u64,
-        last_end: u64,
-        mut each: impl FnMut(Range<usize>, usize, Option<&[u8]>),
-    ) {
-        let r = &self.rules[rule];
-        let window_from =
-            |width: usize| (first_end.saturating_sub(width as u64).max(base) - base) as usize;
+/// The bytes the candidates of one cluster are confirmed on: `data[..hi]`, from as far
+/// back from the first candidate's end as a match can reach.
+struct Window<'a> {
+    data: &'a [u8],
+    base: u64,
+    first_end: u64,
+    hi: usize,
+}
+
+impl<'a> Window<'a> {
+    fn new(data: &'a [u8], base: u64, first_end: u64, last_end: u64) -> Window<'a> {
         let hi = (last_end - base).min(data.len() as u64) as usize;
-        // A match with an escape in it has one within its last `width` bytes (and the
-        // escape's own length): else it is the plain pass's.
-        if memchr::memchr2(
-            b'\\',
-            b'%',
-            &data[window_from(r.width + LONGEST_ESCAPE)..hi],
-        )
-        .is_none()
-        {
-            return;
+        Window {
+            data,
+            base,
+            first_end,
+            hi,
         }
-        // Escaped, the match is up to LONGEST_ESCAPE times wider: decoded, the regex
-        // decides; matches without an escape are still the plain pass's.
-        let lo = window_from(r.width * LONGEST_ESCAPE);
-        let mut decoded = Decoded::new(lo as u64);
-        decode::unescape(&data[lo..hi], lo as u64, true, &mut decoded);
-        r.each_match(&decoded.bytes, 0, |whole, secret| {
-            let raw_whole = decoded.raw_span(whole, hi as u64);
-            let (start, end) = (raw_whole.start as usize, raw_whole.end as usize);
-            if memchr::memchr2(b'\\', b'%', &data[start..end]).is_none() {
-                return;
-            }
-            let span = decoded.raw_span(secret.clone(), hi as u64);
-            each(
-                span.start as usize..span.end as usize,
-                end,
-                Some(&decoded.bytes[secret]),
-            );
-        });
+    }
+
+    /// Where a match `width` bytes wide, ending at the first end, starts (in `data`).
+    fn from(&self, width: usize) -> usize {
+        (self.first_end.saturating_sub(width as u64).max(self.base) - self.base) as usize
     }
 }
 
@@ -503,6 +465,47 @@ impl CompiledRule {
                 break;
             }
         }
+    }
+
+    /// [`Engine::confirm`] of the secrets as written: from the window's start with the
+    /// bytes before it as context, so a leading `\b` (that a prefilter need not have) is
+    /// checked against the byte before the window.
+    fn confirm_as_written(&self, w: &Window, mut each: impl FnMut(Range<usize>, usize)) {
+        self.each_match(&w.data[..w.hi], w.from(self.width), |whole, secret| {
+            each(secret, whole.end)
+        });
+    }
+
+    /// [`Engine::confirm`] of escaped secrets: the window decoded, spans mapped back.
+    fn confirm_escaped(
+        &self,
+        w: &Window,
+        mut each: impl FnMut(Range<usize>, usize, Option<&[u8]>),
+    ) {
+        let (data, hi) = (w.data, w.hi);
+        // A match with an escape in it has one within its last `width` bytes (and the
+        // escape's own length): else it is the plain pass's.
+        if memchr::memchr2(b'\\', b'%', &data[w.from(self.width + LONGEST_ESCAPE)..hi]).is_none() {
+            return;
+        }
+        // Escaped, the match is up to LONGEST_ESCAPE times wider: decoded, the regex
+        // decides; matches without an escape are still the plain pass's.
+        let lo = w.from(self.width * LONGEST_ESCAPE);
+        let mut decoded = Decoded::new(lo as u64);
+        decode::unescape(&data[lo..hi], lo as u64, true, &mut decoded);
+        self.each_match(&decoded.bytes, 0, |whole, secret| {
+            let raw_whole = decoded.raw_span(whole, hi as u64);
+            let (start, end) = (raw_whole.start as usize, raw_whole.end as usize);
+            if memchr::memchr2(b'\\', b'%', &data[start..end]).is_none() {
+                return;
+            }
+            let span = decoded.raw_span(secret.clone(), hi as u64);
+            each(
+                span.start as usize..span.end as usize,
+                end,
+                Some(&decoded.bytes[secret]),
+            );
+        });
     }
 
     /// The keyword and entropy filters.
