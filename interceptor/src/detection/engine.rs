@@ -260,15 +260,11 @@ impl Engine {
         mut each: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) -> Result<(), ScanError> {
         let end = data.len() as u64;
-        let mut report = |id, to| {
+        self.stream_whole(data, scratch, |id, to| {
             if to == end {
                 candidates.report(&self.rules, id, to, data, 0);
             }
-            Matching::Continue
-        };
-        let stream = self.stream.open_stream()?;
-        stream.scan(data, scratch, |id, _, to, _| report(id, to))?;
-        stream.close(scratch, |id, _, to, _| report(id, to))?;
+        })?;
         for (rule, first_end, last_end) in candidates.drain() {
             self.confirm(
                 rule,
@@ -286,6 +282,24 @@ impl Engine {
         Ok(())
     }
 
+    /// `data` as a whole stream: `each` gets every rule and end Hyperscan reports, those
+    /// that need the end of the data included.
+    fn stream_whole(
+        &self,
+        data: &[u8],
+        scratch: &Scratch,
+        mut each: impl FnMut(u32, u64),
+    ) -> Result<(), ScanError> {
+        let mut report = |id, to| {
+            each(id, to);
+            Matching::Continue
+        };
+        let stream = self.stream.open_stream()?;
+        stream.scan(data, scratch, |id, _, to, _| report(id, to))?;
+        stream.close(scratch, |id, _, to, _| report(id, to))?;
+        Ok(())
+    }
+
     /// Rules that Hyperscan finds somewhere in `data` (unconfirmed) in both block and
     /// stream mode: a rule missing in either would be missed by some scans.
     pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
@@ -295,13 +309,9 @@ impl Engine {
             block.report(&self.rules, id, to, data, 0);
             Matching::Continue
         })?;
-        let mut report = |id, to| {
-            stream.report(&self.rules, id, to, data, 0);
-            Matching::Continue
-        };
-        let open = self.stream.open_stream()?;
-        open.scan(data, &scratch, |id, _, to, _| report(id, to))?;
-        open.close(&scratch, |id, _, to, _| report(id, to))?;
+        self.stream_whole(data, &scratch, |id, to| {
+            stream.report(&self.rules, id, to, data, 0)
+        })?;
         let in_stream: Vec<usize> = stream.drain().map(|(rule, ..)| rule).collect();
         Ok(block
             .drain()

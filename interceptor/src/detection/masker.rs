@@ -241,16 +241,14 @@ impl Masker {
 
     /// Secrets the raw stream found: as written, or escaped (with their decoded bytes).
     fn record_plain(&mut self, found: Vec<(usize, Range<usize>, Option<Vec<u8>>)>) {
-        for (rule, span, decoded) in found {
-            let at = self.base;
-            let span = at + span.start as u64..at + span.end as u64;
+        for (rule, held, decoded) in found {
+            let span = self.base + held.start as u64..self.base + held.end as u64;
             match decoded {
                 Some(secret) => {
                     let encoding = self.escapes_in(&span);
                     self.record(rule, span, encoding, &secret);
                 }
                 None => {
-                    let held = (span.start - at) as usize..(span.end - at) as usize;
                     let secret = self.buf[held].to_vec();
                     self.record(rule, span, Encoding::Plain, &secret);
                 }

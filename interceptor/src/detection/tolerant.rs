@@ -148,34 +148,9 @@ fn hex_pair(bytes: &[u8]) -> Hir {
 /// One byte, and its escapes if encoders escape it.
 fn byte(b: u8) -> Hir {
     let lit = Hir::literal([b]);
-    if !is_escaped_by_encoders(b) {
-        return lit;
-    }
-    let hex = format!("{b:02X}");
-    let mut forms = vec![lit];
-    if matches!(b, b'"' | b'\\' | b'/') {
-        forms.push(Hir::literal([b'\\', b]));
-    }
-    forms.push(Hir::concat(
-        [&b"\\u00"[..], hex.as_bytes()]
-            .concat()
-            .iter()
-            .map(|&c| hex_digit(c))
-            .collect(),
-    ));
-    forms.push(Hir::concat(
-        std::iter::once(Hir::literal(*b"%"))
-            .chain(hex.bytes().map(hex_digit))
-            .collect(),
-    ));
-    Hir::alternation(forms)
-}
-
-/// A hex digit in either case (other bytes as they are).
-fn hex_digit(c: u8) -> Hir {
-    match c {
-        b'A'..=b'F' => Hir::class(class_of(&[c, c.to_ascii_lowercase()])),
-        _ => Hir::literal([c]),
+    match is_escaped_by_encoders(b) {
+        true => Hir::alternation(vec![lit, escapes_of(&class_of(&[b]))]),
+        false => lit,
     }
 }
 
