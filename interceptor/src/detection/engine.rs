@@ -87,6 +87,8 @@ pub(super) struct Candidates {
     closed: Vec<(usize, u64, u64)>,
     /// Lazy DFA caches for the rules' end checks, made on first use.
     end_caches: Vec<Option<regex_automata::hybrid::dfa::Cache>>,
+    /// A stream scan has met an escape that no encoder writes (see [`unusual_escape_signal`]).
+    pub(super) unusual_escape: bool,
 }
 
 impl Candidates {
@@ -100,7 +102,10 @@ impl Candidates {
         data: &[u8],
         base: u64,
     ) {
-        let r = &rules[rule as usize];
+        let Some(r) = rules.get(rule as usize) else {
+            self.unusual_escape = true;
+            return;
+        };
         // An end outside `data` cannot be checked; it stays a candidate.
         let at = (end.checked_sub(base))
             .map(|at| at as usize)
@@ -153,6 +158,7 @@ impl Engine {
             block.push(forms.block);
             stream.push(forms.stream);
         }
+        stream.push(unusual_escape_signal(rules.len())?);
         let block: BlockDatabase = Patterns(block).build().map_err(EngineError::Database)?;
         let stream: StreamingDatabase = Patterns(stream).build().map_err(EngineError::Database)?;
         let mut prototype = block.alloc_scratch().map_err(EngineError::Database)?;
@@ -201,6 +207,7 @@ impl Engine {
             touched: Vec::new(),
             closed: Vec::new(),
             end_caches: self.rules.iter().map(|_| None).collect(),
+            unusual_escape: false,
         }
     }
 
@@ -366,6 +373,17 @@ impl<'a> Window<'a> {
     }
 }
 
+/// The stream database's one pattern past the rules (its id is theirs, `rule_count`): an
+/// escape no encoder writes, for which a masker starts its decoded view. Reported once per
+/// stream.
+fn unusual_escape_signal(rule_count: usize) -> Result<Pattern, EngineError> {
+    let mut pattern =
+        Pattern::with_flags(decode::unusual_escape_pattern(), CompileFlags::SINGLEMATCH)
+            .map_err(EngineError::Database)?;
+    pattern.id = Some(rule_count);
+    Ok(pattern)
+}
+
 /// What Hyperscan runs for a rule in each mode.
 struct HyperscanForms {
     block: Pattern,
@@ -399,8 +417,7 @@ fn hyperscan_forms(rule: &Rule, index: usize) -> Result<HyperscanForms, EngineEr
     }
     let tolerant = |form: &str| -> Result<Pattern, EngineError> {
         let hir = tolerant::parse(form).map_err(|e| err(format!("regex: {e}")))?;
-        let printed = tolerant::hyperscan_syntax(&tolerant::tolerant(&hir, Precision::Wide));
-        Ok(parse(&printed)?.0)
+        Ok(parse(&tolerant::hyperscan_form(&hir))?.0)
     };
     let block = parse(rule.prefilter.as_deref().unwrap_or(&rule.pattern))?.0;
     // Streams meet escaped text (a masker's decoded view runs only for escapes no encoder

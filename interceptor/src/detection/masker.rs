@@ -178,11 +178,10 @@ impl Masker {
         Ok(())
     }
 
-    /// Starts the view when an escape first appears; it decodes everything still held.
+    /// Starts the view when the raw stream first meets an escape that no encoder writes; it
+    /// decodes everything still held.
     fn start_view(&mut self, new: usize) -> Result<(), ScanError> {
-        // Five bytes more, for an escape (`\u0067`) split across chunks.
-        let recent = &self.buf[self.buf.len().saturating_sub(new + 5)..];
-        if self.view.is_some() || !View::wanted(recent) {
+        if self.view.is_some() || !self.raw.saw_unusual_escape() {
             return Ok(());
         }
         let mut view = View::new(&self.engine, self.base)?;

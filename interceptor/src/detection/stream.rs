@@ -129,6 +129,11 @@ impl StreamScan {
         }
     }
 
+    /// Whether an escape that no encoder writes has gone by (`%5F`, `\u0067`).
+    pub(super) fn saw_unusual_escape(&self) -> bool {
+        self.candidates.unusual_escape
+    }
+
     /// Releases the Hyperscan stream (its state leaks otherwise).
     pub(super) fn close(&mut self, scratch: &Scratch) {
         if let Some(stream) = self.stream.take() {

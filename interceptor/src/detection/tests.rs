@@ -705,16 +705,19 @@ fn a_secret_that_ends_the_held_tail_is_masked_by_an_idle_flush() {
 #[test]
 fn escape_tolerant_forms_take_what_encoders_write_and_print_as_they_parse() {
     use tolerant::Precision;
-    let hir = tolerant::parse(r"\bkey=([A-Za-z0-9/+]{8})\b").unwrap();
     // Hyperscan's syntax here is also the regex crate's: the printed form is checked by it.
-    let form = |precision| {
-        let printed = tolerant::hyperscan_syntax(&tolerant::tolerant(&hir, precision));
-        regex::bytes::RegexBuilder::new(&printed)
+    let regex = |printed: &str| {
+        regex::bytes::RegexBuilder::new(printed)
             .unicode(false)
             .build()
             .unwrap()
     };
-    let (exact, wide) = (form(Precision::Exact), form(Precision::Wide));
+    let hir = tolerant::parse(r"\bkey=([A-Za-z0-9/+]{8})\b").unwrap();
+    let exact = regex(&tolerant::hyperscan_syntax(&tolerant::tolerant(
+        &hir,
+        Precision::Exact,
+    )));
+    let wide = regex(&tolerant::hyperscan_form(&hir));
     for written in [
         "key=ab/cd+ef",
         r"key\u003dab\/cd\u002Bef",
@@ -731,10 +734,43 @@ fn escape_tolerant_forms_take_what_encoders_write_and_print_as_they_parse() {
     // An escaped `:` is no byte of the secret's class: only the wide superset takes it.
     let colon = b"key=ab%3Acdef";
     assert!(!exact.is_match(colon) && wide.is_match(colon));
+    // A leading byte and its escapes become branches of their own, each with the rest.
+    let at = tolerant::hyperscan_form(&tolerant::parse("@[a-z]").unwrap());
+    let branches = match tolerant::parse(&at).unwrap().into_kind() {
+        regex_syntax::hir::HirKind::Alternation(b) => b.len(),
+        _ => 0,
+    };
+    assert_eq!(branches, 3, "{at}");
+    let at = regex(&at);
+    for written in ["@x", r"\u0040x", "%40x"] {
+        assert!(at.is_match(written.as_bytes()), "{written}");
+    }
+    for other in ["%41x", "@1", "%40"] {
+        assert!(!at.is_match(other.as_bytes()), "{other}");
+    }
 }
 
 #[test]
 fn only_escapes_no_encoder_writes_start_the_decoded_view() {
+    let engine = engine();
+    let scratch = engine.clone_scratch();
+    // Whether the raw stream signals such an escape, split at every point in two chunks.
+    let signals = |text: &str| {
+        let seen: Vec<bool> = (0..=text.len())
+            .map(|split| {
+                let mut scan = super::stream::StreamScan::new(&engine).unwrap();
+                for (len, new) in [(split, split), (text.len(), text.len() - split)] {
+                    let buf = &text.as_bytes()[..len];
+                    scan.scan(&engine, &scratch, buf, 0, new, false, |_, _, _| {})
+                        .unwrap();
+                }
+                scan.close(&scratch);
+                scan.saw_unusual_escape()
+            })
+            .collect();
+        assert!(seen.iter().all(|&s| s == seen[0]), "{text}: {seen:?}");
+        seen[0]
+    };
     // What JSON and URL encoders write: the escape-tolerant forms take it.
     for usual in [
         r"a\/b",
@@ -743,12 +779,14 @@ fn only_escapes_no_encoder_writes_start_the_decoded_view() {
         r"\u002b\u003c",
         r"caf\u00e9",
         "%C3%A9",
+        "100%",
+        r"\u00",
     ] {
-        assert!(!decode::has_unusual_escape(usual.as_bytes()), "{usual}");
+        assert!(!signals(usual), "{usual}");
     }
     // Letters, digits and `_` escaped: obfuscation, for the view.
-    for unusual in ["ghp%5Ftoken", r"\u0067hp_", "%41KIA"] {
-        assert!(decode::has_unusual_escape(unusual.as_bytes()), "{unusual}");
+    for unusual in ["ghp%5Ftoken", r"\u0067hp_", "%41KIA", "%2d", r"x\u004A"] {
+        assert!(signals(unusual), "{unusual}");
     }
 }
 

@@ -198,6 +198,46 @@ fn class_of(bytes: &[u8]) -> Class {
     ))
 }
 
+/// The stream database's form of `hir`: [`Precision::Wide`], a leading alternation branched
+/// out, in Hyperscan's syntax.
+pub fn hyperscan_form(hir: &Hir) -> String {
+    hyperscan_syntax(&branch_out_leading_alternation(tolerant(
+        hir,
+        Precision::Wide,
+    )))
+}
+
+/// Most alternatives a leading alternation may have to be branched out (each copies the
+/// rest of the pattern).
+const MAX_BRANCHED_OUT: usize = 8;
+
+/// `(?:@|%40)x` as `@x|%40x`: Hyperscan then takes each branch's literal on its own. With
+/// the alternation in front it ran an automaton at every `%` and `\` of escaped text; one
+/// such form (`url.credentials`, whose stream prefilter starts with `@`) cost a quarter
+/// of the whole database's time there.
+fn branch_out_leading_alternation(hir: Hir) -> Hir {
+    let HirKind::Concat(subs) = hir.kind() else {
+        return hir;
+    };
+    match subs[0].kind() {
+        HirKind::Alternation(alternatives) if alternatives.len() <= MAX_BRANCHED_OUT => {
+            Hir::alternation(
+                alternatives
+                    .iter()
+                    .map(|first| {
+                        Hir::concat(
+                            std::iter::once(first.clone())
+                                .chain(subs[1..].iter().cloned())
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        _ => hir,
+    }
+}
+
 /// `hir` in Hyperscan's syntax: every byte as `\xHH`, groups non-capturing.
 pub fn hyperscan_syntax(hir: &Hir) -> String {
     let mut out = String::new();

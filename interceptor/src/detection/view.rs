@@ -25,12 +25,6 @@ pub(super) struct View {
 }
 
 impl View {
-    /// Whether `raw` holds an escape that makes the view worth running: one that the
-    /// escape-tolerant forms of the rules do not take.
-    pub fn wanted(raw: &[u8]) -> bool {
-        decode::has_unusual_escape(raw)
-    }
-
     /// A view of the raw stream from offset `raw_at` on.
     pub fn new(engine: &Engine, raw_at: u64) -> Result<View, ScanError> {
         Ok(View {
