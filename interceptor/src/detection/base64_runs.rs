@@ -2,7 +2,8 @@
 //! so a byte-at-a-time walk touches much of the stream. Instead: a run of 24 or more holds
 //! two whole adjacent 8-byte lanes (counted from any origin), so the search looks for such a
 //! pair, 64 bytes at a time (AVX2 nibble lookups classify the bytes, one compare per lane),
-//! and only then walks the one run around it. Most text has no such pair.
+//! and only then finds the ends of the one run around it, 32 bytes at a time. Most text has
+//! no such pair; JSON has ids and digests (hex, UUIDs) that do.
 
 use std::ops::Range;
 
@@ -34,10 +35,7 @@ pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
     let mut at = from;
     // Each pair found lies in the next run that may be long enough; shorter ones are passed.
     while let Some(pair) = first_full_pair(raw, at) {
-        let start = raw[at..pair]
-            .iter()
-            .rposition(|&b| !is_base64(b))
-            .map_or(at, |p| at + p + 1);
+        let start = run_start(raw, at, pair);
         let end = run_end(raw, pair);
         if end - start >= MIN_BASE64_RUN {
             return Some(start..end);
@@ -73,16 +71,47 @@ fn pair_from(raw: &[u8], at: usize, mut prev_full: bool) -> Option<usize> {
 
 /// Where the run of base64 characters that ends `raw` starts (`raw.len()` if none does).
 pub fn trailing_base64_start(raw: &[u8]) -> usize {
-    raw.iter()
-        .rposition(|&b| !is_base64(b))
-        .map_or(0, |p| p + 1)
+    run_start(raw, 0, raw.len())
 }
 
-fn run_end(raw: &[u8], start: usize) -> usize {
+/// Where the run of base64 characters that ends at `end` starts (not before `from`).
+fn run_start(raw: &[u8], from: usize, mut end: usize) -> usize {
+    while end >= from + 32 {
+        match base64_mask(&raw[end - 32..end]) {
+            Some(u32::MAX) => end -= 32,
+            Some(mask) => return end - mask.leading_ones() as usize,
+            None => break,
+        }
+    }
+    raw[from..end]
+        .iter()
+        .rposition(|&b| !is_base64(b))
+        .map_or(from, |p| from + p + 1)
+}
+
+/// Where the run of base64 characters from `start` on ends.
+fn run_end(raw: &[u8], mut start: usize) -> usize {
+    while start + 32 <= raw.len() {
+        match base64_mask(&raw[start..start + 32]) {
+            Some(u32::MAX) => start += 32,
+            Some(mask) => return start + mask.trailing_ones() as usize,
+            None => break,
+        }
+    }
     raw[start..]
         .iter()
         .position(|&b| !is_base64(b))
         .map_or(raw.len(), |p| start + p)
+}
+
+/// Bit k set when byte k of `v` (32 bytes) is a base64 character; None without AVX2.
+fn base64_mask(v: &[u8]) -> Option<u32> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return Some(unsafe { avx2::base64_bytes(v) });
+    }
+    None
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -162,6 +191,21 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn whole_lanes(v: &[u8]) -> u32 {
+        let whole = _mm256_cmpeq_epi64(not_base64(v), _mm256_setzero_si256());
+        _mm256_movemask_pd(_mm256_castsi256_pd(whole)) as u32
+    }
+
+    /// Bit k set when byte k of `v` (32 bytes) is a base64 character.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn base64_bytes(v: &[u8]) -> u32 {
+        !(_mm256_movemask_epi8(not_base64(v)) as u32)
+    }
+
+    /// 0xFF in each byte of `v` (32 bytes) that is not a base64 character, 0 elsewhere.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn not_base64(v: &[u8]) -> __m256i {
         assert_eq!(v.len(), 32);
         // SAFETY: the two tables are 16 bytes and `v` 32, so every load is in bounds.
         unsafe {
@@ -178,10 +222,7 @@ mod avx2 {
                 _mm256_shuffle_epi8(by_high, high),
                 _mm256_shuffle_epi8(by_low, low),
             );
-            let zero = _mm256_setzero_si256();
-            let not_base64 = _mm256_cmpeq_epi8(classes, zero);
-            let whole = _mm256_cmpeq_epi64(not_base64, zero);
-            _mm256_movemask_pd(_mm256_castsi256_pd(whole)) as u32
+            _mm256_cmpeq_epi8(classes, _mm256_setzero_si256())
         }
     }
 }
@@ -209,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn whole_lanes_match_the_table_for_every_byte_in_every_position() {
+    fn lane_and_byte_masks_match_the_table_for_every_byte_in_every_position() {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
             for b in 0..=255u8 {
@@ -223,6 +264,9 @@ mod tests {
                     };
                     // SAFETY: the CPU has AVX2.
                     assert_eq!(unsafe { avx2::whole_lanes(&v) }, expected, "{b:#x} at {at}");
+                    let bytes = if is_base64(b) { u32::MAX } else { !(1 << at) };
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { avx2::base64_bytes(&v) }, bytes, "{b:#x} at {at}");
                 }
             }
         }

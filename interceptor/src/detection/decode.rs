@@ -282,10 +282,18 @@ pub fn base64_decode_run(run: &[u8]) -> Option<Vec<u8>> {
             .with_decode_padding_mode(DecodePaddingMode::Indifferent)
             .with_decode_allow_trailing_bits(true),
     );
-    if run.len() < MIN_BASE64_RUN
-        || !run.iter().any(u8::is_ascii_uppercase)
-        || !run.iter().any(u8::is_ascii_lowercase)
-    {
+    // Both cases, in one pass the compiler vectorizes (ids and digests in JSON are runs too).
+    const UPPER: u8 = 1;
+    const LOWER: u8 = 2;
+    let cases = run.iter().fold(0, |cases, b| {
+        cases
+            | match b {
+                b'A'..=b'Z' => UPPER,
+                b'a'..=b'z' => LOWER,
+                _ => 0,
+            }
+    });
+    if run.len() < MIN_BASE64_RUN || cases != UPPER | LOWER {
         return None;
     }
     // A lone trailing character cannot be decoded; 2 or 3 can (padding is optional).
