@@ -475,6 +475,8 @@ fn encoded_secrets_split_at_every_point_are_masked() {
     let json = aws.replace('+', r"\u002b").replace('/', r"\/");
     let url = aws.replace('+', "%2B").replace('/', "%2F");
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("token={ghp}\n"));
+    // Escapes no encoder writes: the raw stream signals them (split or not), a view decodes.
+    let obfuscated = ghp.replacen('_', "%5F", 1).replacen('g', r"\u0067", 1);
     let cases = [
         (
             format!(r#"{{"aws_secret_access_key": "{json}"}}"#),
@@ -486,6 +488,13 @@ fn encoded_secrets_split_at_every_point_are_masked() {
             format!("GET /?aws_secret_access_key={url}&x=1 HTTP/1.1\r\n"),
             url.clone(),
             "aws.secret-access-key",
+            Encoding::UrlEncoded,
+        ),
+        (
+            format!(r#"{{"q": "token={obfuscated}"}}"#),
+            obfuscated.clone(),
+            "github.ghp",
+            // A `%XX` among the escapes makes it URL-encoded.
             Encoding::UrlEncoded,
         ),
         (
