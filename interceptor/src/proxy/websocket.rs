@@ -13,6 +13,11 @@
 //! it: a secret that ends a message would look unfinished to the scanner (it could go on)
 //! until the idle flush forwarded it. So the reader hands the scanner one newline after each
 //! final frame (FIN set), and the writer drops it.
+//!
+//! A control frame (ping, pong, close) may come between two fragments of a message; handed
+//! to the scanner, it would cut the message's stretch in two. Such a frame (its payload is
+//! at most 125 bytes) is sent on as it came, unscanned; between messages, control frames
+//! are scanned like any other.
 
 use std::collections::VecDeque;
 use std::io;
@@ -63,13 +68,15 @@ enum Segment {
     },
     /// The newline after a message, which the scanner sees and which is not sent on.
     End,
+    /// A control frame inside a fragmented message, header and payload: sent on as it came.
+    Verbatim(Vec<u8>),
 }
 
 impl Segment {
     /// Bytes of it in the scanner's stream.
     fn scanned(&self) -> u64 {
         match self {
-            Segment::Header { .. } => 0,
+            Segment::Header { .. } | Segment::Verbatim(_) => 0,
             Segment::Payload { len, .. } => *len,
             Segment::End => 1,
         }
@@ -81,6 +88,7 @@ impl Segment {
             Segment::Header { len, .. } => *len as u64,
             Segment::Payload { len, .. } => *len,
             Segment::End => 0,
+            Segment::Verbatim(frame) => frame.len() as u64,
         }
     }
 }
@@ -101,7 +109,12 @@ enum State {
     },
     /// Handing on the newline that ends a message.
     End,
+    /// Collecting a control frame inside a fragmented message; `remaining` payload bytes.
+    Verbatim { remaining: usize },
 }
+
+/// Longest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
 
 /// The reading half of one direction: payloads unmasked, layout noted.
 pub struct FrameReader<R> {
@@ -109,6 +122,12 @@ pub struct FrameReader<R> {
     layout: Arc<Layout>,
     state: State,
     header: [u8; MAX_HEADER],
+    /// A data frame without FIN came, and its message's last frame has not yet.
+    in_message: bool,
+    /// The control frame being collected in `State::Verbatim`.
+    verbatim: Vec<u8>,
+    /// A bad frame found after payload bytes were handed out: reported by the next read.
+    failed: Option<io::Error>,
     /// Read from `inner`, not handed out yet.
     raw: Box<[u8]>,
     raw_at: usize,
@@ -122,6 +141,9 @@ impl<R> FrameReader<R> {
             layout,
             state: State::Head { have: 0 },
             header: [0; MAX_HEADER],
+            in_message: false,
+            verbatim: Vec::new(),
+            failed: None,
             raw: vec![0; READ_SIZE].into_boxed_slice(),
             raw_at: 0,
             raw_len: 0,
@@ -143,8 +165,25 @@ impl<R> FrameReader<R> {
                         payload,
                         key,
                         fin,
+                        control,
                     }) = parse_header(&self.header[..*have])?
                     {
+                        if control && self.in_message {
+                            if payload > MAX_CONTROL_PAYLOAD {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::InvalidData,
+                                    "WebSocket control frame longer than 125 bytes",
+                                ));
+                            }
+                            self.verbatim = self.header[..len].to_vec();
+                            self.state = State::Verbatim {
+                                remaining: payload as usize,
+                            };
+                            continue;
+                        }
+                        if !control {
+                            self.in_message = !fin;
+                        }
                         let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
                         layout.push_back(Segment::Header {
                             bytes: self.header,
@@ -174,6 +213,21 @@ impl<R> FrameReader<R> {
                 State::End => {
                     out.put_slice(b"\n");
                     self.state = State::Head { have: 0 };
+                }
+                State::Verbatim { remaining: 0 } => {
+                    let frame = std::mem::take(&mut self.verbatim);
+                    let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
+                    layout.push_back(Segment::Verbatim(frame));
+                    self.state = State::Head { have: 0 };
+                }
+                State::Verbatim { remaining } => {
+                    if raw.is_empty() {
+                        break;
+                    }
+                    let n = (*remaining).min(raw.len());
+                    self.verbatim.extend_from_slice(&raw[..n]);
+                    *remaining -= n;
+                    self.raw_at += n;
                 }
                 State::Payload {
                     remaining,
@@ -209,9 +263,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameReader<R> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Err(e));
+        }
         let start = out.filled().len();
         loop {
-            this.process(out)?;
+            if let Err(e) = this.process(out) {
+                // A read either hands out bytes or fails; these bytes were good.
+                if out.filled().len() > start {
+                    this.failed = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                return Poll::Ready(Err(e));
+            }
             if out.filled().len() > start || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
@@ -242,6 +306,8 @@ struct FrameHead {
     key: Option<[u8; 4]>,
     /// The last frame of its message (control frames always are).
     fin: bool,
+    /// Ping, pong or close (opcode 8 and up).
+    control: bool,
 }
 
 /// The frame in `header` once it is complete.
@@ -276,6 +342,7 @@ fn parse_header(header: &[u8]) -> io::Result<Option<FrameHead>> {
         payload,
         key,
         fin: header[0] & 0x80 != 0,
+        control: header[0] & 0x08 != 0,
     }))
 }
 
@@ -320,6 +387,7 @@ impl<W> FrameWriter<W> {
                 Segment::Header { bytes, len } => {
                     self.scratch.extend_from_slice(&bytes[at as usize..*len]);
                 }
+                Segment::Verbatim(frame) => self.scratch.extend_from_slice(&frame[at as usize..]),
                 Segment::Payload { .. } if rest.is_empty() => break,
                 Segment::Payload { len, key } => {
                     let n = (len - at).min(rest.len() as u64) as usize;
@@ -537,14 +605,26 @@ mod tests {
             ]
             .concat()
         };
-        // A ping between two fragments is a message of its own: its newline sits inside the
-        // text message, which then holds no whole secret and passes unchanged.
-        let pinged = [
-            fragment(1, b"token SEC", Some(KEY), false),
+        // Control frames between fragments pass as they came, unscanned: the message stays
+        // one stretch. Between messages, a ping is scanned as a message of its own.
+        let pinged = |parts: [&[u8]; 3]| -> Vec<u8> {
+            [
+                fragment(1, parts[0], Some(KEY), false),
+                frame(9, b"", Some(KEY)),
+                fragment(0, parts[1], Some(KEY), false),
+                frame(10, b"SECRET", Some(KEY)),
+                fragment(0, parts[2], Some(KEY), true),
+                frame(9, b"SECRET", Some(KEY)),
+            ]
+            .concat()
+        };
+        let pinged_out = [
+            fragment(1, b"token ***", Some(KEY), false),
             frame(9, b"", Some(KEY)),
-            fragment(0, b"R", Some(KEY), false),
-            fragment(0, b"ET!", Some(KEY), true),
-            frame(1, b"next", Some(KEY)),
+            fragment(0, b"*", Some(KEY), false),
+            frame(10, b"SECRET", Some(KEY)),
+            fragment(0, b"**!", Some(KEY), true),
+            frame(9, b"******", Some(KEY)),
         ]
         .concat();
         let cases: [(Vec<u8>, &[u8], Vec<u8>); 2] = [
@@ -553,7 +633,11 @@ mod tests {
                 b"token SECRET!\n",
                 fragments([b"token ***", b"*", b"**!"]),
             ),
-            (pinged.clone(), b"token SEC\nRET!\nnext\n", pinged),
+            (
+                pinged([b"token SEC", b"R", b"ET!"]),
+                b"token SECRET!\nSECRET\n",
+                pinged_out,
+            ),
         ];
         for (input, expected_seen, expected) in cases {
             for piece in [1, 3, 4096] {
@@ -577,6 +661,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        // A control frame inside a message is held whole: it may not be long.
+        let long_ping = [fragment(1, b"a", None, false), frame(9, &[b'p'; 126], None)].concat();
+        let err = through(long_ping, 64, |_| {}).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }
 
@@ -630,7 +718,8 @@ mod relay_tests {
         let text = format!("token {TOKEN} done");
         let (first, second) = text.split_at(20);
         let mut sent = Vec::new();
-        for (opcode, part) in [(0x01, first), (0x80, second)] {
+        // A ping between the fragments passes as it came and does not cut the token.
+        for (opcode, part) in [(0x01, first), (0x89, ""), (0x80, second)] {
             let mut frame = vec![opcode, 0x80 | part.len() as u8];
             frame.extend_from_slice(&key);
             frame.extend(part.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
