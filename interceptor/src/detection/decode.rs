@@ -128,19 +128,19 @@ impl Decoded {
 pub fn unusual_escape_pattern() -> String {
     // Every escape spelled out: as `%` or `\u00` before classes of hex digits, the pattern
     // made Hyperscan run an automaton at each `%` and `\` of escaped text (a third more time).
+    let cases = |digit: u8| {
+        let lower = char::from_digit(digit.into(), 16).unwrap_or('0');
+        let mut both = vec![lower, lower.to_ascii_uppercase()];
+        both.dedup();
+        both
+    };
     let mut escapes = Vec::new();
     for b in (0..0x80u8).filter(|&b| !is_escaped_by_encoders(b)) {
-        let hex = format!("{b:02x}");
-        let mut cases = vec![hex.clone(), hex.to_ascii_uppercase()];
-        cases.extend([
-            hex[..1].to_ascii_uppercase() + &hex[1..],
-            hex[..1].to_owned() + &hex[1..].to_ascii_uppercase(),
-        ]);
-        cases.sort();
-        cases.dedup();
-        for case in cases {
-            escapes.push(format!("%{case}"));
-            escapes.push(format!(r"\\u00{case}"));
+        for high in cases(b >> 4) {
+            for low in cases(b & 0xf) {
+                escapes.push(format!("%{high}{low}"));
+                escapes.push(format!(r"\\u00{high}{low}"));
+            }
         }
     }
     escapes.join("|")
