@@ -750,10 +750,12 @@ fn vault_credentials_follow_the_policy_and_placeholders_in_bodies_are_swapped() 
             r.headers
         );
     }
-    // HTTP/1.1: the swap changes the length, so the body went chunked.
+    // The swap changes the length; a body this small is read whole and goes on with its
+    // new length, not chunked (some servers refuse chunked uploads).
+    let length = want.len().to_string();
     ensure!(
-        got[0].header("transfer-encoding") == Some("chunked")
-            && got[0].header("content-length").is_none(),
+        got[0].header("content-length") == Some(length.as_str())
+            && got[0].header("transfer-encoding").is_none(),
         "framing: {:?}",
         got[0].headers
     );

@@ -208,6 +208,8 @@ enum Source {
     /// No transform: frames go on as they come.
     Direct(HttpBody),
     Transformed(Pipeline),
+    /// Read whole already (and counted): the frames to hand on.
+    Buffered(std::collections::VecDeque<Frame<Bytes>>),
 }
 
 impl Metered {
@@ -228,6 +230,25 @@ impl Metered {
             side,
             done: false,
         }
+    }
+
+    /// This body read to its end now, held to be handed on at once: a small request body
+    /// that a transform resized gets a `Content-Length` that way. Returns it and its data
+    /// length, or None for the length when it has trailers (they need chunked framing).
+    pub async fn buffered(mut self) -> Result<(Metered, Option<u64>), BoxError> {
+        use http_body_util::BodyExt;
+        let (mut frames, mut data, mut trailers) = (std::collections::VecDeque::new(), 0, false);
+        while let Some(frame) = self.frame().await {
+            let frame = frame?;
+            match frame.data_ref() {
+                Some(d) => data += d.len() as u64,
+                None => trailers = true,
+            }
+            frames.push_back(frame);
+        }
+        self.source = Source::Buffered(frames);
+        self.done = false;
+        Ok((self, (!trailers).then_some(data)))
     }
 
     fn failed(&self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -270,6 +291,7 @@ impl Body for Metered {
             }
             // The task counts what comes in.
             Source::Transformed(pipeline) => ready!(pipeline.poll_frame(cx)),
+            Source::Buffered(frames) => frames.pop_front().map(Ok),
         };
         match item {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -286,6 +308,7 @@ impl Body for Metered {
             || match &self.source {
                 Source::Direct(inner) => inner.is_end_stream(),
                 Source::Transformed(_) => false,
+                Source::Buffered(frames) => frames.is_empty(),
             }
     }
 
@@ -293,6 +316,10 @@ impl Body for Metered {
         match &self.source {
             Source::Direct(inner) => inner.size_hint(),
             Source::Transformed(pipeline) => pipeline.size_hint(),
+            Source::Buffered(frames) => {
+                let data = frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len());
+                SizeHint::with_exact(data.sum::<usize>() as u64)
+            }
         }
     }
 }

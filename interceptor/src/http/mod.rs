@@ -42,6 +42,9 @@ type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + S
 
 /// How long a finished workload connection waits for its upstream connection to wind down.
 const UPSTREAM_LINGER: Duration = Duration::from_secs(5);
+/// Request bodies up to this size that a transform resizes are read whole before they go
+/// on, so that they keep a `Content-Length` (larger ones stream, chunked on HTTP/1.1).
+const REFRAMED_REQUEST_BODY: u64 = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -266,9 +269,36 @@ impl Connection {
             return answer(&exchange, status, reason);
         }
         let body = body.into_body();
+        let declared = (head.headers.contains_key(http::header::CONTENT_LENGTH))
+            .then(|| hyper::body::Body::size_hint(&body).exact())
+            .flatten();
         let transform = transform_for(&body, decision.body, &mut head.headers)
             .map(|t| Box::new(CapRefuses(t)) as Box<dyn BodyTransform>);
-        let body = Metered::new(body, exchange.clone(), Side::Request, transform);
+        let resized = !head.headers.contains_key(http::header::CONTENT_LENGTH);
+        let mut body = Metered::new(body, exchange.clone(), Side::Request, transform);
+        // Some servers refuse chunked uploads: a small body that a transform resized (a
+        // vault swap) is read whole here and keeps a `Content-Length`, with its new length.
+        if resized && declared.is_some_and(|n| n <= REFRAMED_REQUEST_BODY) {
+            match body.buffered().await {
+                Ok((whole, length)) => {
+                    body = whole;
+                    if let Some(length) = length {
+                        head.headers
+                            .insert(http::header::CONTENT_LENGTH, length.into());
+                    }
+                }
+                Err(e) => {
+                    if let Some((status, reason)) = exchange.refused() {
+                        return answer(&exchange, status, reason);
+                    }
+                    return answer(
+                        &exchange,
+                        StatusCode::BAD_REQUEST,
+                        format!("request body: {e}"),
+                    );
+                }
+            }
+        }
         let mut req = Request::from_parts(head, body);
         // A CONNECT (the workload talks to an HTTP proxy) becomes a tunnel on a 2xx, an
         // `Upgrade` (WebSocket) another protocol on a 101: either way, raw bytes follow.

@@ -10,8 +10,8 @@ use super::hook::{BodyTransform, Decision, Hook, HookFuture};
 use super::*;
 use crate::sessions::HttpExchange;
 
-/// Adds `x-hooked` to requests, refuses `/forbidden`, upper-cases request bodies (`/echo`;
-/// `/hello` has none, and must go on without one).
+/// Adds `x-hooked` to requests, refuses `/forbidden`, upper-cases request bodies (`/echo`,
+/// `/framing`; `/hello` has none, and must go on without one).
 struct TestHook;
 
 struct Upper;
@@ -37,7 +37,7 @@ impl Hook for TestHook {
                 .insert("x-hooked", format!("seq {}", info.seq).parse().unwrap());
             match head.uri.path() {
                 "/forbidden" => Decision::forbidden("not on the list".into()),
-                "/echo" | "/hello" => Decision {
+                "/echo" | "/hello" | "/framing" => Decision {
                     verdict: Verdict::Forward,
                     body: Some(Box::new(Upper)),
                 },
@@ -99,8 +99,12 @@ async fn upstream_server() -> SocketAddr {
                             header("content-length")
                         );
                         let hooked = header("x-hooked");
+                        let framing_only = req.uri().path() == "/framing";
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let text = format!("{hooked} {framing} body={}", body.len());
+                        let text = match framing_only {
+                            true => format!("{framing} body={}", body.len()),
+                            false => format!("{hooked} {framing} body={}", body.len()),
+                        };
                         Full::new(Bytes::from(text))
                             .map_err(|never: Infallible| match never {})
                             .boxed_unsync()
@@ -155,6 +159,26 @@ async fn start_proxy(
     }
 }
 
+/// A request to `upstream` as a client of `version` writes it (HTTP/2: absolute URI).
+fn request(
+    version: Version,
+    upstream: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let uri = match version {
+        Version::Http1 => path.to_owned(),
+        Version::Http2 => format!("http://{upstream}{path}"),
+    };
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", upstream.to_string())
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
 async fn run(version: Version) -> Vec<HttpExchange> {
     let upstream = upstream_server().await;
     let layer = HttpLayer {
@@ -173,18 +197,8 @@ async fn run(version: Version) -> Vec<HttpExchange> {
         ("POST", "/echo", "abc", "ABC!"),
         ("GET", "/forbidden", "", "not on the list"),
     ];
-    let send = |method: &str, path: &str, body: &str| {
-        let uri = match version {
-            Version::Http1 => path.to_owned(),
-            Version::Http2 => format!("http://{upstream}{path}"),
-        };
-        Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", upstream.to_string())
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap()
-    };
+    let send =
+        |method: &str, path: &str, body: &str| request(version, upstream, method, path, body);
     let mut statuses = Vec::new();
     match version {
         Version::Http1 => {
@@ -252,6 +266,54 @@ async fn http1_keep_alive_through_hooks_and_records() {
 #[tokio::test]
 async fn http2_streams_through_hooks_and_records() {
     check(&run(Version::Http2).await, "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn a_small_request_body_a_transform_resizes_keeps_a_content_length() {
+    for version in [Version::Http1, Version::Http2] {
+        let upstream = upstream_server().await;
+        let layer = HttpLayer::new(Hooks::new(vec![Arc::new(TestHook)]), Duration::from_secs(5));
+        let proxied = start_proxy(layer, 1, version, upstream).await;
+        let io = TokioIo::new(TcpStream::connect(proxied.front).await.unwrap());
+        let large = "a".repeat(100 * 1024);
+        // Upper-cased and one byte longer. Large bodies stream, chunked on HTTP/1.1.
+        let cases = [
+            ("abc", "te=- cl=4 body=4".to_owned()),
+            (
+                large.as_str(),
+                match version {
+                    Version::Http1 => "te=chunked cl=- body=102401".to_owned(),
+                    Version::Http2 => "te=- cl=- body=102401".to_owned(),
+                },
+            ),
+        ];
+        let request = |body: &str| request(version, upstream, "POST", "/framing", body);
+        let mut responses = Vec::new();
+        match version {
+            Version::Http1 => {
+                let (mut tx, conn) = client1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                for (body, _) in &cases {
+                    responses.push(tx.send_request(request(body)).await.unwrap());
+                }
+            }
+            Version::Http2 => {
+                let (mut tx, conn) = client2::handshake(TokioExecutor::new(), io).await.unwrap();
+                tokio::spawn(conn);
+                for (body, _) in &cases {
+                    responses.push(tx.send_request(request(body)).await.unwrap());
+                }
+            }
+        }
+        let mut answers = Vec::new();
+        for resp in responses {
+            answers.push(resp.into_body().collect().await.unwrap().to_bytes());
+        }
+        for ((_, want), got) in cases.iter().zip(&answers) {
+            assert_eq!(got, want.as_bytes(), "{version:?}");
+        }
+        proxied.task.abort();
+    }
 }
 
 #[tokio::test]
