@@ -109,8 +109,7 @@ fn main() -> Result<()> {
          same daemon, with `record_body_bytes = 0`. Two payloads: lines as Go, Python or \
          serde write them (`https://...`, `q=red+shoes`), and the same lines with \
          `\\/`-escaped URLs (as PHP writes them) and `%20`-encoded queries, which the \
-         rules' escape-tolerant forms take (Hyperscan does more there: more of the text may \
-         be a rule's).\n\n\
+         rules' escape-tolerant forms take.\n\n\
          | payload | direct (no proxy) | masking off | masking on | on ÷ off |\n\
          | --- | --- | --- | --- | --- |\n\
          {rows}\n\

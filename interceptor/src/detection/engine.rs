@@ -377,9 +377,11 @@ impl<'a> Window<'a> {
 /// escape no encoder writes, for which a masker starts its decoded view. Reported once per
 /// stream.
 fn unusual_escape_signal(rule_count: usize) -> Result<Pattern, EngineError> {
-    let mut pattern =
-        Pattern::with_flags(decode::unusual_escape_pattern(), CompileFlags::SINGLEMATCH)
-            .map_err(EngineError::Database)?;
+    let mut pattern = Pattern::with_flags(
+        tolerant::unusual_escape_pattern(),
+        CompileFlags::SINGLEMATCH,
+    )
+    .map_err(EngineError::Database)?;
     pattern.id = Some(rule_count);
     Ok(pattern)
 }

@@ -110,9 +110,7 @@ impl Masker {
             &self.scratch,
             &self.buf,
             self.base,
-            |rule, span, decoded: Option<&[u8]>| {
-                plain.push((rule, span, decoded.map(<[u8]>::to_vec)))
-            },
+            collect(&mut plain),
         )?;
         self.record_plain(plain);
         let mut found = Vec::new();
@@ -145,9 +143,7 @@ impl Masker {
             self.base,
             new,
             at_end,
-            |rule, span, decoded: Option<&[u8]>| {
-                plain.push((rule, span, decoded.map(<[u8]>::to_vec)))
-            },
+            collect(&mut plain),
         )?;
         self.record_plain(plain);
         self.start_view(new)?;
@@ -163,12 +159,8 @@ impl Masker {
     /// Secrets that end at the end of the buffer, raw and in the view, as at the end.
     fn scan_tails(&mut self) -> Result<(), ScanError> {
         let mut plain = Vec::new();
-        self.raw.scan_tail(
-            &self.engine,
-            &self.scratch,
-            &self.buf,
-            |rule, span, decoded| plain.push((rule, span, decoded.map(<[u8]>::to_vec))),
-        )?;
+        self.raw
+            .scan_tail(&self.engine, &self.scratch, &self.buf, collect(&mut plain))?;
         self.record_plain(plain);
         let mut found = Vec::new();
         if let Some(view) = &mut self.view {
@@ -239,7 +231,7 @@ impl Masker {
     }
 
     /// Secrets the raw stream found: as written, or escaped (with their decoded bytes).
-    fn record_plain(&mut self, found: Vec<(usize, Range<usize>, Option<Vec<u8>>)>) {
+    fn record_plain(&mut self, found: Vec<RawFinding>) {
         for (rule, held, decoded) in found {
             let span = self.base + held.start as u64..self.base + held.end as u64;
             match decoded {
@@ -351,6 +343,14 @@ impl Masker {
             view.release(base);
         }
     }
+}
+
+/// A secret the raw stream found: rule, span in the buffer, decoded bytes if escaped.
+type RawFinding = (usize, Range<usize>, Option<Vec<u8>>);
+
+/// Gathers the raw stream's findings, to record once the stream scan lets go of the buffer.
+fn collect(found: &mut Vec<RawFinding>) -> impl FnMut(usize, Range<usize>, Option<&[u8]>) + '_ {
+    |rule, span, decoded| found.push((rule, span, decoded.map(<[u8]>::to_vec)))
 }
 
 /// Masks a whole value (a header, a small body) in one go: the masked bytes, same length,
