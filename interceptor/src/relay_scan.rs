@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::detection::{Engine, Finding, Masker, ScanError, SecretHasher, Selection};
+use crate::detection::{
+    Engine, Finding, Masker, ScanError, SecretHasher, Selection, mask_buffer_selected,
+};
 
 const READ_SIZE: usize = 16 * 1024;
 
@@ -105,6 +107,15 @@ impl ScanRelay {
             &on_finding,
         );
         tokio::try_join!(up, down).map(|_| ())
+    }
+
+    /// Masks a short buffer that passes apart from the streams (a WebSocket control frame
+    /// inside a fragmented message) whole and in place, with the same rules.
+    pub fn mask_apart(&self, data: &mut [u8]) -> Result<Vec<Finding>, ScanError> {
+        let (masked, found) =
+            mask_buffer_selected(&self.engine, &self.hasher, self.selection.as_ref(), data)?;
+        data.copy_from_slice(&masked);
+        Ok(found)
     }
 
     async fn pump(

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::model::{Enrollment, Session, Status, brief_all};
 use crate::proc::{run_with_timeout, spawn_logged};
-use crate::util::{free_port, interceptor_bin, next_id, poll, tail};
+use crate::util::{files_containing, free_port, interceptor_bin, next_id, poll, tail};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -140,6 +140,14 @@ impl Daemon {
     }
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+    /// Fails naming the file when any file under the data directory holds one of `secrets`.
+    pub fn ensure_not_stored(&self, secrets: &[&str]) -> Result<()> {
+        for secret in secrets {
+            let found = files_containing(&self.data_dir, secret.as_bytes())?;
+            anyhow::ensure!(found.is_empty(), "{secret:?} stored in {found:?}");
+        }
+        Ok(())
     }
     pub fn bpffs_dir(&self) -> &Path {
         &self.bpffs_dir

@@ -11,14 +11,15 @@ MODE
         or "ok\\n" (anything else). Honours "Expect: 100-continue".
   say   reads one line, answers SEED and a newline, waits for EOF.
   ws    a WebSocket server (HTTP/1.1 upgrade): answers every data frame with a text frame
-        SEED, until the client's close frame.
+        SEED and every ping with its pong, until the client's close frame.
 
 With --tls-cert/--tls-key, each connection is TLS first (no ALPN).
 
 Prints "LISTENING <port>" once bound, then one JSON line per finished connection:
   {"mode", "peer", "local", "received", "sha256", "sent", "error"}
 where received/sha256 describe what the client sent (the HTTP body in http mode), and, in
-say and ws modes, "messages": the line, or the last 200 bytes of each WebSocket payload.
+say and ws modes, "messages": the line, or the last 200 bytes of each WebSocket payload
+("ping:" and the payload for a ping).
 The deterministic payload is sha256(f"{seed}:{i}") blocks, i = 0, 1, ..., cut to N bytes.
 """
 import argparse
@@ -190,6 +191,9 @@ def serve_ws(conn, rec, args):
         if opcode == 8:
             conn.sendall(ws_frame(8, payload))
             break
+        if opcode == 9:
+            rec["messages"].append("ping:" + payload.decode(errors="replace"))
+            conn.sendall(ws_frame(10, payload))
         if opcode in (1, 2):
             rec["received"] += len(payload)
             rec["messages"].append(payload[-200:].decode(errors="replace"))

@@ -21,6 +21,9 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
                                            TEXT" and a 70000-byte masked binary frame ending
                                            in " TEXT"; reports the server's replies
+  tls_client.py wsping HOST PORT TEXT      plain TCP WebSocket: a text message in two
+                                           fragments with a ping "ping TEXT" between them;
+                                           reports the frames the server answers with
   tls_client.py h2ws HOST PORT TEXT PAUSE  WebSocket over HTTP/2 (RFC 8441 extended CONNECT to
                                            /ws, python h2): after the 200 and PAUSE seconds
                                            of silence, a masked text frame "token TEXT";
@@ -148,20 +151,22 @@ def frame_types(data):
     return types
 
 
-def ws_masked_frame(opcode, payload):
-    """A client frame, FIN set, masked with a fixed key."""
+def ws_masked_frame(opcode, payload, fin=True):
+    """A client frame masked with a fixed key, FIN set unless `fin` is false."""
     key = bytes.fromhex("37fa213d")
     n = len(payload)
+    first = (0x80 if fin else 0) | opcode
     if n < 126:
-        head = bytes([0x80 | opcode, 0x80 | n])
+        head = bytes([first, 0x80 | n])
     elif n <= 0xFFFF:
-        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        head = bytes([first, 0x80 | 126]) + n.to_bytes(2, "big")
     else:
-        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+        head = bytes([first, 0x80 | 127]) + n.to_bytes(8, "big")
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def wssecret(host, port, text):
+def ws_upgraded(host, port):
+    """A plain TCP connection upgraded to WebSocket at /ws: (socket, reader, status line)."""
     s = socket.create_connection((host, port), timeout=20)
     s.sendall(b"GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -170,20 +175,42 @@ def wssecret(host, port, text):
     status = f.readline().decode().rstrip("\r\n")
     while f.readline() not in (b"\r\n", b""):
         pass
+    return s, f, status
+
+
+def ws_read_server_frame(f):
+    """(opcode, payload) of the next server frame (never masked, under 64 KiB)."""
+    head = f.read(2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    return head[0] & 0x0F, f.read(n).decode(errors="replace")
+
+
+def wssecret(host, port, text):
+    s, f, status = ws_upgraded(host, port)
     # Both frames in one write: the proxy must find the boundary inside its reads.
     s.sendall(ws_masked_frame(1, b"token " + text.encode())
               + ws_masked_frame(2, b"a" * (69999 - len(text)) + b" " + text.encode()))
-    received = []
-    for _ in range(2):
-        head = f.read(2)
-        n = head[1] & 0x7F
-        if n == 126:
-            n = int.from_bytes(f.read(2), "big")
-        received.append(f.read(n).decode(errors="replace"))
+    received = [ws_read_server_frame(f)[1] for _ in range(2)]
     s.sendall(ws_masked_frame(8, b"\x03\xe8"))
     closing = f.read(4)
     s.close()
     return {"status_line": status, "received": received, "close_hex": closing.hex()}
+
+
+def wsping(host, port, text):
+    """A text message in two fragments with a ping "ping TEXT" between them."""
+    s, f, status = ws_upgraded(host, port)
+    s.sendall(ws_masked_frame(1, b"first ", fin=False)
+              + ws_masked_frame(9, b"ping " + text.encode())
+              + ws_masked_frame(0, b"last"))
+    # The server answers the message's first fragment and the ping.
+    frames = [ws_read_server_frame(f) for _ in range(2)]
+    s.sendall(ws_masked_frame(8, b"\x03\xe8"))
+    closing = f.read(4)
+    s.close()
+    return {"status_line": status, "frames": frames, "close_hex": closing.hex()}
 
 
 def h2_connect(host, port):
@@ -390,6 +417,8 @@ def main():
         out = pipeline(sys.argv[2], int(sys.argv[3]))
     elif mode == "wssecret":
         out = wssecret(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "wsping":
+        out = wsping(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif mode == "h2ws":
         out = h2ws(sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5]))
     elif mode == "tlssay":

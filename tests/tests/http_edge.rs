@@ -261,6 +261,51 @@ fn websocket_frames_are_unmasked_scanned_and_masked_again_both_ways() -> Result<
 }
 
 #[test]
+fn a_ping_inside_a_fragmented_message_is_masked_and_recorded() -> Result<()> {
+    require_root();
+    let pki = TestPki::new("upstream test CA")?;
+    let d = masking_daemon(&pki, &[])?;
+    let server = Server::start(
+        "ws",
+        "127.0.0.3",
+        ServerOpts {
+            seed: "ok",
+            ..Default::default()
+        },
+    )?;
+    let port = server.port().to_string();
+    let r = tls_client(&d, &["wsping", "127.0.0.3", &port, UP_SECRET])?;
+    // The server answers the message's first fragment ("ok", opcode 1) and the ping (its
+    // pong, opcode 10, echoes the ping as the server got it).
+    let answer = |opcode: u64| {
+        r["frames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f[0] == opcode)
+            .and_then(|f| f[1].as_str())
+            .unwrap_or_default()
+    };
+    let pong = answer(10);
+    ensure!(
+        answer(1) == "ok"
+            && pong.len() == 5 + UP_SECRET.len()
+            && masked_in(pong, UP_SECRET)
+            && r["close_hex"] == "880203e8",
+        "{r:#}"
+    );
+    let rec = &server.wait_records(1, Duration::from_secs(30))?[0];
+    ensure!(
+        rec.messages.iter().any(|m| m.starts_with("ping:ping ghp_"))
+            && rec.messages.iter().all(|m| !m.contains(UP_SECRET)),
+        "the ping must arrive with the secret masked: {rec:?}"
+    );
+    let s = ended_session(&d, server.port())?;
+    ensure_found(&s, ("github.ghp", "up", "websocket control frame"))?;
+    d.ensure_not_stored(&[UP_SECRET])
+}
+
+#[test]
 fn a_secret_in_tls_that_is_not_http_is_masked_both_ways() -> Result<()> {
     require_root();
     let pki = TestPki::new("upstream test CA")?;

@@ -144,15 +144,6 @@ fn finding<'a>(s: &'a Value, rule: &str, direction: &str, location: &str) -> Res
     Ok(f)
 }
 
-/// No file under the data directory holds any of `secrets`.
-fn ensure_not_stored(d: &Daemon, secrets: &[&str]) -> Result<()> {
-    for secret in secrets {
-        let found = files_containing(d.data_dir(), secret.as_bytes())?;
-        ensure!(found.is_empty(), "{secret:?} stored in {found:?}");
-    }
-    Ok(())
-}
-
 #[test]
 fn an_https_session_records_identity_tls_decisions_exchanges_findings_and_its_end() -> Result<()> {
     require_root();
@@ -362,7 +353,7 @@ fn an_https_session_records_identity_tls_decisions_exchanges_findings_and_its_en
         "colour outside a terminal:\n{shown}"
     );
 
-    ensure_not_stored(&s.d, &[BODY_SECRET, HEADER_SECRET, PLANTED_SECRET])
+    s.d.ensure_not_stored(&[BODY_SECRET, HEADER_SECRET, PLANTED_SECRET])
 }
 
 #[test]
@@ -555,7 +546,7 @@ fn raw_tcp_data_is_recorded_masked_and_capped_each_way() -> Result<()> {
         payload.len()
     );
     ensure!(shown.contains(&line), "{line:?} not in:\n{shown}");
-    ensure_not_stored(&s.d, &[BODY_SECRET])
+    s.d.ensure_not_stored(&[BODY_SECRET])
 }
 
 #[test]
@@ -616,7 +607,7 @@ fn websocket_payloads_are_recorded_masked_and_capped() -> Result<()> {
             && down["truncated"] == false,
         "down: {down:#}"
     );
-    ensure_not_stored(&d, &[HEADER_SECRET, BODY_SECRET])
+    d.ensure_not_stored(&[HEADER_SECRET, BODY_SECRET])
 }
 
 /// A child process killed (by pid) if the test ends before waiting for it.

@@ -156,9 +156,10 @@ impl Masking {
         &self,
         session: u64,
         direction: Direction,
+        location: &str,
         finding: Finding,
     ) -> SecretFinding {
-        recorded(session, None, direction, "stream".into(), finding)
+        recorded(session, None, direction, location.into(), finding)
     }
 
     /// Masks secrets in a workload's command line (recorded with its session's identity),

@@ -3,9 +3,11 @@
 //! go through the one scanning relay (`relay_scan`); a WebSocket's frames are unmasked for
 //! the scan and masked again after it (`websocket.rs`).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use interceptor::detection::Finding;
 use interceptor::policy::ConnectionFacts;
 use interceptor::relay_scan::{Counters, Direction, ScanRelay, ScanRelayError};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -104,17 +106,19 @@ impl StreamScan {
                 Tap::new(client, &mut down),
                 Tap::new(upstream, &mut up),
                 counters,
-                |direction, finding| {
-                    let found = self
-                        .masking
-                        .stream_finding(self.session, direction, finding);
-                    self.store.append(Event::Secret(found));
-                },
+                |direction, finding| self.found(direction, "stream", finding),
             )
             .await;
         self.record(Direction::Up, up);
         self.record(Direction::Down, down);
         relayed
+    }
+
+    fn found(&self, direction: Direction, location: &str, finding: Finding) {
+        let found = self
+            .masking
+            .stream_finding(self.session, direction, location, finding);
+        self.store.append(Event::Secret(found));
     }
 
     /// Records what went one way, masked again with every rule (secrets the policy only
@@ -138,7 +142,7 @@ impl StreamScan {
     /// Relays a WebSocket after its upgrade: the scanner sees the frames' payloads unmasked;
     /// frame headers and the client's masking are put back on the way out.
     pub async fn relay_websocket<C, U>(
-        &self,
+        self: &Arc<Self>,
         client: C,
         upstream: U,
         counters: &Counters,
@@ -147,7 +151,15 @@ impl StreamScan {
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        let (client, upstream) = websocket::framed(client, upstream);
+        let scan = self.clone();
+        let control: websocket::ControlScan = Arc::new(move |direction, payload| {
+            let found = scan.relay.mask_apart(payload).map_err(io::Error::other)?;
+            for finding in found {
+                scan.found(direction, "websocket control frame", finding);
+            }
+            Ok(())
+        });
+        let (client, upstream) = websocket::framed(client, upstream, control);
         self.relay(client, upstream, counters).await
     }
 }

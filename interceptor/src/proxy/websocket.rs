@@ -16,8 +16,8 @@
 //!
 //! A control frame (ping, pong, close) may come between two fragments of a message; handed
 //! to the scanner, it would cut the message's stretch in two. Such a frame (its payload is
-//! at most 125 bytes) is sent on as it came, unscanned; between messages, control frames
-//! are scanned like any other.
+//! at most 125 bytes) is collected whole, its payload masked on its own ([`ControlScan`])
+//! and sent on in its place; between messages, control frames are scanned like any other.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,15 +25,21 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
+use interceptor::relay_scan::Direction;
 use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf, ReadHalf, WriteHalf};
 
 /// Longest frame header: 2 bytes, 8 of extended length, 4 of masking key.
 const MAX_HEADER: usize = 14;
 const READ_SIZE: usize = 16 * 1024;
 
+/// Masks, in place, the payload (unmasked, at most 125 bytes) of a control frame that came
+/// inside a fragmented message and goes `Direction`'s way. An error ends the connection: the
+/// frame may not pass unscanned.
+pub type ControlScan = Arc<dyn Fn(Direction, &mut [u8]) -> io::Result<()> + Send + Sync>;
+
 /// Both ends of a WebSocket, as the scanning relay is to see them: each reads unmasked
 /// payloads and writes frames restored.
-pub fn framed<C, U>(client: C, upstream: U) -> (Framed<C>, Framed<U>)
+pub fn framed<C, U>(client: C, upstream: U, control: ControlScan) -> (Framed<C>, Framed<U>)
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -43,11 +49,11 @@ where
     let (up, down) = (Arc::new(Layout::default()), Arc::new(Layout::default()));
     (
         tokio::io::join(
-            FrameReader::new(client_rx, up.clone()),
+            FrameReader::new(client_rx, up.clone(), control.clone(), Direction::Up),
             FrameWriter::new(client_tx, down.clone()),
         ),
         tokio::io::join(
-            FrameReader::new(upstream_rx, down),
+            FrameReader::new(upstream_rx, down, control, Direction::Down),
             FrameWriter::new(upstream_tx, up),
         ),
     )
@@ -68,7 +74,7 @@ enum Segment {
     },
     /// The newline after a message, which the scanner sees and which is not sent on.
     End,
-    /// A control frame inside a fragmented message, header and payload: sent on as it came.
+    /// A control frame inside a fragmented message, header and payload (masked apart).
     Verbatim(Vec<u8>),
 }
 
@@ -109,8 +115,13 @@ enum State {
     },
     /// Handing on the newline that ends a message.
     End,
-    /// Collecting a control frame inside a fragmented message; `remaining` payload bytes.
-    Verbatim { remaining: usize },
+    /// Collecting a control frame inside a fragmented message: `remaining` payload bytes
+    /// after its `header` bytes.
+    Verbatim {
+        remaining: usize,
+        header: usize,
+        key: Option<[u8; 4]>,
+    },
 }
 
 /// Longest payload of a control frame (RFC 6455 §5.5).
@@ -120,6 +131,9 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 pub struct FrameReader<R> {
     inner: R,
     layout: Arc<Layout>,
+    control: ControlScan,
+    /// Where what this side reads goes.
+    direction: Direction,
     state: State,
     header: [u8; MAX_HEADER],
     /// A data frame without FIN came, and its message's last frame has not yet.
@@ -135,10 +149,12 @@ pub struct FrameReader<R> {
 }
 
 impl<R> FrameReader<R> {
-    fn new(inner: R, layout: Arc<Layout>) -> Self {
+    fn new(inner: R, layout: Arc<Layout>, control: ControlScan, direction: Direction) -> Self {
         FrameReader {
             inner,
             layout,
+            control,
+            direction,
             state: State::Head { have: 0 },
             header: [0; MAX_HEADER],
             in_message: false,
@@ -178,6 +194,8 @@ impl<R> FrameReader<R> {
                             self.verbatim = self.header[..len].to_vec();
                             self.state = State::Verbatim {
                                 remaining: payload as usize,
+                                header: len,
+                                key,
                             };
                             continue;
                         }
@@ -214,13 +232,25 @@ impl<R> FrameReader<R> {
                     out.put_slice(b"\n");
                     self.state = State::Head { have: 0 };
                 }
-                State::Verbatim { remaining: 0 } => {
-                    let frame = std::mem::take(&mut self.verbatim);
+                State::Verbatim {
+                    remaining: 0,
+                    header,
+                    key,
+                } => {
+                    let mut frame = std::mem::take(&mut self.verbatim);
+                    let payload = &mut frame[*header..];
+                    if let Some(key) = key {
+                        apply_mask(payload, *key, 0);
+                    }
+                    (self.control)(self.direction, payload)?;
+                    if let Some(key) = key {
+                        apply_mask(payload, *key, 0);
+                    }
                     let mut layout = self.layout.0.lock().unwrap_or_else(|e| e.into_inner());
                     layout.push_back(Segment::Verbatim(frame));
                     self.state = State::Head { have: 0 };
                 }
-                State::Verbatim { remaining } => {
+                State::Verbatim { remaining, .. } => {
                     if raw.is_empty() {
                         break;
                     }
@@ -519,20 +549,37 @@ mod tests {
         f
     }
 
-    /// `frames` through a reader fed `piece` bytes at a time, `scan` on what it hands out,
-    /// then a writer fed `piece` bytes at a time. Returns (what the scanner saw, output).
+    /// `frames` through a reader fed `piece` bytes at a time, with `control` for control
+    /// frames inside messages. Returns what it handed out and the layout it noted.
+    async fn read(
+        frames: Vec<u8>,
+        piece: usize,
+        control: ControlScan,
+    ) -> io::Result<(Vec<u8>, Arc<Layout>)> {
+        let layout = Arc::new(Layout::default());
+        let (mut tx, rx) = tokio::io::duplex(piece);
+        tokio::spawn(async move { tx.write_all(&frames).await });
+        let mut plain = Vec::new();
+        FrameReader::new(rx, layout.clone(), control, Direction::Up)
+            .read_to_end(&mut plain)
+            .await?;
+        Ok((plain, layout))
+    }
+
+    /// `frames` read as [`read`] does (control frames inside messages have `SECRET` masked),
+    /// `scan` on what the reader hands out, then a writer fed `piece` bytes at a time.
+    /// Returns (what the scanner saw, output).
     async fn through(
         frames: Vec<u8>,
         piece: usize,
         scan: impl Fn(&mut Vec<u8>),
     ) -> io::Result<(Vec<u8>, Vec<u8>)> {
-        let layout = Arc::new(Layout::default());
-        let (mut tx, rx) = tokio::io::duplex(piece);
-        tokio::spawn(async move { tx.write_all(&frames).await });
-        let mut plain = Vec::new();
-        FrameReader::new(rx, layout.clone())
-            .read_to_end(&mut plain)
-            .await?;
+        let control: ControlScan = Arc::new(|direction, payload| {
+            assert_eq!(direction, Direction::Up);
+            replace(payload, b"SECRET", b"******");
+            Ok(())
+        });
+        let (mut plain, layout) = read(frames, piece, control).await?;
         let seen = plain.clone();
         scan(&mut plain);
         let mut writer = FrameWriter::new(Vec::new(), layout);
@@ -605,8 +652,8 @@ mod tests {
             ]
             .concat()
         };
-        // Control frames between fragments pass as they came, unscanned: the message stays
-        // one stretch. Between messages, a ping is scanned as a message of its own.
+        // Control frames between fragments are masked apart: the message stays one stretch.
+        // Between messages, a ping is scanned as a message of its own.
         let pinged = |parts: [&[u8]; 3]| -> Vec<u8> {
             [
                 fragment(1, parts[0], Some(KEY), false),
@@ -622,7 +669,7 @@ mod tests {
             fragment(1, b"token ***", Some(KEY), false),
             frame(9, b"", Some(KEY)),
             fragment(0, b"*", Some(KEY), false),
-            frame(10, b"SECRET", Some(KEY)),
+            frame(10, b"******", Some(KEY)),
             fragment(0, b"**!", Some(KEY), true),
             frame(9, b"******", Some(KEY)),
         ]
@@ -666,6 +713,21 @@ mod tests {
         let err = through(long_ping, 64, |_| {}).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
+
+    #[tokio::test]
+    async fn a_control_frame_that_cannot_be_scanned_ends_the_stream() {
+        let failing: ControlScan = Arc::new(|_, _| Err(io::Error::other("scan failed")));
+        let input = [
+            fragment(1, b"first", Some(KEY), false),
+            frame(9, b"ping", Some(KEY)),
+            fragment(0, b"rest", Some(KEY), true),
+        ]
+        .concat();
+        let Err(err) = read(input, 4096, failing).await else {
+            panic!("the ping passed unscanned");
+        };
+        assert_eq!(err.to_string(), "scan failed");
+    }
 }
 
 #[cfg(test)]
@@ -693,16 +755,21 @@ mod relay_tests {
     /// A scanning relay with every shipped rule between a workload and a server (sockets).
     async fn relayed() -> (TcpStream, TcpStream, tokio::task::JoinHandle<()>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/rules");
-        let relay = ScanRelay {
+        let relay = Arc::new(ScanRelay {
             engine: Arc::new(Engine::compile(&load_dir(&dir).unwrap()).unwrap()),
             hasher: SecretHasher::with_salt([3; 16]),
             idle_flush: Duration::from_millis(20),
             selection: None,
-        };
+        });
+        let apart = relay.clone();
+        let control: ControlScan = Arc::new(move |_, payload| {
+            apart.mask_apart(payload).map_err(io::Error::other)?;
+            Ok(())
+        });
         let (workload, client) = pair().await;
         let (upstream, server) = pair().await;
         let relayed = tokio::spawn(async move {
-            let (client, upstream) = framed(client, upstream);
+            let (client, upstream) = framed(client, upstream, control);
             // It ends when the test closes both sides; how is not the point here.
             let _ = relay
                 .relay(client, upstream, &Counters::default(), |_, _| {})
@@ -718,8 +785,9 @@ mod relay_tests {
         let text = format!("token {TOKEN} done");
         let (first, second) = text.split_at(20);
         let mut sent = Vec::new();
-        // A ping between the fragments passes as it came and does not cut the token.
-        for (opcode, part) in [(0x01, first), (0x89, ""), (0x80, second)] {
+        // A ping between the fragments does not cut the token, and is masked apart.
+        let ping = format!("key {KEY}");
+        for (opcode, part) in [(0x01, first), (0x89, ping.as_str()), (0x80, second)] {
             let mut frame = vec![opcode, 0x80 | part.len() as u8];
             frame.extend_from_slice(&key);
             frame.extend(part.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
@@ -741,6 +809,10 @@ mod relay_tests {
         assert!(
             plain.starts_with("token ghp_") && plain.ends_with(" done") && !plain.contains(TOKEN),
             "{plain}"
+        );
+        assert!(
+            plain.contains("key AKIA") && !plain.contains(KEY),
+            "the ping's payload is masked: {plain}"
         );
         drop((workload, server));
         relayed.await.unwrap();
