@@ -9,7 +9,7 @@
 //! stream state small, and the regex work is proportional to candidates, not to traffic.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hyperscan::CompileFlags;
 use hyperscan::prelude::*;
@@ -17,6 +17,7 @@ use hyperscan::prelude::*;
 use super::decode::{self, Decoded};
 use super::end_check::EndCheck;
 use super::rules::Rule;
+use super::scratch::{LentScratch, ScratchPool};
 use super::tolerant::{self, LONGEST_ESCAPE, Precision};
 
 /// Widest match a rule may have: it bounds how much of a stream is held back for scanning.
@@ -65,10 +66,9 @@ pub struct Engine {
     rules: Vec<CompiledRule>,
     block: BlockDatabase,
     pub(super) stream: StreamingDatabase,
-    /// Scratch spaces for block scans (one per concurrent caller).
-    scratch: Mutex<Vec<Scratch>>,
-    /// Allocated for both databases; cloned for each masker.
-    pub(super) prototype: Mutex<Scratch>,
+    /// Each rule's width, shared by every candidate table.
+    widths: Arc<[u64]>,
+    scratches: Arc<ScratchPool>,
     holdback: usize,
     /// Literals that are never secrets (vault placeholders): a match that holds one is not
     /// a finding, so the vault can still swap it after masking.
@@ -79,14 +79,19 @@ pub struct Engine {
 /// of ends less than the rule's width apart: each cluster is confirmed on one window, and a
 /// rule that matches at both ends of a large buffer does not make one window of all of it.
 #[derive(Default)]
+///
+/// Every masker (one per body, header block and WebSocket control frame) has a few of these
+/// and most never see a candidate, so the per-rule tables are sized on first use.
 pub(super) struct Candidates {
-    /// Current cluster per rule: (first end, last end); (0, 0) when none.
+    /// Current cluster per rule: (first end, last end); (0, 0) when none. Empty until a hit.
     ends: Vec<(u64, u64)>,
-    widths: Vec<u64>,
+    /// The engine's rule widths.
+    widths: Arc<[u64]>,
     touched: Vec<u32>,
     closed: Vec<(usize, u64, u64)>,
-    /// Lazy DFA caches for the rules' end checks, made on first use.
-    end_caches: Vec<Option<regex_automata::hybrid::dfa::Cache>>,
+    /// Lazy DFA caches for the rules' end checks, each made on first use (boxed: a cache is a
+    /// few hundred bytes). Empty until the first end check.
+    end_caches: Vec<Option<Box<regex_automata::hybrid::dfa::Cache>>>,
     /// A stream scan has met an escape that no encoder writes (see [`unusual_escape_signal`]).
     pub(super) unusual_escape: bool,
 }
@@ -111,7 +116,11 @@ impl Candidates {
             .map(|at| at as usize)
             .filter(|&at| at <= data.len());
         if let (Some(check), Some(at)) = (&r.end_check, at) {
-            let cache = self.end_caches[rule as usize].get_or_insert_with(|| check.cache());
+            if self.end_caches.is_empty() {
+                self.end_caches.resize_with(rules.len(), || None);
+            }
+            let cache =
+                self.end_caches[rule as usize].get_or_insert_with(|| Box::new(check.cache()));
             if !check.can_end_at(cache, data, at, r.width * LONGEST_ESCAPE) {
                 return;
             }
@@ -121,6 +130,9 @@ impl Candidates {
 
     pub(super) fn hit(&mut self, rule: u32, end: u64) {
         let r = rule as usize;
+        if self.ends.is_empty() {
+            self.ends.resize(self.widths.len(), (0, 0));
+        }
         let slot = &mut self.ends[r];
         if slot.1 == 0 {
             self.touched.push(rule);
@@ -167,11 +179,11 @@ impl Engine {
             .map_err(EngineError::Database)?;
         let widest = compiled.iter().map(|r| r.width).max().unwrap_or(0);
         Ok(Engine {
+            widths: compiled.iter().map(|r| r.width as u64).collect(),
             rules: compiled,
             block,
             stream,
-            scratch: Mutex::new(Vec::new()),
-            prototype: Mutex::new(prototype),
+            scratches: ScratchPool::new(prototype),
             // Escaped, a match is up to this much wider.
             holdback: (widest * LONGEST_ESCAPE).min(MAX_HOLDBACK),
             exempt: Vec::new(),
@@ -202,36 +214,23 @@ impl Engine {
 
     pub(super) fn candidates(&self) -> Candidates {
         Candidates {
-            ends: vec![(0, 0); self.rules.len()],
-            widths: self.rules.iter().map(|r| r.width as u64).collect(),
+            ends: Vec::new(),
+            widths: self.widths.clone(),
             touched: Vec::new(),
             closed: Vec::new(),
-            end_caches: self.rules.iter().map(|_| None).collect(),
+            end_caches: Vec::new(),
             unusual_escape: false,
         }
     }
 
-    pub(super) fn clone_scratch(&self) -> Scratch {
-        self.prototype
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Scratch space for both databases, the caller's until dropped.
+    pub(super) fn lend_scratch(&self) -> LentScratch {
+        self.scratches.lend()
     }
 
     /// Every confirmed secret in `data` (block mode), in order of position.
     pub fn find(&self, data: &[u8]) -> Result<Vec<Detection>, ScanError> {
-        let scratch = self
-            .scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| self.clone_scratch());
-        let found = self.find_with(data, &scratch, &mut self.candidates());
-        self.scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(scratch);
-        found
+        self.find_with(data, &self.lend_scratch(), &mut self.candidates())
     }
 
     /// `find` with the caller's scratch space and candidate table.
@@ -310,7 +309,7 @@ impl Engine {
     /// Rules that Hyperscan finds somewhere in `data` (unconfirmed) in both block and
     /// stream mode: a rule missing in either would be missed by some scans.
     pub fn candidate_rules(&self, data: &[u8]) -> Result<Vec<usize>, ScanError> {
-        let scratch = self.clone_scratch();
+        let scratch = self.lend_scratch();
         let (mut block, mut stream) = (self.candidates(), self.candidates());
         self.block.scan(data, &scratch, |id, _, to, _| {
             block.report(&self.rules, id, to, data, 0);

@@ -13,10 +13,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use hyperscan::Scratch;
-
 use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
+use super::scratch::LentScratch;
 use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
 use super::view::{View, ViewFinding};
@@ -30,7 +29,7 @@ pub struct Masker {
     hasher: SecretHasher,
     /// Which rules mask, report or are ignored; None: every rule masks.
     selection: Option<Arc<Selection>>,
-    scratch: Scratch,
+    scratch: LentScratch,
     raw: StreamScan,
     /// Started when the first escape shows up.
     view: Option<View>,
@@ -63,7 +62,7 @@ impl Masker {
     ) -> Result<Masker, ScanError> {
         Ok(Masker {
             selection,
-            scratch: engine.clone_scratch(),
+            scratch: engine.lend_scratch(),
             raw: StreamScan::new(&engine)?,
             candidates: engine.candidates(),
             engine,

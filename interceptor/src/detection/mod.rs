@@ -20,6 +20,7 @@ pub mod engine;
 pub mod finding;
 pub mod masker;
 pub mod rules;
+mod scratch;
 pub mod selection;
 mod stream;
 mod tolerant;

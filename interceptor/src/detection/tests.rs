@@ -762,7 +762,7 @@ fn escape_tolerant_forms_take_what_encoders_write_and_print_as_they_parse() {
 #[test]
 fn only_escapes_no_encoder_writes_start_the_decoded_view() {
     let engine = engine();
-    let scratch = engine.clone_scratch();
+    let scratch = engine.lend_scratch();
     // Whether the raw stream signals such an escape, split at every point in two chunks.
     let signals = |text: &str| {
         let seen: Vec<bool> = (0..=text.len())
