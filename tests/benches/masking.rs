@@ -17,14 +17,14 @@ use interceptor_tests::{Daemon, workspace_root};
 const MASKED_IP: &str = "127.0.0.2";
 /// ... and scans nothing on its way to this one (the policy's `bench-unmasked` rule).
 const UNMASKED_IP: &str = "127.0.0.3";
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 /// (payload, server route): log lines as most encoders write them, and with escapes.
 const PAYLOADS: [(&str, &str); 2] = [
     ("JSON logs, unescaped", "ndjson"),
     ("JSON logs, `\\/` and `%20` escapes", "text"),
 ];
 /// Bytes per download (env `MASKING_BENCH_MIB` overrides).
-const DEFAULT_MIB: usize = 256;
+const DEFAULT_MIB: usize = 1024;
 
 const POLICY: &str = r#"[settings]
 tls = "intercept"

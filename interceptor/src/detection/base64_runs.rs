@@ -1,9 +1,10 @@
 //! Finding runs of base64 characters long enough to wrap a secret. Text is mostly letters,
 //! so a byte-at-a-time walk touches much of the stream. Instead: a run of 24 or more holds
 //! two whole adjacent 8-byte lanes (counted from any origin), so the search looks for such a
-//! pair, 64 bytes at a time (AVX2 nibble lookups classify the bytes, one compare per lane),
-//! and only then finds the ends of the one run around it, 32 bytes at a time. Most text has
-//! no such pair; JSON has ids and digests (hex, UUIDs) that do.
+//! pair, 64 bytes at a time (one 128-entry table lookup per byte with AVX-512 VBMI, else
+//! AVX2 nibble lookups; one compare per lane), and only then finds the ends of the one run
+//! around it, 32 bytes at a time. Most text has no such pair; JSON has ids and digests (hex,
+//! UUIDs) that do.
 
 use std::ops::Range;
 
@@ -48,6 +49,11 @@ pub fn next_base64_run(raw: &[u8], from: usize) -> Option<Range<usize>> {
 /// Where the first two adjacent whole lanes of base64 characters (lanes counted from `at`)
 /// start.
 fn first_full_pair(raw: &[u8], at: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512vbmi") {
+        // SAFETY: the CPU has AVX-512 VBMI (and so F and BW).
+        return unsafe { avx512::first_full_pair(raw, at) };
+    }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
@@ -175,11 +181,8 @@ mod avx2 {
         // 64 bytes (eight lanes) per step: one branch for both halves.
         while i + 64 <= raw.len() {
             let full = whole_lanes(&raw[i..i + 32]) | whole_lanes(&raw[i + 32..i + 64]) << 4;
-            // Bit k + 1: lane k is whole; bit 0: the lane before these eight.
-            let lanes = (full << 1) | u32::from(prev_full);
-            let pairs = lanes & (lanes >> 1);
-            if pairs != 0 {
-                return Some(i + pairs.trailing_zeros() as usize * super::LANE - super::LANE);
+            if let Some(pair) = super::pair_in(full << 1 | u32::from(prev_full), i) {
+                return Some(pair);
             }
             prev_full = full & 0x80 != 0;
             i += 64;
@@ -227,6 +230,59 @@ mod avx2 {
     }
 }
 
+/// Bits 1 to 8: which of the eight lanes starting at `at` are whole; bit 0: the lane before
+/// `at`. The start of the first adjacent whole pair among them, if any.
+fn pair_in(lanes: u32, at: usize) -> Option<usize> {
+    let pairs = lanes & (lanes >> 1);
+    (pairs != 0).then(|| at + pairs.trailing_zeros() as usize * LANE - LANE)
+}
+
+/// 64 bytes a step with one 128-entry table lookup per byte (`vpermi2b`).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// 0xFF at each ASCII base64 character.
+    const TABLE: [u8; 128] = {
+        let mut table = [0u8; 128];
+        let mut b = 0;
+        while b < 128 {
+            if super::BASE64_CHARS[b] {
+                table[b] = 0xFF;
+            }
+            b += 1;
+        }
+        table
+    };
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(super) fn first_full_pair(raw: &[u8], at: usize) -> Option<usize> {
+        // SAFETY: the table halves are 64 bytes each.
+        let (low, high) = unsafe {
+            (
+                _mm512_loadu_si512(TABLE.as_ptr().cast()),
+                _mm512_loadu_si512(TABLE[64..].as_ptr().cast()),
+            )
+        };
+        let mut prev_full = false;
+        let mut i = at;
+        while i + 64 <= raw.len() {
+            // SAFETY: `raw[i..i + 64]` is in bounds.
+            let v = unsafe { _mm512_loadu_si512(raw[i..].as_ptr().cast()) };
+            // The lookup takes each byte's low 7 bits; bytes from 0x80 are zeroed instead.
+            let ascii = !_mm512_movepi8_mask(v);
+            let classes = _mm512_maskz_permutex2var_epi8(ascii, low, v, high);
+            let full = u32::from(_mm512_cmpeq_epi64_mask(classes, _mm512_set1_epi8(-1)));
+            if let Some(pair) = super::pair_in(full << 1 | u32::from(prev_full), i) {
+                return Some(pair);
+            }
+            prev_full = full & 0x80 != 0;
+            i += 64;
+        }
+        super::pair_from(raw, i, prev_full)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +323,44 @@ mod tests {
                     let bytes = if is_base64(b) { u32::MAX } else { !(1 << at) };
                     // SAFETY: as above.
                     assert_eq!(unsafe { avx2::base64_bytes(&v) }, bytes, "{b:#x} at {at}");
+                }
+            }
+        }
+    }
+
+    type PairSearch = fn(&[u8], usize) -> Option<usize>;
+
+    /// Every vectorized pair search this CPU can run, by name.
+    fn vector_pair_searches() -> Vec<(&'static str, PairSearch)> {
+        let mut searches: Vec<(&'static str, PairSearch)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                searches.push(("avx2", |raw, at| unsafe { avx2::first_full_pair(raw, at) }));
+            }
+            if is_x86_feature_detected!("avx512vbmi") {
+                // SAFETY: the CPU has AVX-512 VBMI.
+                searches.push(("avx512", |raw, at| unsafe {
+                    avx512::first_full_pair(raw, at)
+                }));
+            }
+        }
+        searches
+    }
+
+    #[test]
+    fn vector_pair_searches_agree_with_the_lane_walk_for_every_byte_in_every_position() {
+        let searches = vector_pair_searches();
+        for b in 0..=255u8 {
+            for at in 0..140 {
+                let mut raw = [b'A'; 140];
+                raw[at] = b;
+                for from in [0, 3] {
+                    let expected = pair_from(&raw, from, false);
+                    for (name, search) in &searches {
+                        assert_eq!(search(&raw, from), expected, "{name}: {b:#x} at {at}");
+                    }
                 }
             }
         }
@@ -324,6 +418,22 @@ mod tests {
                 from -= 1;
             }
             prop_assert_eq!(next_base64_run(&raw, from), naive_next_run(&raw, from));
+        }
+
+        #[test]
+        fn vector_pair_searches_agree_with_the_lane_walk(
+            raw in prop::collection::vec(
+                prop_oneof![
+                    20 => Just(b'a'), 2 => Just(b'/'), 1 => Just(b' '), 1 => Just(0xC1u8),
+                ],
+                0..400,
+            ),
+            from in 0usize..400,
+        ) {
+            let from = from.min(raw.len());
+            for (name, search) in vector_pair_searches() {
+                prop_assert_eq!(search(&raw, from), pair_from(&raw, from, false), "{}", name);
+            }
         }
     }
 }
