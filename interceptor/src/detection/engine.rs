@@ -78,10 +78,10 @@ pub struct Engine {
 /// The candidate ends Hyperscan reported during one scan, per rule, grouped into clusters
 /// of ends less than the rule's width apart: each cluster is confirmed on one window, and a
 /// rule that matches at both ends of a large buffer does not make one window of all of it.
-#[derive(Default)]
 ///
 /// Every masker (one per body, header block and WebSocket control frame) has a few of these
 /// and most never see a candidate, so the per-rule tables are sized on first use.
+#[derive(Default)]
 pub(super) struct Candidates {
     /// Current cluster per rule: (first end, last end); (0, 0) when none. Empty until a hit.
     ends: Vec<(u64, u64)>,
