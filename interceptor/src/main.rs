@@ -16,6 +16,8 @@ mod redirect;
 mod relay;
 mod secrets;
 mod sessions;
+#[cfg(test)]
+mod test_net;
 mod tls;
 
 use std::process::ExitCode;

@@ -191,14 +191,8 @@ pub fn reset(stream: &TcpStream) {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap());
-        let (a, b) = tokio::join!(a, l.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
+    use crate::test_net::pair;
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close_and_counts() {

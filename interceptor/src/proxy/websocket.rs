@@ -738,19 +738,14 @@ mod relay_tests {
     use interceptor::detection::{Engine, SecretHasher, load_dir};
     use interceptor::relay_scan::{Counters, ScanRelay};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
+
+    use crate::test_net::pair;
 
     use super::*;
 
     const TOKEN: &str = "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5";
     const KEY: &str = "AKIAQYLPMN5HHHFPZAM2";
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap());
-        let (a, b) = tokio::join!(a, l.accept());
-        (a.unwrap(), b.unwrap().0)
-    }
 
     /// A scanning relay with every shipped rule between a workload and a server (sockets).
     async fn relayed() -> (TcpStream, TcpStream, tokio::task::JoinHandle<()>) {
