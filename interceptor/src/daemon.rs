@@ -58,6 +58,8 @@ pub struct Daemon {
     approvals: Arc<Approvals>,
     proxy: Arc<Proxy>,
     proxy_port: u16,
+    /// Where metrics are served (the bound address: `--metrics-addr` may give port 0).
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until a termination signal; returns the store writer so the caller can
@@ -131,17 +133,18 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await
         .context("starting the proxy listeners")?;
+    let proxy_port = listeners.port();
     let mut enrollments = Enrollments::new(
         kernel,
         listeners,
         registry,
         &config.data_dir,
-        config.proxy_port,
         policy.clone(),
     );
     enrollments.restore().await?;
 
     let control = server::bind(&config.socket, config.socket_group.as_deref())?;
+    let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(listener) = metrics {
         let (proxy, approvals) = (proxy.clone(), approvals.clone());
         let registry = crate::metrics::exposition::registry(
@@ -160,7 +163,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         secret_rules,
         approvals,
         proxy: proxy.clone(),
-        proxy_port: config.proxy_port,
+        proxy_port,
+        metrics_addr,
     });
     tokio::spawn(server::serve(control, daemon.clone()));
     tokio::spawn(reload_on_sighup(daemon));
@@ -170,7 +174,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         }
     });
     tracing::info!(
-        port = config.proxy_port,
+        port = proxy_port,
         socket = %config.socket.display(),
         data_dir = %config.data_dir.display(),
         "interceptor ready"
@@ -268,6 +272,7 @@ impl Daemon {
                 serde_json::to_value(Status {
                     daemon_pid: std::process::id(),
                     proxy_port: self.proxy_port,
+                    metrics_addr: self.metrics_addr,
                     live_connections: g.live_sessions,
                     enrollments: self.enrollments.lock().await.status(),
                     store: g.store,

@@ -52,15 +52,14 @@ impl Enrollments {
         listeners: Listeners,
         registry: Registry,
         data_dir: &Path,
-        proxy_port: u16,
         policy: Arc<Policy>,
     ) -> Enrollments {
         Enrollments {
             kernel,
+            proxy_port: listeners.port(),
             listeners,
             registry,
             state_path: data_dir.join("enrollments.json"),
-            proxy_port,
             active: BTreeMap::new(),
             policy,
         }

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::model::{Enrollment, Session, Status, brief_all};
 use crate::proc::{run_with_timeout, spawn_logged};
-use crate::util::{files_containing, free_port, interceptor_bin, next_id, poll, tail};
+use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,7 +61,9 @@ impl Daemon {
                 std::process::id(),
                 next_id()
             )),
-            proxy_port: free_port()?,
+            // The daemon picks a free port and reports it; a port picked here and handed over
+            // could be taken by another test's socket in between.
+            proxy_port: 0,
             data_dir,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -109,8 +111,10 @@ impl Daemon {
             let out = self.cli(["status", "--json"]);
             if let Ok(out) = &out
                 && out.status.success()
-                && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok()
+                && let Ok(status) = serde_json::from_slice::<Status>(&out.stdout)
             {
+                // A restart asks for the same port again.
+                self.proxy_port = status.proxy_port;
                 return Ok(());
             }
             if Instant::now() >= deadline {

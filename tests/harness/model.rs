@@ -8,6 +8,8 @@ use serde_json::Value;
 pub struct Status {
     pub daemon_pid: u32,
     pub proxy_port: u16,
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub live_connections: u64,
     pub enrollments: Vec<Enrollment>,
 }

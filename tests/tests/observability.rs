@@ -47,8 +47,6 @@ fn setup() -> Result<Setup> {
     )?;
     let policy = PolicyFile::new(POLICY)?;
     let rules = workspace_root().join("policies/rules");
-    let metrics_port = free_port()?;
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let d = policy_daemon(
         &pki,
         policy.path(),
@@ -56,9 +54,12 @@ fn setup() -> Result<Setup> {
             "--rules",
             rules.to_str().context("utf-8")?,
             "--metrics-addr",
-            &metrics_addr,
+            "127.0.0.1:0",
         ],
     )?;
+    let metrics_port = (d.status()?.metrics_addr)
+        .context("status names no metrics address")?
+        .port();
     Ok(Setup {
         d,
         server,
@@ -285,8 +286,8 @@ fn prometheus_endpoint_serves_the_counters_and_latency_histograms() -> Result<()
 #[test]
 fn metrics_endpoint_refuses_a_non_loopback_address() -> Result<()> {
     require_root();
-    let addr = format!("0.0.0.0:{}", free_port()?);
-    let err = match Daemon::start_with(&["--metrics-addr", &addr]) {
+    let addr = "0.0.0.0:0";
+    let err = match Daemon::start_with(&["--metrics-addr", addr]) {
         Ok(_) => anyhow::bail!("the daemon started with --metrics-addr {addr}"),
         Err(e) => format!("{e:#}"),
     };

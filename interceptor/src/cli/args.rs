@@ -88,7 +88,8 @@ pub struct RunArgs {
     /// bpffs directory for pinned maps and links (enrollments survive restarts through it).
     #[arg(long, default_value = "/sys/fs/bpf/interceptor")]
     pub bpffs_dir: PathBuf,
-    /// Port of the proxy listener on 127.0.0.1 and ::1 (in every enrolled network namespace).
+    /// Port of the proxy listener on 127.0.0.1 and ::1 (in every enrolled network namespace);
+    /// 0 picks a free one (`interceptor status` shows it).
     #[arg(long, default_value_t = 15001)]
     pub proxy_port: u16,
     /// How long to wait for an upstream to accept a connection.
@@ -126,7 +127,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/docker")]
     pub docker_root: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g.
-    /// 127.0.0.1:9464).
+    /// 127.0.0.1:9464; port 0 picks a free one, which `interceptor status` shows).
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Let --metrics-addr be a non-loopback address. The endpoint has no authentication and

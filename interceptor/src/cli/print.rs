@@ -39,6 +39,9 @@ pub fn status(s: &Status) {
         "daemon pid {}  proxy port {}  live connections {}",
         s.daemon_pid, s.proxy_port, s.live_connections
     );
+    if let Some(addr) = s.metrics_addr {
+        println!("metrics at http://{addr}/metrics");
+    }
     println!(
         "session store: {} records written, {} queued, {} lost, {} bytes",
         s.store.recorded, s.store.queued, s.store.lost, s.store.bytes

@@ -95,6 +95,9 @@ pub struct EnrollmentStatus {
 pub struct Status {
     pub daemon_pid: u32,
     pub proxy_port: u16,
+    /// Where Prometheus metrics are served, if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub live_connections: u64,
     pub enrollments: Vec<EnrollmentStatus>,
     /// The session store's counters.

@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 use super::netns::{Namespace, NetnsThread, netns_cookie, netns_inode};
 use crate::proxy::Proxy;
 
+/// How many kernel-chosen ports to try before giving up on finding one free on both addresses.
+const CHOSEN_PORT_ATTEMPTS: u32 = 8;
+
 struct Entry {
     users: usize,
     accept_loops: Vec<JoinHandle<()>>,
@@ -37,6 +40,10 @@ pub struct Listeners {
 
 impl Listeners {
     /// Starts listening in the daemon's own namespace (always on, even with no enrollments).
+    /// Port 0 lets the kernel choose one that is free on both 127.0.0.1 and ::1; [`port`]
+    /// says which.
+    ///
+    /// [`port`]: Listeners::port
     pub async fn start(port: u16, proxy: Arc<Proxy>) -> io::Result<Listeners> {
         let host_netns = netns_inode(Path::new("/proc/self/ns/net"))?;
         let mut listeners = Listeners {
@@ -45,9 +52,24 @@ impl Listeners {
             host_netns,
             by_netns: HashMap::new(),
         };
-        let entry = listeners.listen_in(Namespace::Host).await?;
+        let mut attempts = if port == 0 { CHOSEN_PORT_ATTEMPTS } else { 1 };
+        let entry = loop {
+            attempts -= 1;
+            match listeners.listen_in(Namespace::Host).await {
+                // The port the kernel gave 127.0.0.1 was taken on ::1: ask for another.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 0 => {
+                    listeners.port = 0
+                }
+                result => break result?,
+            }
+        };
         listeners.by_netns.insert(host_netns, entry);
         Ok(listeners)
+    }
+
+    /// The port the proxy listens on in every namespace.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Makes sure the proxy listens in the namespace at `netns` (None: the daemon's own);
@@ -82,26 +104,30 @@ impl Listeners {
         }
     }
 
-    async fn listen_in(&self, ns: Namespace) -> io::Result<Entry> {
-        let mut accept_loops = Vec::new();
+    /// Listens on both loopback addresses in `ns`; with port 0 the first one's port (chosen
+    /// by the kernel) becomes the proxy port. On an error, what was started is stopped again
+    /// (dropping the entry aborts its accept loops).
+    async fn listen_in(&mut self, ns: Namespace) -> io::Result<Entry> {
+        let mut entry = Entry {
+            users: 0,
+            accept_loops: Vec::new(),
+        };
         for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
             let addr = SocketAddr::new(ip, self.port);
             let listener = ns
                 .listen(addr)
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            self.port = listener.local_addr()?.port();
             let cookie = netns_cookie(&listener)?;
-            accept_loops.push(tokio::spawn(accept_loop(
+            entry.accept_loops.push(tokio::spawn(accept_loop(
                 listener,
                 cookie,
                 ns.clone(),
                 self.proxy.clone(),
             )));
         }
-        Ok(Entry {
-            users: 0,
-            accept_loops,
-        })
+        Ok(entry)
     }
 }
 
