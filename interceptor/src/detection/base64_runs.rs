@@ -96,7 +96,7 @@ fn run_start(raw: &[u8], from: usize, mut end: usize) -> usize {
 }
 
 /// Where the run of base64 characters from `start` on ends.
-fn run_end(raw: &[u8], mut start: usize) -> usize {
+pub fn run_end(raw: &[u8], mut start: usize) -> usize {
     while start + 32 <= raw.len() {
         match base64_mask(&raw[start..start + 32]) {
             Some(u32::MAX) => start += 32,

@@ -1,14 +1,15 @@
 //! `interceptor rules check`: every rule compiles in Hyperscan and in `regex`, Hyperscan
 //! finds a candidate wherever the regex matches (its form may be a wider prefilter, never a
 //! narrower one), examples are found (with the stated secret) and masked, and negative
-//! examples are not found.
+//! examples are not found. Also the property the masker keeps for any input: masking does
+//! not depend on where the stream was split (the split tests and the fuzz target use it).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::engine::Engine;
+use super::engine::{Engine, ScanError};
 use super::finding::SecretHasher;
-use super::masker::mask_buffer;
+use super::masker::{Masker, mask_buffer};
 use super::rules::{Rule, RulesError, load_dir};
 
 /// Hyperscan runs the rule's prefilters when it has them, which must cover the pattern.
@@ -132,6 +133,53 @@ fn check_negative(engine: &Engine, rule: usize, text: &str) -> Result<(), String
 /// `data` through a masker in one piece.
 pub fn mask_all(engine: &Arc<Engine>, data: &[u8]) -> Result<Vec<u8>, super::engine::ScanError> {
     mask_buffer(engine, &SecretHasher::with_salt([0; 16]), data).map(|(out, _)| out)
+}
+
+/// How masking `data` in the pieces cut at `points` (ascending) differs from masking it
+/// whole, in output or in findings (rule, offset, length); None when it does not.
+pub fn split_difference(
+    engine: &Arc<Engine>,
+    data: &[u8],
+    points: &[usize],
+) -> Result<Option<String>, ScanError> {
+    let mask = |pieces: &mut dyn Iterator<Item = &[u8]>| -> Result<_, ScanError> {
+        let mut m = Masker::new(engine.clone(), SecretHasher::with_salt([0; 16]))?;
+        let mut out = Vec::with_capacity(data.len());
+        for piece in pieces {
+            m.push(piece, &mut out)?;
+        }
+        m.finish(&mut out)?;
+        let mut found: Vec<_> = (m.take_findings().into_iter())
+            .map(|f| (f.rule, f.offset, f.length))
+            .collect();
+        found.sort();
+        Ok((out, found))
+    };
+    let (whole, whole_found) = mask(&mut std::iter::once(data))?;
+    let mut cuts = points
+        .iter()
+        .map(|&p| p.min(data.len()))
+        .collect::<Vec<_>>();
+    cuts.push(data.len());
+    let mut from = 0;
+    let mut pieces = cuts.iter().map(|&to| {
+        let piece = &data[from.min(to)..to];
+        from = from.max(to);
+        piece
+    });
+    let (split, split_found) = mask(&mut pieces)?;
+    Ok(if whole != split {
+        let at = whole.iter().zip(&split).position(|(a, b)| a != b);
+        Some(format!(
+            "split at {points:?}: output differs from byte {at:?}"
+        ))
+    } else if whole_found != split_found {
+        Some(format!(
+            "split at {points:?}: found {split_found:?}, whole {whole_found:?}"
+        ))
+    } else {
+        None
+    })
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -211,6 +211,16 @@ fn percent_escape(rest: &[u8], at: u64, last: bool, out: &mut Decoded) -> Option
     Some(3)
 }
 
+/// Whether `rest`, the end of the bytes so far, may be an escape whose rest is still to come:
+/// a match that ends just before it may yet take it.
+pub fn is_cut_escape(rest: &[u8]) -> bool {
+    match rest.first() {
+        Some(b'%') => rest.len() < 3,
+        Some(b'\\') => json_escape_incomplete(rest),
+        _ => false,
+    }
+}
+
 /// Whether `rest` (starting with `\`) may be the start of an escape that is not all there.
 fn json_escape_incomplete(rest: &[u8]) -> bool {
     match rest.get(1) {

@@ -128,7 +128,7 @@ impl Candidates {
         self.hit(rule, end);
     }
 
-    pub(super) fn hit(&mut self, rule: u32, end: u64) {
+    fn hit(&mut self, rule: u32, end: u64) {
         let r = rule as usize;
         if self.ends.is_empty() {
             self.ends.resize(self.widths.len(), (0, 0));
@@ -522,9 +522,14 @@ impl CompiledRule {
         let mut decoded = Decoded::new(lo as u64);
         decode::unescape(&data[lo..hi], lo as u64, true, &mut decoded);
         self.each_match(&decoded.bytes, 0, |whole, secret| {
+            // An escape just before the match can be what makes its leading boundary.
+            let after_escape = whole.start > 0 && {
+                let before = decoded.raw_span(whole.start - 1..whole.start, hi as u64);
+                before.end - before.start > 1
+            };
             let raw_whole = decoded.raw_span(whole, hi as u64);
             let (start, end) = (raw_whole.start as usize, raw_whole.end as usize);
-            if memchr::memchr2(b'\\', b'%', &data[start..end]).is_none() {
+            if !after_escape && memchr::memchr2(b'\\', b'%', &data[start..end]).is_none() {
                 return;
             }
             let span = decoded.raw_span(secret.clone(), hi as u64);

@@ -8,7 +8,9 @@
 //! whole. Masking keeps length: a short prefix stays readable and the rest becomes `*`.
 //! JSON-escaped and URL-encoded secrets are found by the rules' escape-tolerant forms and
 //! confirmed decoded; escapes no encoder writes start a decoded view that runs alongside.
-//! Base64 runs are decoded and scanned once each, when complete.
+//! Base64 runs are decoded and scanned in segments fixed by the run alone (aligned to its
+//! start, overlapping by the holdback), each once it is whole, and a run's bytes are held until
+//! their segment is scanned: the result does not depend on how the stream was split.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,6 +25,29 @@ use super::{base64_runs, decode};
 
 /// Forwarded bytes a masker keeps beyond its context before it drops them.
 const COMPACT_AT: usize = 64 * 1024;
+/// A base64 run is decoded in segments this long (a multiple of 4: each starts on a quantum
+/// of the run), each with the holdback before it as overlap, so a secret across two segments
+/// is whole in the second. This many raw bytes of a run at most wait for their segment.
+const BASE64_SEGMENT: u64 = 64 * 1024;
+
+/// A base64 run that reached the end of the buffer and may go on (stream offsets).
+#[derive(Clone, Copy)]
+struct OpenRun {
+    start: u64,
+    /// Where its next segment starts: everything before was scanned.
+    next: u64,
+}
+
+/// How far a base64 pass may take the run at the end of the buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunEnd {
+    /// More bytes will come: only whole segments are scanned.
+    Open,
+    /// A flush forwards every byte: the rest is scanned as if the run ended, but it goes on.
+    Flush,
+    /// The stream ended.
+    Finish,
+}
 
 pub struct Masker {
     engine: Arc<Engine>,
@@ -40,8 +65,9 @@ pub struct Masker {
     buf: Vec<u8>,
     base: u64,
     sent: u64,
-    /// Base64 runs before this stream offset have been scanned.
+    /// Base64 runs before this stream offset have been scanned (but for `open_run`).
     base64_done: u64,
+    open_run: Option<OpenRun>,
     /// Stream ranges to mask when forwarded.
     masks: Vec<Range<u64>>,
     /// Secrets already recorded whose bytes are not all forwarded yet, by rule.
@@ -72,6 +98,7 @@ impl Masker {
             base: 0,
             sent: 0,
             base64_done: 0,
+            open_run: None,
             masks: Vec::new(),
             reported: Vec::new(),
             findings: Vec::new(),
@@ -85,7 +112,8 @@ impl Masker {
         }
         self.buf.extend_from_slice(chunk);
         self.scan(chunk.len(), false)?;
-        let releasable = self.held().saturating_sub(self.engine.holdback());
+        let releasable = (self.held().saturating_sub(self.engine.holdback()))
+            .min(self.unscanned_from().saturating_sub(self.sent) as usize);
         self.release(releasable, out);
         Ok(())
     }
@@ -117,7 +145,7 @@ impl Masker {
             view.finish(&self.engine, &self.scratch, &mut found)?;
         }
         self.record_view(found);
-        self.scan_base64(true)?;
+        self.scan_base64(RunEnd::Finish)?;
         self.release(self.held(), out);
         Ok(())
     }
@@ -152,7 +180,7 @@ impl Masker {
             view.push(&self.engine, &self.scratch, fresh, at_end, &mut found)?;
         }
         self.record_view(found);
-        self.scan_base64(at_end)
+        self.scan_base64(if at_end { RunEnd::Flush } else { RunEnd::Open })
     }
 
     /// Secrets that end at the end of the buffer, raw and in the view, as at the end.
@@ -191,41 +219,94 @@ impl Masker {
         Ok(())
     }
 
-    /// Decodes and scans each base64 run once, when it is complete (or at the end).
-    fn scan_base64(&mut self, at_end: bool) -> Result<(), ScanError> {
-        let from = (self.base64_done.max(self.base) - self.base) as usize;
-        let mut next = base64_runs::next_base64_run(&self.buf, from);
-        while let Some(Range { start: i, end }) = next {
-            if end == self.buf.len() && !at_end {
-                // The run may go on in the next chunk.
-                self.base64_done = self.base + i as u64;
-                return Ok(());
-            }
-            let run = &self.buf[i..end];
-            let at = self.base + i as u64;
-            let mut found = Vec::new();
-            if let Some(decoded) = decode::base64_decode_run(run) {
-                for d in self
-                    .engine
-                    .find_with(&decoded, &self.scratch, &mut self.candidates)?
-                {
-                    let raw = decode::base64_raw_span(d.secret.clone(), run.len());
-                    let span = at + raw.start as u64..at + raw.end as u64;
-                    found.push((d.rule, span, decoded[d.secret].to_vec()));
+    /// Decodes and scans the base64 runs that came in, each segment once it is whole.
+    fn scan_base64(&mut self, until: RunEnd) -> Result<(), ScanError> {
+        let len = self.buf.len();
+        let mut at = (self.base64_done.max(self.base) - self.base) as usize;
+        loop {
+            let (mut run, end) = match self.open_run.take() {
+                // Every byte up to `at` is in the run.
+                Some(run) => (run, base64_runs::run_end(&self.buf, at)),
+                None => match base64_runs::next_base64_run(&self.buf, at) {
+                    Some(r) => {
+                        let start = self.base + r.start as u64;
+                        (OpenRun { start, next: start }, r.end)
+                    }
+                    None => break,
+                },
+            };
+            let complete = end < len || until == RunEnd::Finish;
+            self.scan_segments(&mut run, self.base + end as u64, complete)?;
+            if !complete {
+                if until == RunEnd::Flush {
+                    self.scan_base64_span(self.segment_from(run), self.base + end as u64)?;
                 }
+                self.open_run = Some(run);
+                at = len;
+                break;
             }
-            for (rule, span, secret) in found {
-                self.record(rule, span, Encoding::Base64, &secret);
-            }
-            next = base64_runs::next_base64_run(&self.buf, end);
+            at = end;
         }
         // A short run at the end may still grow into one worth decoding.
-        let resume = if at_end {
-            self.buf.len()
-        } else {
-            base64_runs::trailing_base64_start(&self.buf)
+        let resume = match until {
+            RunEnd::Finish => len,
+            _ if self.open_run.is_some() => len,
+            _ => base64_runs::trailing_base64_start(&self.buf).max(at),
         };
-        self.base64_done = self.base + resume.max(from) as u64;
+        self.base64_done = self.base + resume as u64;
+        Ok(())
+    }
+
+    /// Scans the segments of `run` that are whole with its bytes up to `end` (all of them
+    /// if the run is `complete`).
+    fn scan_segments(
+        &mut self,
+        run: &mut OpenRun,
+        end: u64,
+        complete: bool,
+    ) -> Result<(), ScanError> {
+        while run.next < end {
+            let seg_end = match run.next + BASE64_SEGMENT {
+                whole if whole <= end => whole,
+                _ if complete => end,
+                _ => break,
+            };
+            self.scan_base64_span(self.segment_from(*run), seg_end)?;
+            run.next = seg_end;
+        }
+        Ok(())
+    }
+
+    /// Where the next segment of `run` starts decoding: the holdback before it, so that a
+    /// secret the segment boundary cuts is whole in it.
+    fn segment_from(&self, run: OpenRun) -> u64 {
+        let overlap = (self.engine.holdback() as u64).next_multiple_of(4);
+        run.start.max(run.next.saturating_sub(overlap))
+    }
+
+    /// Stream offset before which no base64 finding can still mask a byte.
+    fn unscanned_from(&self) -> u64 {
+        self.open_run.map_or(u64::MAX, |run| self.segment_from(run))
+    }
+
+    /// Decodes the base64 at stream range `from..to` (starting on a quantum) and records the
+    /// secrets in it.
+    fn scan_base64_span(&mut self, from: u64, to: u64) -> Result<(), ScanError> {
+        let run = &self.buf[(from - self.base) as usize..(to - self.base) as usize];
+        let mut found = Vec::new();
+        if let Some(decoded) = decode::base64_decode_run(run) {
+            for d in self
+                .engine
+                .find_with(&decoded, &self.scratch, &mut self.candidates)?
+            {
+                let raw = decode::base64_raw_span(d.secret.clone(), run.len());
+                let span = from + raw.start as u64..from + raw.end as u64;
+                found.push((d.rule, span, decoded[d.secret].to_vec()));
+            }
+        }
+        for (rule, span, secret) in found {
+            self.record(rule, span, Encoding::Base64, &secret);
+        }
         Ok(())
     }
 
@@ -328,7 +409,10 @@ impl Masker {
         }
         self.sent = end;
         self.masks.retain(|m| m.end > end);
-        let drop = (self.sent - self.base).saturating_sub(self.engine.holdback() as u64);
+        // Bytes an open base64 run's next segment decodes stay, even if a flush sent them.
+        let keep_from =
+            (self.sent.saturating_sub(self.engine.holdback() as u64)).min(self.unscanned_from());
+        let drop = keep_from.saturating_sub(self.base);
         // Compact only once enough is dead: moving the kept bytes after every chunk costs
         // more than scanning them.
         if drop < COMPACT_AT as u64 {

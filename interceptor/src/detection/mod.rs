@@ -33,4 +33,8 @@ pub use rules::{Rule, RulesError, load_dir};
 pub use selection::{Handling, Selection};
 
 #[cfg(test)]
+mod boundary_tests;
+#[cfg(test)]
+mod split_tests;
+#[cfg(test)]
 mod tests;

@@ -6,14 +6,15 @@ use std::ops::Range;
 
 use hyperscan::{Matching, Scratch, Stream};
 
+use super::decode;
 use super::engine::{Candidates, Engine, ScanError};
 
 pub(super) struct StreamScan {
     stream: Option<Stream>,
     candidates: Candidates,
-    /// Candidates whose match reached the end of the buffer: (rule, first end, last end).
-    /// The next bytes may extend the match, so they are confirmed again with them.
-    deferred: Vec<(usize, u64, u64)>,
+    /// Candidates whose match reached the end of the buffer: (rule, first end). The next
+    /// bytes may extend the match, so they are confirmed again with them.
+    deferred: Vec<(usize, u64)>,
 }
 
 impl StreamScan {
@@ -103,11 +104,14 @@ impl StreamScan {
         at_end: bool,
         mut found: impl FnMut(usize, Range<usize>, Option<&[u8]>),
     ) {
-        for (rule, first_end, last_end) in std::mem::take(&mut self.deferred) {
-            self.candidates.hit(rule as u32, first_end);
-            self.candidates.hit(rule as u32, last_end);
-        }
-        for (rule, first_end, last_end) in self.candidates.drain() {
+        // A deferred match reached the end of the bytes it was confirmed on, so it may have
+        // grown with the bytes since: it is confirmed on all of them, never again on its old
+        // window, whose end would pass for the end of the stream (a `$`, a cut repeat).
+        let end = base + buf.len() as u64;
+        let deferred = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .map(|(rule, first_end)| (rule, first_end, end));
+        for (rule, first_end, last_end) in deferred.chain(self.candidates.drain()) {
             let mut open = false;
             engine.confirm(
                 rule,
@@ -116,7 +120,9 @@ impl StreamScan {
                 first_end,
                 last_end,
                 |span, end, decoded| {
-                    if end == buf.len() && !at_end {
+                    // A match may grow into bytes still to come, also through an escape
+                    // that is cut.
+                    if !at_end && (end == buf.len() || decode::is_cut_escape(&buf[end..])) {
                         open = true;
                     } else {
                         found(rule, span, decoded);
@@ -124,7 +130,7 @@ impl StreamScan {
                 },
             );
             if open {
-                self.deferred.push((rule, first_end, last_end));
+                self.deferred.push((rule, first_end));
             }
         }
     }

@@ -8,11 +8,11 @@ use super::end_check::EndCheck;
 use super::tolerant;
 use super::*;
 
-fn rules_dir() -> PathBuf {
+pub(super) fn rules_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/rules")
 }
 
-fn engine() -> Arc<Engine> {
+pub(super) fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| Arc::new(Engine::compile(&load_dir(&rules_dir()).unwrap()).unwrap()))
@@ -131,7 +131,9 @@ fn masker() -> Masker {
 }
 
 /// `text` through a masker in the given chunks; the output and the findings.
-fn mask_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<Finding>) {
+pub(super) fn mask_chunks<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<u8>, Vec<Finding>) {
     let mut m = masker();
     let mut out = Vec::new();
     for c in chunks {

@@ -100,8 +100,45 @@ pub fn tolerant(hir: &Hir, precision: Precision) -> Hir {
         HirKind::Capture(cap) => again(&cap.sub),
         HirKind::Concat(subs) => Hir::concat(subs.iter().map(again).collect()),
         HirKind::Alternation(subs) => Hir::alternation(subs.iter().map(again).collect()),
+        // Decoded, an escape is one byte: `\n`, `%20` before a secret is a boundary the
+        // raw text hides behind the escape's last letter or digit.
+        HirKind::Look(look) if starts_a_word(*look) => {
+            Hir::alternation(vec![hir.clone(), escape_ending_in_a_word_byte()])
+        }
         HirKind::Empty | HirKind::Look(_) => hir.clone(),
     }
+}
+
+/// Whether `look` asks for a word to start (or a boundary, which may be a start).
+fn starts_a_word(look: Look) -> bool {
+    matches!(
+        look,
+        Look::WordAscii
+            | Look::WordUnicode
+            | Look::WordStartAscii
+            | Look::WordStartUnicode
+            | Look::WordStartHalfAscii
+            | Look::WordStartHalfUnicode
+    )
+}
+
+/// The escapes whose last byte is a word byte (`\n`, `\u0001`, `%0A`): after one, a raw
+/// word boundary fails even where the decoded text has one.
+fn escape_ending_in_a_word_byte() -> Hir {
+    let hex = || Hir::class(class_of(b"0123456789ABCDEFabcdef"));
+    Hir::alternation(vec![
+        Hir::concat(vec![Hir::literal(*b"\\"), Hir::class(class_of(b"bfnrt"))]),
+        Hir::concat(vec![
+            Hir::literal(*b"\\u"),
+            Hir::repetition(Repetition {
+                min: 4,
+                max: Some(4),
+                greedy: true,
+                sub: Box::new(hex()),
+            }),
+        ]),
+        Hir::concat(vec![Hir::literal(*b"%"), hex(), hex()]),
+    ])
 }
 
 /// The escapes of the bytes of `class` that encoders escape.
