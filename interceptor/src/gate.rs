@@ -96,6 +96,20 @@ impl Gate {
         (decision, self.hold(hold).await.map(|()| tls))
     }
 
+    /// Whether this connection's HTTP requests are what the policy decides it by (the first
+    /// rule that may apply has HTTP conditions): it must then be read as HTTP when its client
+    /// speaks HTTP, even if its server speaks first, and is refused if it cannot be read.
+    pub fn needs_http(
+        &self,
+        identity: &Identity,
+        enrollment: Option<&str>,
+        host: Option<&str>,
+        dest: SocketAddr,
+    ) -> bool {
+        let facts = facts(identity, enrollment, host, dest);
+        self.policy.get().decide_connection(&facts).verdict == Verdict::Inspect
+    }
+
     /// A stream that is not HTTP (raw TCP, or decrypted but not HTTP): Err(why) to refuse
     /// it; an approve holds it here. `decided`: [`Gate::on_connection`] already enforced the
     /// connection's decision, so only one that was left to HTTP rules is decided here.

@@ -420,6 +420,114 @@ fn a_server_that_speaks_first_is_reached_when_the_client_waits() -> Result<()> {
     Ok(())
 }
 
+/// A server that speaks first (an h2c server's SETTINGS at once) does not turn a connection
+/// the policy decides by its HTTP requests into opaque bytes: the client's POST, sent after
+/// the proxy stops waiting for it to speak first, is still read as HTTP and held by its
+/// rule, and it never reaches the server.
+#[test]
+fn an_http_rule_holds_a_request_even_when_the_server_speaks_first() -> Result<()> {
+    let s = setup()?;
+    let listener = std::net::TcpListener::bind("127.0.0.6:0")?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept()?;
+        // An empty HTTP/2 SETTINGS frame, as an h2c server sends on accept.
+        conn.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])?;
+        conn.set_read_timeout(Some(WAIT))?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = conn.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                )?;
+                break;
+            }
+        }
+        Ok(got)
+    });
+    let script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('127.0.0.6', {port}))\n\
+         time.sleep(0.4)\n\
+         s.sendall(b'POST /echo HTTP/1.1\\r\\nHost: 127.0.0.6\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nhi')\n\
+         data = b''\n\
+         while True:\n    chunk = s.recv(65536)\n    if not chunk: break\n    data += chunk\n\
+         print(data.decode('latin-1'))\n"
+    );
+    let python = python().to_str().context("utf-8")?.to_owned();
+    let mut cmd = s.d.exec_command(
+        &["--include-loopback"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &python,
+            "-c",
+            &script,
+        ],
+    );
+    let client = std::thread::spawn(move || run_with_timeout(&mut cmd, RUN));
+    let id = pending_echo(&s.d)?;
+    s.d.cli_ok(["approvals", "deny", &id, "--reason", "server spoke first"])?;
+    let out = client.join().expect("client thread")?;
+    let response = text(&out.stdout);
+    ensure!(
+        response.contains(" 403") && response.contains("server spoke first"),
+        "response: {response} {}",
+        text(&out.stderr)
+    );
+    let got = server.join().expect("server thread")?;
+    ensure!(
+        !text(&got).contains("POST"),
+        "the held request reached the server: {}",
+        text(&got)
+    );
+    Ok(())
+}
+
+/// A client that lets its server speak first and then sends an HTTP request cannot have that
+/// request read (the connection is already relayed as bytes): it is refused, the request
+/// never reaches the server, and the session says why.
+#[test]
+fn http_after_a_server_that_spoke_first_is_refused_not_relayed() -> Result<()> {
+    let s = setup()?;
+    let listener = std::net::TcpListener::bind("127.0.0.6:0")?;
+    let port = listener.local_addr()?.port();
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept()?;
+        conn.write_all(b"220 greetings first\n")?;
+        conn.set_read_timeout(Some(WAIT))?;
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        Ok(got)
+    });
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.6/{port}; head -1 <&3; \
+         printf 'POST /echo HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 2\\r\\n\\r\\nhi' >&3; cat <&3"
+    );
+    let out = exec(&s.d, &["bash", "-c", &script])?;
+    ensure!(
+        text(&out.stdout) == "220 greetings first\n",
+        "client: {} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let got = server.join().expect("server thread")?;
+    ensure!(got.is_empty(), "the server got: {}", text(&got));
+    let rec = session(&s.d, port, |_| true)?;
+    let error = rec["error"].as_str().unwrap_or_default();
+    ensure!(
+        rec["outcome"] == "denied" && error.contains("spoke HTTP after its server"),
+        "session: {rec:#}"
+    );
+    Ok(())
+}
+
 /// A client that waits before its ClientHello has its upstream dialled meanwhile (it might be
 /// waiting for a server that speaks first), but its SNI still decides: a blocked host is
 /// refused.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,7 +15,7 @@ use super::Proxy;
 use super::counted::Counted;
 use super::prefixed::Prefixed;
 use super::scan::StreamScan;
-use super::sniff::{MAX_SNIFF, Protocol, classify};
+use super::sniff::{MAX_SNIFF, NotHttp, Protocol, classify};
 use super::upstream::Upstream;
 use crate::gate::Tls as GateTls;
 use crate::http::{ConnectionInfo, HttpError, Recorder, Version};
@@ -24,6 +25,9 @@ use crate::sessions::{Event, Outcome, TlsInfo, TlsMode};
 use crate::tls::HelloError;
 use interceptor::relay_scan::{Counters, Peer as ScanPeer, ScanRelayError};
 
+/// How much longer a client whose server spoke first has to speak for itself, where the
+/// policy decides by HTTP requests (an h2c server sends SETTINGS before the client's preface).
+const SERVER_FIRST_GRACE: Duration = Duration::from_millis(250);
 /// A fatal `handshake_failure` alert record, for a client whose upstream we refused.
 const HANDSHAKE_FAILURE: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
 /// A fatal `access_denied` alert record, for a connection the policy refused.
@@ -49,24 +53,20 @@ impl Proxy {
         traffic: Arc<Traffic>,
     ) -> Ended {
         let (id, dest) = (peer.id, peer.dest);
-        let protocol = match upstream.sniff(&client).await {
-            Ok(p) => p,
+        let enrollment = peer.enrollment.as_deref();
+        let needs_http = (self.gate).needs_http(&peer.identity, enrollment, None, dest);
+        let sniffed = match upstream.sniff(&client, needs_http).await {
+            Ok(s) => s,
             Err(e) => return super::dial_failed(&client, dest, &e),
         };
-        tracing::debug!(session = id, ?protocol, "first bytes");
-        let version = match protocol {
+        tracing::debug!(session = id, protocol = ?sniffed.protocol, "first bytes");
+        let version = match sniffed.protocol {
             Protocol::Tls => {
                 return self.terminate_tls(peer, client, upstream, traffic).await;
             }
             Protocol::Other => {
-                let opaque = self.gate.on_opaque(
-                    id,
-                    &peer.identity,
-                    peer.enrollment.as_deref(),
-                    None,
-                    dest,
-                    false,
-                );
+                let opaque =
+                    (self.gate).on_opaque(id, &peer.identity, enrollment, None, dest, false);
                 if let Err(why) = opaque.await {
                     relay::reset(&client);
                     return (Outcome::Denied, Some(why));
@@ -76,8 +76,13 @@ impl Proxy {
                     Err(e) => return super::dial_failed(&client, dest, &e),
                 };
                 // Scanned when the policy's decision for it selects secret rules.
-                let enrollment = peer.enrollment.as_deref();
-                return match self.stream_scan(id, &peer.identity, enrollment, None, dest) {
+                let scan = self.stream_scan(id, &peer.identity, enrollment, None, dest);
+                if needs_http && sniffed.server_first {
+                    let client = Counted::client(client, traffic.clone());
+                    let upstream = Counted::upstream(upstream, traffic);
+                    return relay_unread(scan.as_ref(), client, upstream).await;
+                }
+                return match scan {
                     Some(scan) => scan_tcp(&scan, client, upstream, &traffic).await,
                     None => splice(client, upstream, &traffic).await,
                 };
@@ -246,7 +251,10 @@ impl Proxy {
     }
 
     /// Without ALPN the first decrypted bytes tell: an HTTP request, or anything else
-    /// (including a server that speaks first).
+    /// (including a server that speaks first). A request that comes in small pieces is read
+    /// until it is clear what it is. Where the policy decides the connection by its HTTP
+    /// requests, a server that speaks first gives the client a little longer to speak for
+    /// itself, and is then relayed with the client's first bytes checked not to be HTTP.
     async fn sniff_decrypted<C, U>(
         &self,
         info: ConnectionInfo,
@@ -257,23 +265,52 @@ impl Proxy {
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut from_client, mut from_upstream) = (vec![0u8; MAX_SNIFF], vec![0u8; 4096]);
-        tokio::select! {
-            n = client.read(&mut from_client) => {
-                let n = n.unwrap_or(0);
-                from_client.truncate(n);
-                let client = Prefixed::new(from_client.clone(), client);
-                let upstream = Prefixed::new(Vec::new(), upstream);
-                match classify(&from_client) {
-                    Some(Protocol::Http1) => self.serve_http(info, Version::Http1, client, upstream).await,
-                    Some(Protocol::H2Prior) => self.serve_http(info, Version::Http2, client, upstream).await,
-                    _ => self.relay_opaque(&info, client, upstream).await,
+        let needs_http = self.gate.needs_http(
+            &info.identity,
+            info.enrollment.as_deref(),
+            info.sni.as_deref(),
+            info.destination,
+        );
+        let (mut first, mut from_upstream) = (Vec::with_capacity(MAX_SNIFF), Vec::new());
+        let mut piece = [0u8; MAX_SNIFF];
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        let protocol = loop {
+            tokio::select! {
+                n = client.read(&mut piece[..MAX_SNIFF - first.len()]) => match n {
+                    Ok(n) if n > 0 => {
+                        first.extend_from_slice(&piece[..n]);
+                        if let Some(p) = classify(&first) {
+                            break p;
+                        }
+                    }
+                    _ => break Protocol::Other,
+                },
+                n = read_some(&mut upstream), if from_upstream.is_empty() && first.is_empty() => {
+                    from_upstream = n.unwrap_or_default();
+                    if !needs_http || from_upstream.is_empty() {
+                        break Protocol::Other;
+                    }
+                    grace.as_mut().reset(tokio::time::Instant::now() + SERVER_FIRST_GRACE);
+                }
+                () = &mut grace, if first.is_empty() => {
+                    let client = NotHttp::new(Prefixed::new(Vec::new(), client));
+                    return self.relay_opaque(&info, client, Prefixed::new(from_upstream, upstream)).await;
                 }
             }
-            n = upstream.read(&mut from_upstream) => {
-                from_upstream.truncate(n.unwrap_or(0));
-                self.relay_opaque(&info, Prefixed::new(Vec::new(), client), Prefixed::new(from_upstream, upstream)).await
+        };
+        let client = Prefixed::new(first, client);
+        let upstream = Prefixed::new(from_upstream, upstream);
+        match protocol {
+            Protocol::Http1 => {
+                self.serve_http(info, Version::Http1, client, upstream)
+                    .await
             }
+            Protocol::H2Prior => {
+                self.serve_http(info, Version::Http2, client, upstream)
+                    .await
+            }
+            _ => self.relay_opaque(&info, client, upstream).await,
         }
     }
 
@@ -402,4 +439,45 @@ async fn splice(client: TcpStream, upstream: TcpStream, traffic: &Traffic) -> En
             (outcome, Some(e.to_string()))
         }
     }
+}
+
+/// A connection the policy decides by its HTTP requests whose server spoke first: relayed
+/// (scanned if its decision masks) with the client's first bytes checked, and refused if the
+/// client turns out to speak HTTP (it could only be relayed uninspected).
+async fn relay_unread<C, U>(scan: Option<&Arc<StreamScan>>, client: C, upstream: U) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client = NotHttp::new(client);
+    let mut upstream = upstream;
+    let relayed = match scan {
+        Some(scan) => (scan
+            .relay(&mut client, &mut upstream, &Counters::default())
+            .await)
+            .map_err(|e| scan_failed(&e, e.to_string())),
+        None => (tokio::io::copy_bidirectional(&mut client, &mut upstream).await)
+            .map(|_| ())
+            .map_err(|e| (Outcome::ClientError, Some(e.to_string()))),
+    };
+    match relayed {
+        Ok(()) => (Outcome::Closed, None),
+        Err(_) if client.refused() => (
+            Outcome::Denied,
+            Some(
+                "the client spoke HTTP after its server spoke first; the policy decides this \
+                  connection by its HTTP requests, which could not be read"
+                    .into(),
+            ),
+        ),
+        Err(ended) => ended,
+    }
+}
+
+/// One read's worth of bytes from `stream` (empty at its end).
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await?;
+    buf.truncate(n);
+    Ok(buf)
 }

@@ -39,6 +39,12 @@ impl Dialer {
     }
 }
 
+/// What a connection speaks, and whether its server spoke before its client did.
+pub struct Sniffed {
+    pub protocol: Protocol,
+    pub server_first: bool,
+}
+
 pub enum Upstream {
     Dialled(TcpStream),
     /// Dialled by [`Upstream::connect`] once a later stage has let the connection through.
@@ -50,19 +56,37 @@ impl Upstream {
     /// (SSH, SMTP) means raw TCP. A client silent for [`CLIENT_FIRST_WAIT`] gets its upstream
     /// dialled, and then whichever side speaks first decides: never is a silent client
     /// decided without its bytes (an SNI a host rule would refuse could follow).
-    pub async fn sniff(&mut self, client: &TcpStream) -> io::Result<Protocol> {
+    ///
+    /// With `needs_http` (the policy decides the connection by its HTTP requests), a server
+    /// that speaks first gives the client [`CLIENT_FIRST_WAIT`] more to speak for itself: an
+    /// h2c server sends its SETTINGS at once, before a client that is a little slow.
+    pub async fn sniff(&mut self, client: &TcpStream, needs_http: bool) -> io::Result<Sniffed> {
+        let client_first = |protocol: Result<Protocol, _>| Sniffed {
+            protocol: protocol.unwrap_or(Protocol::Other),
+            server_first: false,
+        };
         loop {
             match self {
                 Upstream::Dialled(upstream) => {
-                    return Ok(tokio::select! {
-                        p = peek_until(client, MAX_SNIFF, classify) => p.unwrap_or(Protocol::Other),
-                        _ = upstream.readable() => Protocol::Other,
+                    tokio::select! {
+                        p = peek_until(client, MAX_SNIFF, classify) => return Ok(client_first(p)),
+                        _ = upstream.readable() => {}
+                    }
+                    let peeked = peek_until(client, MAX_SNIFF, classify);
+                    if needs_http
+                        && let Ok(p) = tokio::time::timeout(CLIENT_FIRST_WAIT, peeked).await
+                    {
+                        return Ok(client_first(p));
+                    }
+                    return Ok(Sniffed {
+                        protocol: Protocol::Other,
+                        server_first: true,
                     });
                 }
                 Upstream::Later(dialer) => {
                     let peeked = peek_until(client, MAX_SNIFF, classify);
                     if let Ok(p) = tokio::time::timeout(CLIENT_FIRST_WAIT, peeked).await {
-                        return Ok(p.unwrap_or(Protocol::Other));
+                        return Ok(client_first(p));
                     }
                     *self = Upstream::Dialled(dialer.dial().await?);
                 }
