@@ -5,6 +5,9 @@
 //!   libLLVM) and mounts bpffs. It is idempotent: each step checks first and skips when done.
 //! * `run` sets up, builds the daemon in release mode and execs `interceptor run`.
 //! * `test` sets up, then fmt check, clippy, build, and the whole workspace's tests.
+//! * `fuzz` runs the fuzz targets of `fuzz/` for a short while each (see `fuzz.rs`).
+
+mod fuzz;
 
 use std::env;
 use std::ffi::OsString;
@@ -49,6 +52,13 @@ enum Cmd {
         /// Bench targets to run: `redirect`, `https`, `masking` (default: all).
         names: Vec<String>,
     },
+    /// Run each fuzz target (all, or the ones named) for a while from its seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        names: Vec<String>,
+    },
     /// Set up, then fmt check, clippy, build and test the workspace.
     Test {
         /// Value for `cargo test -- --test-threads` (env XTASK_TEST_THREADS).
@@ -66,6 +76,7 @@ fn main() {
         Cmd::Setup => setup(),
         Cmd::Run { args } => run(args),
         Cmd::Bench { names } => bench(&names),
+        Cmd::Fuzz { seconds, names } => fuzz::fuzz(seconds, &names),
         Cmd::Test { test_threads, args } => test(&test_threads, args),
     };
     if let Err(e) = result {
@@ -190,8 +201,8 @@ fn setup_apt() -> Result<()> {
 
 /// Python modules the end-to-end tests import beyond the standard library (each installed
 /// by pip under the same name): `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode
-/// test bodies.
-const PYTHON_MODULES: [&str; 3] = ["h2", "brotli", "zstandard"];
+/// test bodies, and the official SDKs agents use (`openai`, `anthropic`).
+const PYTHON_MODULES: [&str; 5] = ["h2", "brotli", "zstandard", "openai", "anthropic"];
 
 fn setup_python_modules() -> Result<()> {
     let missing: Vec<&str> = PYTHON_MODULES

@@ -16,6 +16,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::hook::{BodyTransform, BoxError, ExchangeInfo, Refused};
 use super::pipeline::Pipeline;
+use super::refusal::ErrorShape;
 use crate::sessions::{HttpExchange, PolicyDecision, UpgradedBytes};
 
 pub type HttpBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -50,6 +51,8 @@ pub struct Exchange {
     response_bytes: AtomicU64,
     /// Why a request body transform refused the exchange.
     refused: Mutex<Option<(http::StatusCode, String)>>,
+    /// How a refusal made here is written for this request's client.
+    pub error_shape: ErrorShape,
 }
 
 impl Exchange {
@@ -86,6 +89,7 @@ impl Exchange {
             request_bytes: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             refused: Mutex::new(None),
+            error_shape: ErrorShape::of(head),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod masking;
 mod pipeline;
 pub mod policy_hook;
 pub mod preview;
+mod refusal;
 pub mod settings;
 pub mod tokenize;
 
@@ -36,6 +37,7 @@ use exchange::{Exchange, HttpBody, Metered, Side, transform_for};
 use hook::{BodyTransform, BoxError, ExchangeInfo, Hooks, Refused, Verdict};
 use interceptor::detection::compression::CodecError;
 use interceptor::relay_scan::Counters;
+use refusal::ErrorShape;
 
 /// Drives the client connection toward the upstream.
 type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -45,6 +47,9 @@ const UPSTREAM_LINGER: Duration = Duration::from_secs(5);
 /// Request bodies up to this size that a transform resizes are read whole before they go
 /// on, so that they keep a `Content-Length` (larger ones stream, chunked on HTTP/1.1).
 const REFRAMED_REQUEST_BODY: u64 = 64 * 1024;
+/// How much of a refused JSON-RPC request is read, and for how long, to answer it by its id.
+const RPC_ID_PEEK: usize = 64 * 1024;
+const RPC_ID_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -266,6 +271,11 @@ impl Connection {
         exchange.rewritten(&head);
         if let Verdict::Refuse { status, reason } = decision.verdict {
             exchange.fail(format_args!("refused: {reason}"));
+            if exchange.error_shape == ErrorShape::JsonRpc {
+                // The refusal answers the request by its id.
+                let (start, _) = body.first_bytes(RPC_ID_PEEK, RPC_ID_WAIT).await;
+                return answer_rpc(&exchange, status, reason, refusal::json_rpc_id(&start));
+            }
             return answer(&exchange, status, reason);
         }
         let body = body.into_body();
@@ -436,14 +446,30 @@ impl BodyTransform for CapRefuses {
     }
 }
 
-/// A response made here (refusal, upstream failure), recorded as the exchange's status.
+/// A response made here (refusal, upstream failure), recorded as the exchange's status, in
+/// the error shape of the request's API.
 fn answer(exchange: &Exchange, status: StatusCode, reason: String) -> Response<HttpBody> {
+    answer_rpc(exchange, status, reason, None)
+}
+
+/// [`answer`] for a JSON-RPC request whose id is known.
+fn answer_rpc(
+    exchange: &Exchange,
+    status: StatusCode,
+    reason: String,
+    rpc_id: Option<serde_json::Value>,
+) -> Response<HttpBody> {
+    let (body, content_type) = exchange.error_shape.body(status, &reason, rpc_id);
     let mut resp = Response::new(
-        Full::new(Bytes::from(reason))
+        Full::new(body)
             .map_err(|never: Infallible| match never {})
             .boxed_unsync(),
     );
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     let (head, body) = resp.into_parts();
     exchange.responded(&head);
     Response::from_parts(head, body)
