@@ -833,6 +833,13 @@ fn every_file_the_daemon_creates_is_private_whatever_its_umask() -> Result<()> {
     // A clean stop writes the last checkpoint; the second start finds everything there.
     d.restart()?;
     let data = d.data_dir().to_path_buf();
+    let open: Vec<String> = walk(&data)?
+        .into_iter()
+        .filter(|(_, mode, uid, dir)| *mode != if *dir { 0o700 } else { 0o600 } || *uid != 0)
+        .map(|(p, mode, uid, _)| format!("{} {mode:o} uid {uid}", p.display()))
+        .collect();
+    ensure!(open.is_empty(), "not private to root: {open:#?}");
+    // What the walk must have seen.
     for name in [
         "sessions/checkpoint.json",
         "sessions/checkpoint.key",
@@ -845,12 +852,6 @@ fn every_file_the_daemon_creates_is_private_whatever_its_umask() -> Result<()> {
             .any(|e| e.is_ok_and(|e| file_name(&e.path()).ends_with(".spans"))),
         "no span index created"
     );
-    let open: Vec<String> = walk(&data)?
-        .into_iter()
-        .filter(|(_, mode, uid, dir)| *mode != if *dir { 0o700 } else { 0o600 } || *uid != 0)
-        .map(|(p, mode, uid, _)| format!("{} {mode:o} uid {uid}", p.display()))
-        .collect();
-    ensure!(open.is_empty(), "not private to root: {open:#?}");
     Ok(())
 }
 

@@ -156,7 +156,10 @@ pub struct Checkpointer {
     dir: PathBuf,
     key: SigningKey,
     interval: Duration,
-    written: Option<(u64, Instant)>,
+    /// The seq of the newest checkpoint written.
+    written: Option<u64>,
+    /// When one was last written or tried (a failed write is tried again an interval later).
+    tried: Option<Instant>,
     pending: Option<Head>,
 }
 
@@ -167,22 +170,23 @@ impl Checkpointer {
             key,
             interval,
             written: None,
+            tried: None,
             pending: None,
         }
     }
 
     /// How long until the pending head is due.
     pub fn wait(&self) -> Duration {
-        match (self.pending, self.written) {
+        match (self.pending, self.tried) {
             (None, _) => Duration::MAX,
             (Some(_), None) => Duration::ZERO,
-            (Some(_), Some((_, at))) => self.interval.saturating_sub(at.elapsed()),
+            (Some(_), Some(at)) => self.interval.saturating_sub(at.elapsed()),
         }
     }
 
     /// `head` is on disk: write it now if one is due.
     pub fn synced(&mut self, head: Head) {
-        if self.written.is_some_and(|(seq, _)| seq >= head.seq) {
+        if self.written.is_some_and(|seq| seq >= head.seq) {
             return;
         }
         self.pending = Some(head);
@@ -200,8 +204,9 @@ impl Checkpointer {
         let path = checkpoint_path(&self.dir);
         let tmp = self.dir.join(format!("{CHECKPOINT_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&checkpoint).expect("checkpoints serialize");
+        self.tried = Some(Instant::now());
         match private_fs::replace(&path, &tmp, &bytes) {
-            Ok(()) => self.written = Some((head.seq, Instant::now())),
+            Ok(()) => self.written = Some(head.seq),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "writing the session checkpoint failed");
                 self.pending = Some(head);
