@@ -1002,7 +1002,35 @@ fn a_tail_cut_after_the_checkpoint_or_a_forged_checkpoint_fails_verify() -> Resu
         "forged checkpoint accepted: {report:#}"
     );
 
+    // A daemon started on it records that it could not trust it, and anchors anew.
+    d.restart()?;
+    let (ok, report) = verify(&d, false)?;
+    ensure!(
+        !ok && report["damage"][0]["kind"] == "untrusted_checkpoint",
+        "forged checkpoint forgotten after a restart: {report:#}"
+    );
+    // Its exit status says whether the forged checkpoint was replaced yet.
+    let ack = d.cli([
+        "sessions",
+        "acknowledge-damage",
+        "checkpoint.json",
+        "--json",
+    ])?;
+    let report: Value = serde_json::from_slice(&ack.stdout)?;
+    ensure!(
+        report["damage"][0]["acknowledged_by"]["uid"] == 0,
+        "not acknowledged: {report:#}"
+    );
+    poll(
+        "verify to pass",
+        SESSIONS,
+        Duration::from_millis(100),
+        || Ok(verify(&d, true)?.0.then_some(())),
+    )?;
+    verify_ok(&d)?;
+
     // A daemon started on a cut store records the cut; verify keeps failing on it.
+    kill_9(&d)?;
     std::fs::write(&checkpoint, &signed)?;
     std::fs::write(&seg, &clean[..cut_at])?;
     d.restart()?;

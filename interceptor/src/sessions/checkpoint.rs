@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::chain::Hash;
 use crate::private_fs;
 
-const CHECKPOINT_FILE: &str = "checkpoint.json";
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 const KEY_FILE: &str = "checkpoint.key";
 
 /// A record's place in the chain: its sequence number and hash.

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use interceptor::approvals::Approver;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::Head;
+use super::checkpoint::{CHECKPOINT_FILE, Head};
 use super::record::Event;
 use super::store::Store;
 use super::verify::{VerifyReport, verify_running};
@@ -26,6 +26,9 @@ pub enum DamageKind {
     Corrupt,
     /// The chain ends before the newest signed checkpoint, or differs from it there.
     MissingTail,
+    /// The checkpoint's signature or key did not match when the daemon started (it then
+    /// writes a new one, so this record is what is left of the evidence).
+    UntrustedCheckpoint,
 }
 
 /// One damaged place.
@@ -41,6 +44,9 @@ pub struct StoreDamage {
     /// Missing tail: the checkpoint the chain falls short of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Head>,
+    /// Untrusted checkpoint: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl StoreDamage {
@@ -52,6 +58,20 @@ impl StoreDamage {
             bytes: (range.end - range.start) as u64,
             after_seq,
             checkpoint: None,
+            detail: None,
+        }
+    }
+
+    /// A checkpoint the daemon found it could not trust, when the chain ended at `after_seq`.
+    pub fn untrusted_checkpoint(detail: String, after_seq: Option<u64>) -> StoreDamage {
+        StoreDamage {
+            kind: DamageKind::UntrustedCheckpoint,
+            segment: CHECKPOINT_FILE.into(),
+            offset: 0,
+            bytes: 0,
+            after_seq,
+            checkpoint: None,
+            detail: Some(detail),
         }
     }
 
@@ -64,6 +84,8 @@ impl StoreDamage {
                     == (&other.segment, other.offset, other.bytes)
             }
             DamageKind::MissingTail => self.checkpoint == other.checkpoint,
+            // Recorded on every start that finds one: the daemon replaces it at once.
+            DamageKind::UntrustedCheckpoint => false,
         }
     }
 
@@ -83,6 +105,10 @@ impl StoreDamage {
                 c.hash
             ),
             (DamageKind::MissingTail, None) => format!("the tail of {} is missing", self.segment),
+            (DamageKind::UntrustedCheckpoint, _) => format!(
+                "the daemon started on a checkpoint it could not trust: {}",
+                self.detail.as_deref().unwrap_or("?")
+            ),
         }
     }
 }

@@ -168,6 +168,7 @@ pub(super) fn recover(dir: &Path, anchor: Option<&Checkpoint>) -> Result<Recover
                 bytes: 0,
                 after_seq: last_seq,
                 checkpoint: Some(c.head),
+                detail: None,
             });
         }
         if short {

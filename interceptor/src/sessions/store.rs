@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::checkpoint::{self, Checkpointer};
-use super::damage::DamageEvent;
+use super::damage::{DamageEvent, StoreDamage};
 use super::index::StartIndex;
 use super::read::{fold_sessions, read_session, read_sessions};
 use super::record::{Event, Session};
@@ -120,10 +120,10 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, StoreWriter), StoreError> {
         private_fs::private_dir(dir).map_err(io_err(dir))?;
         spans::remove_stale_temporaries(dir).map_err(io_err(dir))?;
-        let anchor = checkpoint::load(dir).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the session checkpoint cannot be trusted; `interceptor sessions verify` reports it");
-            None
-        });
+        let (anchor, untrusted) = match checkpoint::load(dir) {
+            Ok(anchor) => (anchor, None),
+            Err(e) => (None, Some(e)),
+        };
         let checkpoints = match options.checkpoint_interval {
             Some(interval) => {
                 let key = checkpoint::load_or_create_key(dir).map_err(io_err(dir))?;
@@ -132,7 +132,11 @@ impl Store {
             None => None,
         };
         let mut state = recover(dir, anchor.as_ref())?;
-        let damage = std::mem::take(&mut state.damage);
+        let mut damage = std::mem::take(&mut state.damage);
+        if let Some(detail) = untrusted {
+            let last = state.next_seq.checked_sub(1);
+            damage.push(StoreDamage::untrusted_checkpoint(detail, last));
+        }
         let max_id = state.max_session_id;
         let (written_tx, written) = watch::channel(state.end());
         let interrupted = interrupted_ends(&state);

@@ -240,7 +240,8 @@ impl Scan {
             Some(Event::Retention(r)) => self
                 .removed
                 .extend(r.removed.iter().map(|s| (s.last_seq, s.last_hash))),
-            Some(Event::Damage(DamageEvent::Found(d))) if d.kind == DamageKind::MissingTail => {
+            // Corrupt bytes are found by the scan itself; the rest only the daemon saw.
+            Some(Event::Damage(DamageEvent::Found(d))) if d.kind != DamageKind::Corrupt => {
                 self.damage.push(d)
             }
             Some(Event::Damage(DamageEvent::Acknowledged { damage, by, .. })) => self
@@ -298,7 +299,7 @@ impl Scan {
             Ok(Some(c)) => c,
             Err(reason) => {
                 return Some(Problem {
-                    segment: "checkpoint.json".into(),
+                    segment: checkpoint::CHECKPOINT_FILE.into(),
                     offset: 0,
                     seq: None,
                     reason: format!("the checkpoint cannot be trusted: {reason}"),

@@ -135,7 +135,8 @@ impl Writer {
         let first = self.batch.map_or(self.next_seq, |b| b.0);
         self.batch = Some((first, at));
         self.next_seq += 1;
-        self.ends_session |= matches!(event, Event::End(_));
+        // Session ends and damage records reach the disk (and the checkpoint) at once.
+        self.ends_session |= matches!(event, Event::End(_) | Event::Damage(_));
         if let Event::Start(s) = event {
             self.batch_starts.push(s.id);
         }
