@@ -77,8 +77,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         }
         None => None,
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Everything the daemon creates is its own alone (the control socket is opened up
+    // explicitly); the data directory holds recorded bodies and keys.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::private_fs::private_dir(&config.data_dir)
+        .with_context(|| format!("data directory {}", config.data_dir.display()))?;
     let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.store)?;
     let mut kernel = Kernel::load(
         &config.bpffs_dir,
@@ -303,15 +306,36 @@ impl Daemon {
             Request::Tail(_) => bail!("a tail request is a stream, served by the control server"),
             Request::Verify => {
                 let store = self.proxy.store.clone();
-                let end = *store.written().borrow();
                 serde_json::to_value(
                     tokio::task::spawn_blocking(move || {
-                        crate::sessions::verify::verify(store.dir(), Some(end))
+                        crate::sessions::verify::verify_running(&store)
                     })
                     .await??,
                 )?
             }
+            Request::AcknowledgeDamage { .. } => {
+                bail!("acknowledging damage is served with the caller's credentials")
+            }
         })
+    }
+
+    /// Records that the caller has looked into the damage in `segment`: root only, since
+    /// verify passes over it from then on.
+    pub async fn acknowledge_damage(
+        &self,
+        segment: String,
+        reason: Option<String>,
+        peer: (u32, Option<i32>),
+    ) -> Reply {
+        let (uid, pid) = peer;
+        if uid != 0 {
+            return Err("only root may acknowledge session store damage".into());
+        }
+        let store = &self.proxy.store;
+        crate::sessions::damage::acknowledge(store, &segment, Approver::of_uid(uid), pid, reason)
+            .await
+            .and_then(|report| Ok(serde_json::to_value(report)?))
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// An approvals request from the control socket, decided in the name of `peer_uid`.

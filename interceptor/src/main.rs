@@ -11,6 +11,7 @@ mod http;
 mod identity;
 mod kernel;
 mod metrics;
+mod private_fs;
 mod proxy;
 mod redirect;
 mod relay;

@@ -31,6 +31,8 @@ pub struct Daemon {
     proxy_port: u16,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// The umask the daemon is started with (else the test's).
+    umask: Option<u32>,
 }
 
 impl Daemon {
@@ -40,6 +42,15 @@ impl Daemon {
 
     /// Starts a daemon with extra `run` arguments (kept for [`restart`](Self::restart)).
     pub fn start_with(extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_as(extra_args, None)
+    }
+
+    /// Starts a daemon whose umask is `mask`, as an operator's shell may hand it one.
+    pub fn start_with_umask(mask: u32, extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_as(extra_args, Some(mask))
+    }
+
+    fn start_as(extra_args: &[&str], umask: Option<u32>) -> Result<Daemon> {
         let bin = interceptor_bin();
         if !bin.exists() {
             bail!(
@@ -67,6 +78,7 @@ impl Daemon {
             data_dir,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            umask,
         };
         d.spawn()?;
         Ok(d)
@@ -93,6 +105,16 @@ impl Daemon {
             )
             .env("NO_COLOR", "1")
             .env_remove("INTERCEPTOR_SOCKET");
+        if let Some(mask) = self.umask {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(mask);
+            // SAFETY: umask(2) is async-signal-safe and touches no memory.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    nix::sys::stat::umask(mode);
+                    Ok(())
+                });
+            }
+        }
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);
         self.wait_ready()

@@ -12,6 +12,7 @@ use crate::control::client;
 use crate::control::protocol::Request;
 use crate::sessions::Event;
 use crate::sessions::chain::Record;
+use crate::sessions::damage::DamageEvent;
 use crate::sessions::retention::RetentionPolicy;
 use crate::sessions::store::StoreOptions;
 use crate::sessions::tail::{TailFilter, TailRequest};
@@ -154,11 +155,46 @@ pub fn verify(socket: &Path, data_dir: Option<PathBuf>, json: bool) -> anyhow::R
         }
         None => client::call(socket, &Request::Verify)?,
     };
+    print_report(&report, json)
+}
+
+pub fn acknowledge_damage(
+    socket: &Path,
+    segment: String,
+    reason: Option<String>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let report: VerifyReport =
+        client::call(socket, &Request::AcknowledgeDamage { segment, reason })?;
+    print_report(&report, json)
+}
+
+/// A verify report; exit status 1 when it names a problem.
+fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<i32> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         for note in &report.notes {
             println!("note: {note}");
+        }
+        for d in &report.damage {
+            match &d.acknowledged_by {
+                Some(by) => println!(
+                    "damage (acknowledged by {}): {}",
+                    by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                    d.damage.describe()
+                ),
+                None => println!("DAMAGE: {}", d.damage.describe()),
+            }
+        }
+        if let Some(c) = &report.checkpoint {
+            println!(
+                "checkpoint: seq {} hash {} signed {} by key {}",
+                c.head.seq,
+                c.head.hash,
+                humantime::format_rfc3339_seconds(c.at),
+                c.key
+            );
         }
         match &report.problem {
             None => println!(
@@ -242,6 +278,21 @@ fn human(r: &Record, p: Paint) -> String {
                 ret.reason
             ),
         ),
+        Event::Damage(DamageEvent::Found(d)) => {
+            paint(Paint::RED, format!("store  DAMAGE {}", d.describe()))
+        }
+        Event::Damage(DamageEvent::Acknowledged { damage, by, .. }) => paint(
+            Paint::YELLOW,
+            format!(
+                "store  damage acknowledged by {}: {}",
+                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                damage
+                    .iter()
+                    .map(|d| format!("{} offset {}", d.segment, d.offset))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
     };
     if id == 0 {
         format!("{time}  {:>6}  {body}", "-")
@@ -310,6 +361,7 @@ impl super::args::RunArgs {
                 max_age: self.retain_age,
                 max_bytes: self.retain_bytes,
             },
+            checkpoint_interval: Some(self.checkpoint_interval),
         }
     }
 }

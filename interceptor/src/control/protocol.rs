@@ -36,6 +36,12 @@ pub enum Request {
     Tail(crate::sessions::tail::TailRequest),
     /// Check the store's checksums and hash chain.
     Verify,
+    /// Record that the damage `verify` reports in `segment` has been looked into (root only;
+    /// recorded with the caller's credentials). Replies with the verify report after it.
+    AcknowledgeDamage {
+        segment: String,
+        reason: Option<String>,
+    },
 }
 
 pub type Reply = Result<serde_json::Value, String>;

@@ -17,8 +17,13 @@ const MAX_REQUEST: u64 = 1 << 20;
 
 /// Binds the socket (mode 0660, group `group` if given) and serves requests until dropped.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The daemon's umask keeps what it creates private; members of the socket's group
+        // must reach the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     // A socket file left by a daemon that did not shut down cleanly.
     if path.exists() {
@@ -57,7 +62,8 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
     // Who is asking: approvals are decided in the name of the peer's uid.
-    let peer_uid = stream.peer_cred()?.uid();
+    let peer = stream.peer_cred()?;
+    let peer_uid = peer.uid();
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -72,6 +78,11 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
                 };
             }
             Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
+            Ok(Request::AcknowledgeDamage { segment, reason }) => {
+                daemon
+                    .acknowledge_damage(segment, reason, (peer_uid, peer.pid()))
+                    .await
+            }
             Ok(request) => daemon.handle(request).await,
             Err(e) => Err(format!("malformed request: {e}")),
         };

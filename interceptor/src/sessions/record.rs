@@ -85,6 +85,8 @@ pub enum Event {
     /// The start of a byte stream that is not HTTP (raw TCP, a decrypted non-HTTP stream,
     /// WebSocket payloads), one per direction, masked.
     Stream(StreamData),
+    /// Damage found in the store on start, or acknowledged by an operator; a store event.
+    Damage(super::damage::DamageEvent),
 }
 
 impl Event {
@@ -100,6 +102,7 @@ impl Event {
             Event::Approval(_) => 0,
             Event::Secret(s) => s.id,
             Event::Stream(s) => s.id,
+            Event::Damage(_) => 0,
         }
     }
 }
@@ -351,6 +354,7 @@ impl Session {
             Event::Retention(_) => {}
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
+            Event::Damage(_) => {}
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
         }
