@@ -1,5 +1,6 @@
 //! The daemon's side of the control socket.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,8 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::caller::Caller;
+use super::change;
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
 use crate::sessions::tail;
@@ -56,8 +59,8 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
-    // Who is asking: approvals are decided in the name of the peer's uid.
-    let peer_uid = stream.peer_cred()?.uid();
+    // Who is asking: changes are authorised and recorded in the name of the peer.
+    let caller = Caller::of(&stream)?;
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -71,8 +74,13 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
                     _ = lines.next_line() => Ok(()),
                 };
             }
-            Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
-            Ok(request) => daemon.handle(request).await,
+            Ok(request) => match request.change() {
+                Some(change) => {
+                    let socket = AsRef::<UnixStream>::as_ref(lines.get_ref().get_ref().get_ref());
+                    change::serve(daemon, request, change, &caller, socket.as_fd()).await
+                }
+                None => daemon.handle(request).await,
+            },
             Err(e) => Err(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_vec(&reply).expect("replies always serialize");

@@ -73,7 +73,11 @@ impl Metrics {
                 };
                 add(&self.approvals[kind]);
             }
-            Event::Tls(_) | Event::Stream(_) | Event::Retention(_) | Event::PolicyLoaded(_) => {}
+            Event::Tls(_)
+            | Event::Stream(_)
+            | Event::Retention(_)
+            | Event::PolicyLoaded(_)
+            | Event::Control(_) => {}
         }
     }
 
