@@ -1,9 +1,9 @@
 //! Control socket roles end to end, as users and groups made for the test: members of
 //! `--socket-group` may read (status, sessions, approvals list, the CA) but not change;
 //! members of `--admin-group` may change; the workload's own user, even an admin, and any
-//! process inside the workload may not change the enrollment that covers it; every change,
-//! made, refused or failed, is a record in the session store with the caller's uid, user and
-//! pid.
+//! process inside the workload may not change the enrollment that covers it, nor approve its
+//! own held connection; every change, made, refused or failed, is a record in the session
+//! store with the caller's uid, user and pid.
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Output;
@@ -26,17 +26,24 @@ struct Roles {
 }
 
 fn setup() -> Result<Roles> {
+    setup_with(|_| Ok(Vec::new()))
+}
+
+/// `args` gives more `run` arguments, knowing the admin group's name.
+fn setup_with(args: impl FnOnce(&str) -> Result<Vec<String>>) -> Result<Roles> {
     require_root();
     let readers = TestGroup::new("read")?;
     let admins = TestGroup::new("adm")?;
     let reader = TestUser::new("r", &[&readers])?;
     let admin = TestUser::new("a", &[&readers, &admins])?;
-    let d = Daemon::start_with(&[
-        "--socket-group",
-        readers.name(),
-        "--admin-group",
-        admins.name(),
-    ])?;
+    let mut run = vec![
+        "--socket-group".to_string(),
+        readers.name().into(),
+        "--admin-group".into(),
+        admins.name().into(),
+    ];
+    run.extend(args(admins.name())?);
+    let d = Daemon::start_with(&run.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(Roles {
         d,
         reader,
@@ -280,5 +287,72 @@ fn a_workload_cannot_change_the_enrollment_that_covers_it() -> Result<()> {
     succeeded(&out)?;
     recorded(d, pid, who, "unenroll", "done")?;
     ensure!(enrolled_ids(d)?.is_empty(), "still enrolled");
+    Ok(())
+}
+
+#[test]
+fn an_admin_cannot_approve_its_own_held_connection() -> Result<()> {
+    let mut policy = None;
+    let s = setup_with(|admins| {
+        let file = PolicyFile::new(&format!(
+            r#"
+[[rule]]
+name = "hold-seven"
+action = "approve"
+[rule.match]
+cidr = ["127.0.0.7/32"]
+[rule.approval]
+groups = ["{admins}"]
+timeout = "20s"
+
+[default]
+action = "allow"
+"#
+        ))?;
+        let args = vec!["--policy".into(), file.arg()?.to_string()];
+        policy = Some(file);
+        Ok(args)
+    })?;
+    let (d, admin) = (&s.d, &s.admin);
+    let server = Server::hash("127.0.0.7", 10, "own")?;
+    let cg = TestCgroup::new(None)?;
+    d.enroll([cg.path().as_os_str(), "--include-loopback".as_ref()])?;
+
+    // The admin's own connection, held for approval.
+    let argv = client_argv("connect", &["--connect".into(), server.addr()]);
+    let mut client = admin.command(&argv[0]);
+    client.args(&argv[1..]);
+    in_cgroup(&mut client, cg.path())?;
+    let _client = Reaped(client.spawn()?);
+    let held: Value = poll(
+        "the admin's connection held",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            let list: Vec<Value> = d.cli_json(["approvals", "list", "--json"])?;
+            Ok(list.into_iter().next())
+        },
+    )?;
+    ensure!(held["workload"]["uid"] == admin.uid(), "{held}");
+
+    let id = held["id"].to_string();
+    let (pid, out) = d.cli_as(admin, ["approvals", "approve", &id])?;
+    let err = refused(&out)?;
+    ensure!(
+        err.contains("cannot approve or deny its own traffic"),
+        "{err}"
+    );
+    let r = recorded(
+        d,
+        pid,
+        (admin.uid(), admin.name()),
+        "approvals approve",
+        "refused",
+    )?;
+    ensure!(r["request"]["id"] == held["id"], "{r}");
+    ensure!(
+        server.records()?.is_empty(),
+        "the held connection went through"
+    );
     Ok(())
 }

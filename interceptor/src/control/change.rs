@@ -2,9 +2,10 @@
 //! ([`super::roles`], [`super::coverage`]), made, and recorded in the session store with who
 //! asked, whether they were made, refused or failed.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use serde_json::Value;
+use tokio::net::UnixStream;
 
 use super::caller::Caller;
 use super::coverage;
@@ -14,15 +15,17 @@ use crate::sessions::Event;
 use crate::sessions::record::{ControlChange, ControlOutcome};
 use interceptor::approvals::{ApprovalError, Approver, Verdict};
 
-/// Serves `request`, the change named `change` ([`Request::change`]), asked by `caller` on
-/// `socket`.
+/// Serves `request`, the change named `change` ([`Request::change`]), asked on `socket`. The
+/// peer is identified only now: reading needs nothing from the user database or `/proc`.
 pub async fn serve(
     daemon: &Daemon,
     request: Request,
     change: &'static str,
-    caller: &Caller,
-    socket: BorrowedFd<'_>,
+    socket: &UnixStream,
 ) -> Reply {
+    let caller = &Caller::of(socket)
+        .map_err(|e| format!("{change} refused: cannot tell who you are: {e}"))?;
+    let socket = socket.as_fd();
     let sent = serde_json::to_value(&request).unwrap_or(Value::Null);
     let (reply, outcome) = match make(daemon, request, change, caller, socket).await {
         Ok((value, changed)) => (Ok(value), ControlOutcome::Done { changed }),

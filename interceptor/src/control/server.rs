@@ -1,6 +1,5 @@
 //! The daemon's side of the control socket.
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +8,6 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::caller::Caller;
 use super::change;
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
@@ -59,8 +57,6 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
-    // Who is asking: changes are authorised and recorded in the name of the peer.
-    let caller = Caller::of(&stream)?;
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -76,8 +72,8 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
             }
             Ok(request) => match request.change() {
                 Some(change) => {
-                    let socket = AsRef::<UnixStream>::as_ref(lines.get_ref().get_ref().get_ref());
-                    change::serve(daemon, request, change, &caller, socket.as_fd()).await
+                    let socket = lines.get_ref().get_ref().get_ref().as_ref();
+                    change::serve(daemon, request, change, socket).await
                 }
                 None => daemon.handle(request).await,
             },
