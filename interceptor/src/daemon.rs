@@ -18,7 +18,7 @@ use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
 use crate::sessions::record::PolicyLoaded;
 use crate::sessions::{Event, Store, StoreWriter};
-use interceptor::approvals::{self, ApprovalEvent, Approvals, Approver};
+use interceptor::approvals::{self, ApprovalEvent, Approvals};
 use interceptor::policy::{self, Policy};
 
 /// `SO_MARK` on the daemon's upstream sockets ("intc"); the kernel programs let marked
@@ -32,6 +32,9 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub socket_group: Option<String>,
+    /// Group whose members may change (enroll, unenroll, reload, decide approvals) besides
+    /// root; the socket group's members may only read.
+    pub admin_group: Option<String>,
     pub bpffs_dir: PathBuf,
     pub proxy_port: u16,
     pub connect_timeout: Duration,
@@ -51,6 +54,7 @@ pub struct DaemonConfig {
 
 pub struct Daemon {
     enrollments: Mutex<Enrollments>,
+    roles: crate::control::roles::Roles,
     policy: policy::Current,
     policy_path: Option<PathBuf>,
     /// Secret rule ids a policy may name (None: no `--rules`, not checked).
@@ -77,6 +81,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         }
         None => None,
     };
+    let roles = crate::control::roles::Roles::new(config.admin_group.as_deref())?;
     // Everything the daemon creates is its own alone (the control socket is opened up
     // explicitly); the data directory holds recorded bodies and keys.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -146,7 +151,9 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     );
     enrollments.restore().await?;
 
-    let control = server::bind(&config.socket, config.socket_group.as_deref())?;
+    // Admins must be able to open the socket: with no socket group it is theirs.
+    let socket_group = config.socket_group.as_ref().or(config.admin_group.as_ref());
+    let control = server::bind(&config.socket, socket_group.map(String::as_str))?;
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(listener) = metrics {
         let (proxy, approvals) = (proxy.clone(), approvals.clone());
@@ -161,6 +168,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let _socket_file = SocketFile(config.socket.clone());
     let daemon = Arc::new(Daemon {
         enrollments: Mutex::new(enrollments),
+        roles,
         policy: current_policy,
         policy_path: config.policy.clone(),
         secret_rules,
@@ -262,14 +270,20 @@ impl Daemon {
             .map_err(|e| crate::errors::chain(e.as_ref()))
     }
 
+    /// Serves a request that only reads; changes are served by [`crate::control::change`].
     async fn dispatch(&self, request: Request) -> anyhow::Result<serde_json::Value> {
+        use crate::control::protocol::ApprovalsRequest as A;
         Ok(match request {
-            Request::Enroll(req) => {
-                serde_json::to_value(self.enrollments.lock().await.enroll(req).await?)?
+            Request::Enroll(_)
+            | Request::Unenroll { .. }
+            | Request::PolicyReload
+            | Request::Approvals(A::Decide { .. } | A::Revoke { .. })
+            | Request::AcknowledgeDamage { .. } => {
+                bail!("a change is served with the caller's credentials, by the control server")
             }
-            Request::Unenroll { target } => {
-                serde_json::to_value(self.enrollments.lock().await.unenroll(&target)?)?
-            }
+            Request::Approvals(A::List) => serde_json::to_value(self.approvals.pending())?,
+            Request::Approvals(A::Grants) => serde_json::to_value(self.approvals.grants())?,
+            Request::Approvals(A::Resolved) => serde_json::to_value(self.approvals.resolved())?,
             Request::Status => {
                 let g = gauges(&self.proxy, &self.approvals);
                 serde_json::to_value(Status {
@@ -298,10 +312,6 @@ impl Daemon {
                 };
                 serde_json::to_value(session.with_context(|| format!("no session with id {id}"))?)?
             }
-            Request::PolicyReload => serde_json::to_value(self.reload_policy("control").await?)?,
-            Request::Approvals(_) => {
-                bail!("approvals requests are served with the caller's credentials")
-            }
             Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
             Request::Tail(_) => bail!("a tail request is a stream, served by the control server"),
             Request::Verify => {
@@ -313,71 +323,13 @@ impl Daemon {
                     .await??,
                 )?
             }
-            Request::AcknowledgeDamage { .. } => {
-                bail!("acknowledging damage is served with the caller's credentials")
-            }
         })
-    }
-
-    /// Records that the caller has looked into the damage in `segment`: root only, since
-    /// verify passes over it from then on.
-    pub async fn acknowledge_damage(
-        &self,
-        segment: String,
-        reason: Option<String>,
-        peer: (u32, Option<i32>),
-    ) -> Reply {
-        let (uid, pid) = peer;
-        if uid != 0 {
-            return Err("only root may acknowledge session store damage".into());
-        }
-        let store = &self.proxy.store;
-        crate::sessions::damage::acknowledge(store, &segment, Approver::of_uid(uid), pid, reason)
-            .await
-            .and_then(|report| Ok(serde_json::to_value(report)?))
-            .map_err(|e| format!("{e:#}"))
-    }
-
-    /// An approvals request from the control socket, decided in the name of `peer_uid`.
-    pub async fn approvals_request(
-        &self,
-        request: crate::control::protocol::ApprovalsRequest,
-        peer_uid: u32,
-    ) -> Reply {
-        use crate::control::protocol::ApprovalsRequest as R;
-        let a = &self.approvals;
-        let approver = || Approver::of_uid(peer_uid);
-        let value = match request {
-            R::List => serde_json::to_value(a.pending()),
-            R::Grants => serde_json::to_value(a.grants()),
-            R::Resolved => serde_json::to_value(a.resolved()),
-            R::Decide {
-                id,
-                approve,
-                grant_for,
-                reason,
-            } => {
-                let verdict = match approve {
-                    true => approvals::Verdict::Approve { grant_for },
-                    false => approvals::Verdict::Deny,
-                };
-                match a.decide(id, &approver(), verdict, reason) {
-                    Ok(p) => serde_json::to_value(p),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            R::Revoke { id } => match a.revoke(id, &approver()) {
-                Ok(g) => serde_json::to_value(g),
-                Err(e) => return Err(e.to_string()),
-            },
-        };
-        value.map_err(|e| e.to_string())
     }
 
     /// Re-reads the policy file. A policy with an error is refused (the error names file,
     /// line and column) and the running one stays; a good one replaces the one in force
     /// ([`policy::Current`]) and every enrollment's kernel deny list, and is recorded.
-    async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
+    pub async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
         let path = self.policy_path.clone();
         let rules = self.secret_rules.clone();
         let loaded =
@@ -404,5 +356,17 @@ impl Daemon {
 
     pub fn store(&self) -> &crate::sessions::Store {
         &self.proxy.store
+    }
+
+    pub fn enrollments(&self) -> &Mutex<Enrollments> {
+        &self.enrollments
+    }
+
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    pub fn roles(&self) -> &crate::control::roles::Roles {
+        &self.roles
     }
 }

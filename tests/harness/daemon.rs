@@ -1,6 +1,7 @@
 //! One private interceptor daemon per test.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::model::{Enrollment, Session, Status, brief_all};
-use crate::proc::{run_with_timeout, spawn_logged};
+use crate::proc::{run_with_pid, run_with_timeout, spawn_logged};
+use crate::users::TestUser;
 use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -227,6 +229,23 @@ impl Daemon {
         S: AsRef<OsStr>,
     {
         run_with_timeout(&mut self.cli_command(args), CLI_TIMEOUT)
+    }
+
+    /// Runs the CLI as `user` (bounded time); returns its pid and output, whatever the exit
+    /// code. The daemon's temp dir is first opened for traversal, so that the socket's own
+    /// mode and group decide whether the user may use it.
+    pub fn cli_as<I, S>(&self, user: &TestUser, args: I) -> Result<(u32, Output)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+        let mut c = user.command(interceptor_bin());
+        c.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("INTERCEPTOR_SOCKET");
+        run_with_pid(&mut c, CLI_TIMEOUT)
     }
 
     /// Runs the CLI and returns stdout; fails (with stderr) unless it exits 0.

@@ -945,7 +945,9 @@ fn a_flipped_length_bit_is_damage_kept_in_place_until_acknowledged() -> Result<(
         .filter(|r| r["event"]["action"] == "acknowledged")
         .collect();
     ensure!(
-        acks.len() == 1 && acks[0]["event"]["by"]["uid"] == 0 && acks[0]["event"]["pid"].is_u64(),
+        acks.len() == 1
+            && acks[0]["event"]["by"]["uid"] == 0
+            && acks[0]["event"]["by"]["pid"].is_u64(),
         "who acknowledged is not recorded: {acks:#?}"
     );
     Ok(())

@@ -82,9 +82,15 @@ pub struct RunArgs {
     /// Where sessions and enrollment state are kept.
     #[arg(long, default_value = "/var/lib/interceptor")]
     pub data_dir: PathBuf,
-    /// Group that may use the control socket (mode 0660, owner root).
+    /// Group that may use the control socket (mode 0660, owner root) to read: status,
+    /// sessions, approvals list, the CA.
     #[arg(long)]
     pub socket_group: Option<String>,
+    /// Group whose members may also change (enroll, unenroll, policy reload, approvals
+    /// approve/deny/revoke); otherwise only root may. Its members need the socket too: put
+    /// them in --socket-group, or give no --socket-group and the socket is this group's.
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// bpffs directory for pinned maps and links (enrollments survive restarts through it).
     #[arg(long, default_value = "/sys/fs/bpf/interceptor")]
     pub bpffs_dir: PathBuf,

@@ -13,6 +13,7 @@ use crate::control::protocol::Request;
 use crate::sessions::Event;
 use crate::sessions::chain::Record;
 use crate::sessions::damage::DamageEvent;
+use crate::sessions::record::{ControlChange, ControlOutcome};
 use crate::sessions::retention::RetentionPolicy;
 use crate::sessions::store::StoreOptions;
 use crate::sessions::tail::{TailFilter, TailRequest};
@@ -180,8 +181,8 @@ fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<i32> {
         for d in &report.damage {
             match &d.acknowledged_by {
                 Some(by) => println!(
-                    "damage (acknowledged by {}): {}",
-                    by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                    "damage (acknowledged by {by} pid {}): {}",
+                    by.pid,
                     d.damage.describe()
                 ),
                 None => println!("DAMAGE: {}", d.damage.describe()),
@@ -260,6 +261,7 @@ fn human(r: &Record, p: Paint) -> String {
         Event::Secret(f) => format!("secret {}", print::finding_line(f, p)),
         Event::Stream(d) => format!("stream {}", print::stream_line(d)),
         Event::Approval(a) => approval_line(a, p),
+        Event::Control(c) => control_line(c, p),
         Event::PolicyLoaded(pl) => paint(
             Paint::YELLOW,
             format!(
@@ -284,8 +286,8 @@ fn human(r: &Record, p: Paint) -> String {
         Event::Damage(DamageEvent::Acknowledged { damage, by, .. }) => paint(
             Paint::YELLOW,
             format!(
-                "store  damage acknowledged by {}: {}",
-                by.user.clone().unwrap_or_else(|| format!("uid {}", by.uid)),
+                "store  damage acknowledged by {by} pid {}: {}",
+                by.pid,
                 damage
                     .iter()
                     .map(|d| format!("{} offset {}", d.segment, d.offset))
@@ -347,6 +349,26 @@ fn approval_line(a: &ApprovalEvent, p: Paint) -> String {
         ApprovalEvent::Revoked { grant, by } => (
             Paint::YELLOW,
             format!("approval grant #{grant} revoked by {}", who(by)),
+        ),
+    };
+    p.paint(code, text)
+}
+
+/// A change on the control socket: what, by whom, and what became of it.
+fn control_line(c: &ControlChange, p: Paint) -> String {
+    let by = format!("{} pid {}", c.caller, c.caller.pid);
+    let (code, text) = match &c.outcome {
+        ControlOutcome::Done { changed } => (
+            Paint::YELLOW,
+            format!("control {} by {by}: {changed}", c.change),
+        ),
+        ControlOutcome::Refused { reason } => (
+            Paint::RED,
+            format!("control {} by {by} REFUSED: {reason}", c.change),
+        ),
+        ControlOutcome::Failed { error } => (
+            Paint::RED,
+            format!("control {} by {by} failed: {error}", c.change),
         ),
     };
     p.paint(code, text)

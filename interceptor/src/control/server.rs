@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::change;
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
 use crate::sessions::tail;
@@ -61,9 +62,6 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
-    // Who is asking: approvals are decided in the name of the peer's uid.
-    let peer = stream.peer_cred()?;
-    let peer_uid = peer.uid();
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -77,13 +75,13 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
                     _ = lines.next_line() => Ok(()),
                 };
             }
-            Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
-            Ok(Request::AcknowledgeDamage { segment, reason }) => {
-                daemon
-                    .acknowledge_damage(segment, reason, (peer_uid, peer.pid()))
-                    .await
-            }
-            Ok(request) => daemon.handle(request).await,
+            Ok(request) => match request.change() {
+                Some(change) => {
+                    let socket = lines.get_ref().get_ref().get_ref().as_ref();
+                    change::serve(daemon, request, change, socket).await
+                }
+                None => daemon.handle(request).await,
+            },
             Err(e) => Err(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_vec(&reply).expect("replies always serialize");

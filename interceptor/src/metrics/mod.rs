@@ -77,7 +77,8 @@ impl Metrics {
             | Event::Stream(_)
             | Event::Retention(_)
             | Event::PolicyLoaded(_)
-            | Event::Damage(_) => {}
+            | Event::Damage(_)
+            | Event::Control(_) => {}
         }
     }
 

@@ -7,13 +7,13 @@ use std::ops::Range;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use interceptor::approvals::Approver;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{CHECKPOINT_FILE, Head};
 use super::record::Event;
 use super::store::Store;
 use super::verify::{VerifyReport, verify_running};
+use crate::control::caller::Caller;
 
 /// How long an acknowledgement may take to reach the disk.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -122,8 +122,8 @@ pub enum DamageEvent {
     /// An operator has seen it: verify passes over it from now on, naming it and them.
     Acknowledged {
         damage: Vec<StoreDamage>,
-        by: Approver,
-        pid: Option<i32>,
+        /// The peer of the control connection that asked (uid, user, gid, pid).
+        by: Caller,
         reason: Option<String>,
     },
 }
@@ -133,7 +133,7 @@ pub enum DamageEvent {
 pub struct DamageStatus {
     #[serde(flatten)]
     pub damage: StoreDamage,
-    pub acknowledged_by: Option<Approver>,
+    pub acknowledged_by: Option<Caller>,
 }
 
 /// Records that `by` has looked into the unacknowledged damage in `segment`, waits until the
@@ -141,8 +141,7 @@ pub struct DamageStatus {
 pub async fn acknowledge(
     store: &Store,
     segment: &str,
-    by: Approver,
-    pid: Option<i32>,
+    by: &Caller,
     reason: Option<String>,
 ) -> anyhow::Result<VerifyReport> {
     let report = verify_now(store).await?;
@@ -158,14 +157,13 @@ pub async fn acknowledge(
     tracing::warn!(
         segment,
         uid = by.uid,
-        ?pid,
+        pid = by.pid,
         "session store damage acknowledged"
     );
     let mut written = store.written();
     store.append(Event::Damage(DamageEvent::Acknowledged {
         damage: pending.clone(),
-        by,
-        pid,
+        by: by.clone(),
         reason,
     }));
     let settled = async {

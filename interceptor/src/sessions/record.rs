@@ -87,6 +87,9 @@ pub enum Event {
     Stream(StreamData),
     /// Damage found in the store on start, or acknowledged by an operator; a store event.
     Damage(super::damage::DamageEvent),
+    /// A change asked for on the control socket, done, refused or failed, and who asked; a
+    /// store event.
+    Control(ControlChange),
 }
 
 impl Event {
@@ -100,6 +103,7 @@ impl Event {
             Event::Retention(_) => 0,
             Event::PolicyLoaded(_) => 0,
             Event::Approval(_) => 0,
+            Event::Control(_) => 0,
             Event::Secret(s) => s.id,
             Event::Stream(s) => s.id,
             Event::Damage(_) => 0,
@@ -272,6 +276,33 @@ pub struct PolicyLoaded {
     pub at: SystemTime,
 }
 
+/// A change asked for on the control socket (`enroll`, `unenroll`, `policy reload`,
+/// `approvals approve|deny|revoke`) and what became of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlChange {
+    /// The change, as the CLI names it.
+    pub change: String,
+    /// The request as the caller sent it.
+    pub request: serde_json::Value,
+    /// Who asked: the peer credentials of the control connection.
+    pub caller: crate::control::caller::Caller,
+    #[serde(flatten)]
+    pub outcome: ControlOutcome,
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ControlOutcome {
+    /// Made; `changed` says what (the enrollment, the policy, the approval or grant).
+    Done { changed: String },
+    /// Refused by the control roles; `reason` is what the caller was told.
+    Refused { reason: String },
+    /// Allowed, but it failed; `error` is what the caller was told.
+    Failed { error: String },
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionStart {
     pub id: u64,
@@ -355,6 +386,7 @@ impl Session {
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
             Event::Damage(_) => {}
+            Event::Control(_) => {}
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
         }

@@ -231,12 +231,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::control::caller::Caller;
     use crate::sessions::checkpoint;
     use crate::sessions::read::read_sessions;
     use crate::sessions::store::StoreOptions;
     use crate::sessions::store::tests::{end, start, write_all};
     use crate::sessions::verify::verify;
-    use interceptor::approvals::Approver;
 
     fn options(checkpoints: bool) -> StoreOptions {
         StoreOptions {
@@ -274,11 +274,15 @@ mod tests {
     }
 
     fn acknowledge(dir: &Path, damage: Vec<StoreDamage>, checkpoints: bool) {
-        let by = Approver::of_uid(0);
+        let by = Caller {
+            uid: 0,
+            user: Some("root".into()),
+            gid: 0,
+            pid: 1,
+        };
         let ack = DamageEvent::Acknowledged {
             damage,
             by,
-            pid: None,
             reason: None,
         };
         write_all(dir, options(checkpoints), vec![Event::Damage(ack)]);

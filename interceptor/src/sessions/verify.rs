@@ -15,7 +15,7 @@ use super::segment::{
     Damage, FRAME_HEADER, Frames, Position, segment_name, segment_number, segment_paths,
 };
 use super::store::Store;
-use interceptor::approvals::Approver;
+use crate::control::caller::Caller;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -84,7 +84,7 @@ struct Scan {
     /// (last seq, last hash) of every segment that retention says it removed.
     removed: Vec<(Option<u64>, Hash)>,
     damage: Vec<StoreDamage>,
-    acks: Vec<(StoreDamage, Approver)>,
+    acks: Vec<(StoreDamage, Caller)>,
     /// The first chain problem; scanning goes on to find the damage after it.
     broken: Option<Problem>,
 }
