@@ -7,6 +7,7 @@
 //! * [`Netns`] and [`veth`]: network namespaces and veth links for "remote" test hosts.
 //! * [`Server`]: Python test servers (echo, hash, http) on 127.0.0.2+ or inside a netns.
 //! * [`client`]: the Python test client and its JSON report.
+//! * [`TestUser`]: a throwaway unprivileged local user.
 //!
 //! Everything the harness creates is removed on Drop, also when the test fails.
 
@@ -19,6 +20,7 @@ pub mod model;
 pub mod netns;
 pub mod proc;
 pub mod server;
+pub mod user;
 pub mod util;
 
 pub use cgroup::{TestCgroup, cgroup2_mount, in_cgroup};
@@ -28,4 +30,5 @@ pub use model::{Container, Enrollment, Identity, Session, Status};
 pub use netns::{Netns, VethLink, veth};
 pub use proc::{run_ok, run_with_timeout, spawn_logged};
 pub use server::{Server, ServerOpts, ServerRecord};
+pub use user::TestUser;
 pub use util::*;

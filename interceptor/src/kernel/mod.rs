@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -180,6 +180,7 @@ pub struct Kernel {
     select: Trie,
     deny: Trie,
     original_dst: OriginalDstTable,
+    no_proxy: NoProxyCount,
     denied: Option<RingBuf<MapData>>,
     /// Forwards aya-log records; aborted on drop.
     log_task: Option<AbortHandle>,
@@ -248,6 +249,7 @@ impl Kernel {
             select: take_map(&mut ebpf, names::SELECT)?,
             deny: take_map(&mut ebpf, names::DENY)?,
             original_dst: OriginalDstTable::take_from(&mut ebpf)?,
+            no_proxy: NoProxyCount(Arc::new(take_map(&mut ebpf, names::NO_PROXY)?)),
             denied: Some(take_map(&mut ebpf, names::DENIED_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -326,6 +328,11 @@ impl Kernel {
     /// Handle on the redirected connections' original destinations.
     pub fn original_dst(&self) -> OriginalDstTable {
         self.original_dst.clone()
+    }
+
+    /// Handle on the count of connects refused because the daemon's listener was not there.
+    pub fn no_proxy(&self) -> NoProxyCount {
+        self.no_proxy.clone()
     }
 
     /// The stream of connects denied in the kernel. Can be taken once; needs a tokio runtime.
@@ -522,6 +529,19 @@ impl OriginalDstTable {
     #[cfg(test)]
     fn peek(&self, key: &ConnKey) -> Option<ConnectInfo> {
         sys::map_lookup(self.0.fd().as_fd(), key, false)
+    }
+}
+
+/// How many connects of enrolled workloads the kernel refused because the socket listening at
+/// the proxy address was not the daemon's (the daemon was down or restarting): counted since
+/// the maps were pinned, so across restarts. Cheap to clone.
+#[derive(Clone)]
+pub struct NoProxyCount(Arc<PerCpuArray<MapData, u64>>);
+
+impl NoProxyCount {
+    pub fn get(&self) -> Result<u64, KernelError> {
+        let per_cpu = self.0.get(&0, 0).map_err(map_err(names::NO_PROXY))?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

@@ -1,7 +1,7 @@
 use std::{
     ffi::CString,
     io::{BufRead as _, BufReader},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -247,12 +247,13 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
 
 const MARK: u32 = 0x1e1e;
 
-/// Listeners on 127.0.0.1 and [::1] with the same (free) port.
-async fn proxy_listeners() -> (TcpListener, TcpListener) {
+/// Listeners on 127.0.0.1 and [::1] with the same (free) port, carrying `mark` (0: none).
+async fn proxy_listeners(mark: u32) -> (TcpListener, TcpListener) {
+    let listen = |addr: SocketAddr| crate::redirect::Namespace::Host.listen(addr, mark);
     for _ in 0..20 {
-        let v4 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let v4 = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = v4.local_addr().unwrap().port();
-        if let Ok(v6) = TcpListener::bind(("::1", port)).await {
+        if let Ok(v6) = listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)).await {
             return (v4, v6);
         }
     }
@@ -285,6 +286,21 @@ sc.recv(1); sc.close(); out("closed")
 sys.stdin.read()
 "#;
 
+/// Dials a redirected destination three ways (IPv4, v4-mapped IPv6, IPv6) and says how each
+/// connect ended.
+const NO_PROXY_CLIENT: &str = r#"
+import errno, socket, sys
+port = int(sys.argv[1])
+for name, family, host in [("c4", socket.AF_INET, "127.0.0.2"),
+                           ("c6", socket.AF_INET6, "::ffff:127.0.0.2"),
+                           ("n6", socket.AF_INET6, "::1")]:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.connect((host, port)); print(name, "connected", flush=True)
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno), flush=True)
+"#;
+
 const OUTSIDE_CLIENT: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -313,7 +329,7 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
 
     // The proxy (on 127.0.0.1 and ::1, same port), and the "real" server the original
     // destination points at.
-    let (proxy, proxy6) = proxy_listeners().await;
+    let (proxy, proxy6) = proxy_listeners(MARK).await;
     let proxy_port = proxy.local_addr().unwrap().port();
     let real = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let port = real.local_addr().unwrap().port();
@@ -447,6 +463,30 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
             .is_err(),
         "nothing reached the proxy"
     );
+
+    // The proxy port taken by a listener without the daemon's mark (someone else's, while the
+    // daemon is down): every redirected connect fails closed and is counted; nothing arrives.
+    drop((proxy, proxy6));
+    let at = |ip: IpAddr| SocketAddr::new(ip, proxy_port);
+    let listen = |ip: IpAddr| crate::redirect::Namespace::Host.listen(at(ip), 0);
+    let other = listen(Ipv4Addr::LOCALHOST.into()).await.unwrap();
+    let other6 = listen(Ipv6Addr::LOCALHOST.into()).await.unwrap();
+    let no_proxy = kernel.no_proxy();
+    let before = no_proxy.get().unwrap();
+    let (child, mut out) = spawn_python(NO_PROXY_CLIENT, &[port.to_string()], Some(&g.cgroup));
+    g.children.push(child);
+    for name in ["c4", "c6", "n6"] {
+        assert_eq!(line(&mut out).await, [name, "EPERM"]);
+    }
+    assert_eq!(no_proxy.get().unwrap(), before + 3);
+    for l in [&other, &other6] {
+        assert!(
+            timeout(Duration::from_millis(200), l.accept())
+                .await
+                .is_err(),
+            "a listener without the mark got a redirected connection"
+        );
+    }
 
     // A restarted daemon reuses the pinned links instead of attaching again, and can detach
     // them.
