@@ -375,8 +375,10 @@ impl Kernel {
         self.pin_dir.join("links").join(id.to_string())
     }
 
-    /// Attaches program `name` to `cgroup` and pins the link at `path`, unless a link pinned
-    /// there is already attached to this cgroup. Returns the attached program id.
+    /// Attaches program `name` to `cgroup` and pins the link at `path`. A link pinned there
+    /// that is attached to this cgroup is kept, and switched to this instance's program if it
+    /// runs another (a previous daemon's, maybe an older version without today's checks).
+    /// Returns the attached program id.
     fn attach_pinned(
         &mut self,
         name: &'static str,
@@ -384,18 +386,24 @@ impl Kernel {
         cgroup_id: u64,
         path: &Path,
     ) -> Result<u32, KernelError> {
-        if path.exists() {
-            match sys::pinned_cgroup_link_info(path) {
-                Ok(info) if info.cgroup_id == cgroup_id => return Ok(info.prog_id),
-                // Attached to a cgroup that is gone (or unreadable): replace it.
-                _ => unpin_link(path)?,
-            }
-        }
         let prog = self
             .ebpf
             .program_mut(name)
             .ok_or(missing("program", name))?;
         let prog_id = prog.info().map_err(prog_err(name))?.id();
+        if path.exists() {
+            match sys::pinned_cgroup_link_info(path) {
+                Ok(info) if info.cgroup_id == cgroup_id => {
+                    if info.prog_id != prog_id {
+                        let fd = prog.fd().map_err(prog_err(name))?.as_fd();
+                        sys::update_pinned_link(path, fd).map_err(io_err("updating link", path))?;
+                    }
+                    return Ok(prog_id);
+                }
+                // Attached to a cgroup that is gone (or unreadable): replace it.
+                _ => unpin_link(path)?,
+            }
+        }
         let link: FdLink = match name {
             names::PROG_SOCK_OPS => {
                 let p = <&mut SockOps>::try_from(prog).map_err(prog_err(name))?;

@@ -488,16 +488,33 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
         );
     }
 
-    // A restarted daemon reuses the pinned links instead of attaching again, and can detach
-    // them.
+    // A restarted daemon keeps the pinned links (never detached: no connect goes unhandled)
+    // but switches them to its own programs, and can detach them.
+    let pins: Vec<PathBuf> = ["connect4", "connect6", "sock_ops"]
+        .iter()
+        .map(|n| g.pin_dir.join("links/7").join(n))
+        .collect();
+    // A pin replaced by another would be a new bpffs inode.
+    let inodes = || -> Vec<u64> {
+        pins.iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect()
+    };
+    let old_inodes = inodes();
     g.kernel = None;
     let kernel = g.kernel.insert(Kernel::load(&g.pin_dir, config).unwrap());
-    assert_ne!(
-        kernel.program_ids().unwrap(),
-        ids,
-        "a new load has new programs"
+    let new_ids = kernel.program_ids().unwrap();
+    assert_ne!(new_ids, ids, "a new load has new programs");
+    assert_eq!(
+        kernel.enroll(&e).unwrap(),
+        new_ids,
+        "the links run the new programs"
     );
-    assert_eq!(kernel.enroll(&e).unwrap(), ids, "the old links are kept");
+    for (pin, id) in pins.iter().zip(&new_ids) {
+        let info = super::sys::pinned_cgroup_link_info(pin).unwrap();
+        assert_eq!((info.prog_id, info.cgroup_id), (*id, cgroup_id));
+    }
+    assert_eq!(inodes(), old_inodes, "the same links");
     kernel.unenroll(&e).unwrap();
     assert!(!g.pin_dir.join("links/7").exists());
     g.enrollment = None;
