@@ -13,7 +13,7 @@ use crate::control::protocol::{PolicyStatus, Reply, Request, Status};
 use crate::control::server::{self, SocketFile};
 use crate::enrollment::Enrollments;
 use crate::identity::{IdentityResolver, RuntimeRoots};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, NoProxyCount};
 use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
 use crate::sessions::record::PolicyLoaded;
@@ -64,6 +64,7 @@ pub struct Daemon {
     proxy_port: u16,
     /// Where metrics are served (the bound address: `--metrics-addr` may give port 0).
     metrics_addr: Option<std::net::SocketAddr>,
+    no_proxy: NoProxyCount,
 }
 
 /// Runs the daemon until a termination signal; returns the store writer so the caller can
@@ -114,6 +115,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let webhooks = approvals::Webhooks::new(tls.upstream_connector());
     let approvals = open_approvals(&config.data_dir, &store, webhooks)?;
     let mut denied = kernel.take_denied_events()?;
+    let no_proxy = kernel.no_proxy();
+    report_refused_no_proxy(&no_proxy);
     let registry = Registry::default();
     let gate = crate::gate::Gate {
         policy: current_policy.clone(),
@@ -156,10 +159,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let control = server::bind(&config.socket, socket_group.map(String::as_str))?;
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(listener) = metrics {
-        let (proxy, approvals) = (proxy.clone(), approvals.clone());
+        let (proxy, approvals, no_proxy) = (proxy.clone(), approvals.clone(), no_proxy.clone());
         let registry = crate::metrics::exposition::registry(
             proxy.store.metrics().clone(),
-            Box::new(move || gauges(&proxy, &approvals)),
+            Box::new(move || gauges(&proxy, &approvals, &no_proxy)),
         );
         tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
         let serve = crate::metrics::endpoint::serve(listener, Arc::new(registry));
@@ -176,6 +179,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         proxy: proxy.clone(),
         proxy_port,
         metrics_addr,
+        no_proxy,
     });
     tokio::spawn(server::serve(control, daemon.clone()));
     tokio::spawn(reload_on_sighup(daemon));
@@ -232,12 +236,36 @@ fn load_policy(
 }
 
 /// What the metrics read at the moment they are asked for.
-fn gauges(proxy: &Proxy, approvals: &Approvals) -> crate::metrics::exposition::Gauges {
+fn gauges(
+    proxy: &Proxy,
+    approvals: &Approvals,
+    no_proxy: &NoProxyCount,
+) -> crate::metrics::exposition::Gauges {
     crate::metrics::exposition::Gauges {
         live_sessions: proxy.live.load(Ordering::Relaxed),
         enrollments: proxy.registry.read().unwrap().len() as u64,
         held_approvals: approvals.pending().len() as u64,
         store: proxy.store.status(),
+        refused_no_proxy: read_no_proxy(no_proxy),
+    }
+}
+
+fn read_no_proxy(count: &NoProxyCount) -> u64 {
+    count.get().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the no-proxy refusal count");
+        0
+    })
+}
+
+/// Says at start how many connects failed closed while no daemon listened (while this daemon
+/// was down, or earlier: the count lives in the pinned maps).
+fn report_refused_no_proxy(count: &NoProxyCount) {
+    let n = read_no_proxy(count);
+    if n > 0 {
+        tracing::warn!(
+            refused = n,
+            "connects of enrolled workloads were refused in the kernel while no daemon listener was up (count since the eBPF maps were pinned)"
+        );
     }
 }
 
@@ -285,7 +313,7 @@ impl Daemon {
             Request::Approvals(A::Grants) => serde_json::to_value(self.approvals.grants())?,
             Request::Approvals(A::Resolved) => serde_json::to_value(self.approvals.resolved())?,
             Request::Status => {
-                let g = gauges(&self.proxy, &self.approvals);
+                let g = gauges(&self.proxy, &self.approvals, &self.no_proxy);
                 serde_json::to_value(Status {
                     daemon_pid: std::process::id(),
                     proxy_port: self.proxy_port,
@@ -294,6 +322,7 @@ impl Daemon {
                     enrollments: self.enrollments.lock().await.status(),
                     store: g.store,
                     counts: (self.proxy.store.metrics()).counts(g.held_approvals, g.store.lost),
+                    refused_no_proxy: g.refused_no_proxy,
                 })?
             }
             Request::Sessions { last } => {

@@ -370,6 +370,21 @@ impl Daemon {
         self.stop()?;
         self.spawn()
     }
+
+    /// SIGKILL the daemon (a crash: nothing of it runs) and wait until it is gone. Its pinned
+    /// programs stay attached; [`start_again`](Self::start_again) brings it back.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("the daemon is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again after [`kill`](Self::kill), with the same dirs and port.
+    pub fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the daemon is still running");
+        self.spawn()
+    }
 }
 
 impl Drop for Daemon {

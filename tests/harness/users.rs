@@ -95,11 +95,17 @@ impl TestUser {
     /// would give them).
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("setpriv");
-        c.arg(format!("--reuid={}", self.name))
+        self.wrap(&mut c).arg(program);
+        c
+    }
+
+    /// Appends the arguments that switch to this user (its groups as [`command`](Self::command)
+    /// gives them, none of root's) to `cmd`, which runs `setpriv`, maybe through
+    /// `ip netns exec`; the program follows.
+    pub fn wrap<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.arg(format!("--reuid={}", self.name))
             .arg(format!("--regid={}", self.name))
             .arg("--init-groups")
-            .arg(program);
-        c
     }
 }
 

@@ -137,6 +137,11 @@ pub struct Status {
     /// Counters since the daemon started: sessions, findings, approvals, drops.
     #[serde(default)]
     pub counts: crate::metrics::Counts,
+    /// Connects of enrolled workloads refused in the kernel because the daemon's listener was
+    /// not at the proxy address (the daemon was down or restarting); counted since the eBPF
+    /// maps were pinned, so across restarts.
+    #[serde(default)]
+    pub refused_no_proxy: u64,
 }
 
 /// The policy in force (reply to `PolicyReload`).
