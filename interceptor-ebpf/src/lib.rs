@@ -16,6 +16,7 @@ pub mod names {
     pub const PENDING: &str = "PENDING";
     pub const ORIGINAL_DST: &str = "ORIGINAL_DST";
     pub const DENIED_EVENTS: &str = "DENIED_EVENTS";
+    pub const NO_PROXY: &str = "NO_PROXY";
     pub const PROG_CONNECT4: &str = "connect4";
     pub const PROG_CONNECT6: &str = "connect6";
     pub const PROG_SOCK_OPS: &str = "sock_ops";
@@ -41,7 +42,8 @@ pub const FLAG_INCLUDE_LOOPBACK: u32 = 1;
 pub struct Config {
     /// The daemon's process id: its own sockets are never redirected.
     pub daemon_tgid: u32,
-    /// `SO_MARK` the daemon puts on its upstream sockets: such sockets are never redirected.
+    /// `SO_MARK` the daemon puts on its own sockets. A connecting socket with it is never
+    /// redirected, and connections are redirected only to a listener that carries it.
     pub bypass_mark: u32,
 }
 

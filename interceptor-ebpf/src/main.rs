@@ -3,7 +3,10 @@
 //!
 //! - `connect4` / `connect6` (cgroup/connect4, cgroup/connect6): for TCP sockets of an enrolled
 //!   cgroup, deny listed destinations (EPERM) or rewrite the destination to the local proxy,
-//!   recording the original destination and the caller in `PENDING` (by socket cookie).
+//!   recording the original destination and the caller in `PENDING` (by socket cookie). The
+//!   rewrite happens only when the socket listening at the proxy address is the daemon's (it
+//!   carries the daemon's `SO_MARK`); otherwise the connect fails closed (EPERM) and is counted
+//!   in `NO_PROXY`, so that nobody else can take the port while the daemon is down.
 //! - `sock_ops`: once the redirected connection is established, re-key that record by the
 //!   client's source address in `ORIGINAL_DST` (what the proxy sees on accept), and drop it
 //!   when the socket closes.
@@ -20,15 +23,15 @@ mod programs {
     use aya_ebpf::{
         EbpfContext as _,
         bindings::{
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-            BPF_TCP_CLOSE,
+            BPF_F_CURRENT_NETNS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+            BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_LISTEN, bpf_sock_tuple,
         },
         helpers::generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-            bpf_get_socket_cookie, bpf_ktime_get_ns,
+            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_release,
         },
         macros::{cgroup_sock_addr, map, sock_ops},
-        maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
         programs::{SockAddrContext, SockOpsContext},
     };
     use aya_log_ebpf::info;
@@ -62,6 +65,9 @@ mod programs {
         LruHashMap::pinned(MAX_TRACKED_CONNECTIONS, 0);
     #[map]
     static DENIED_EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
+    /// Connects refused because the daemon's listener was not at the proxy address.
+    #[map]
+    static NO_PROXY: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
     #[cgroup_sock_addr(connect4)]
     pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -144,6 +150,22 @@ mod programs {
             _ => return ALLOW,
         }
 
+        // v4-mapped destinations are rewritten to ::ffff:127.0.0.1, which is IPv4 on the wire.
+        let mapped = is_v4_mapped(&addr);
+        if !daemon_listens(
+            ctx,
+            v6 && !mapped,
+            enrollment.proxy_port,
+            config.bypass_mark,
+        ) {
+            // The daemon is down or restarting (or never listened in this namespace): whoever
+            // holds the port now must not get the connection.
+            if let Some(count) = NO_PROXY.get_ptr_mut(0) {
+                unsafe { *count += 1 };
+            }
+            return REJECT;
+        }
+
         let info = connect_info(ctx, &enrollment, addr, port);
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         if PENDING.insert(cookie, info, 0).is_err() {
@@ -157,7 +179,6 @@ mod programs {
             if v6 {
                 // Stay in the family the socket dialled: v4-mapped → ::ffff:127.0.0.1, else ::1.
                 let w = &raw mut (*sa).user_ip6;
-                let mapped = is_v4_mapped(&addr);
                 write_volatile(&raw mut (*w)[0], 0);
                 write_volatile(&raw mut (*w)[1], 0);
                 if mapped {
@@ -173,6 +194,53 @@ mod programs {
             write_volatile(&raw mut (*sa).user_port, proxy_port);
         }
         ALLOW
+    }
+
+    /// Whether the socket listening at the proxy address (127.0.0.1 or, for `v6`, ::1, at
+    /// `port`) in the caller's network namespace is the daemon's: only the daemon can put
+    /// `mark` on a socket (`SO_MARK` needs `CAP_NET_ADMIN` or `CAP_NET_RAW`), so a listener
+    /// another user bound while the daemon was down does not pass. `mark == 0` passes nothing.
+    #[inline(always)]
+    fn daemon_listens(ctx: &SockAddrContext, v6: bool, port: u16, mark: u32) -> bool {
+        // SAFETY: an all-zero tuple is valid; both members are plain integers.
+        let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+        // The listener is the destination of the lookup; the source stays unspecified, which
+        // no established socket matches.
+        let size = unsafe {
+            if v6 {
+                let t = &mut tuple.__bindgen_anon_1.ipv6;
+                t.daddr[3] = u32::from_ne_bytes([0, 0, 0, 1]);
+                t.dport = port.to_be();
+                size_of_val(t)
+            } else {
+                let t = &mut tuple.__bindgen_anon_1.ipv4;
+                t.daddr = u32::from_ne_bytes([127, 0, 0, 1]);
+                t.dport = port.to_be();
+                size_of_val(t)
+            }
+        };
+        // SAFETY: the tuple lives on the stack for the call; the socket returned holds a
+        // reference that is released on every path before returning.
+        let sk = unsafe {
+            bpf_sk_lookup_tcp(
+                ctx.as_ptr(),
+                &mut tuple,
+                size as u32,
+                BPF_F_CURRENT_NETNS as u64,
+                0,
+            )
+        };
+        if sk.is_null() {
+            return false;
+        }
+        let (state, sk_mark) = unsafe {
+            (
+                read_volatile(&raw const (*sk).state),
+                read_volatile(&raw const (*sk).mark),
+            )
+        };
+        unsafe { bpf_sk_release(sk.cast()) };
+        mark != 0 && sk_mark == mark && state == BPF_TCP_LISTEN
     }
 
     /// The deepest enrolled cgroup among the caller's cgroup and its ancestors.

@@ -133,9 +133,7 @@ impl Cgroup {
 
     /// Process ids currently in this cgroup (not its descendants).
     pub fn pids(&self) -> Vec<u32> {
-        fs::read_to_string(self.path.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        pids_in(&self.path)
     }
 
     /// Finds the relative path of a descendant cgroup (or this one) by id, for connections
@@ -150,6 +148,20 @@ impl Cgroup {
         });
         hit
     }
+}
+
+/// Process ids currently in the cgroup directory `dir` and every cgroup beneath it (none when
+/// it is gone).
+pub fn pids_beneath(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    walk(dir, &mut |d| pids.extend(pids_in(d)));
+    pids
+}
+
+fn pids_in(dir: &Path) -> Vec<u32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// `0::/path` from `/proc/PID/cgroup`.

@@ -13,12 +13,12 @@ use crate::control::protocol::{PolicyStatus, Reply, Request, Status};
 use crate::control::server::{self, SocketFile};
 use crate::enrollment::Enrollments;
 use crate::identity::{IdentityResolver, RuntimeRoots};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, NoProxyCount};
 use crate::proxy::{Proxy, Registry};
 use crate::redirect::Listeners;
 use crate::sessions::record::PolicyLoaded;
 use crate::sessions::{Event, Store, StoreWriter};
-use interceptor::approvals::{self, ApprovalEvent, Approvals, Approver};
+use interceptor::approvals::{self, ApprovalEvent, Approvals};
 use interceptor::policy::{self, Policy};
 
 /// `SO_MARK` on the daemon's upstream sockets ("intc"); the kernel programs let marked
@@ -32,6 +32,9 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub socket_group: Option<String>,
+    /// Group whose members may change (enroll, unenroll, reload, decide approvals) besides
+    /// root; the socket group's members may only read.
+    pub admin_group: Option<String>,
     pub bpffs_dir: PathBuf,
     pub proxy_port: u16,
     pub connect_timeout: Duration,
@@ -51,6 +54,7 @@ pub struct DaemonConfig {
 
 pub struct Daemon {
     enrollments: Mutex<Enrollments>,
+    roles: crate::control::roles::Roles,
     policy: policy::Current,
     policy_path: Option<PathBuf>,
     /// Secret rule ids a policy may name (None: no `--rules`, not checked).
@@ -60,6 +64,7 @@ pub struct Daemon {
     proxy_port: u16,
     /// Where metrics are served (the bound address: `--metrics-addr` may give port 0).
     metrics_addr: Option<std::net::SocketAddr>,
+    no_proxy: NoProxyCount,
 }
 
 /// Runs the daemon until a termination signal; returns the store writer so the caller can
@@ -77,8 +82,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         }
         None => None,
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let roles = crate::control::roles::Roles::new(config.admin_group.as_deref())?;
+    // Everything the daemon creates is its own alone (the control socket is opened up
+    // explicitly); the data directory holds recorded bodies and keys.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::private_fs::private_dir(&config.data_dir)
+        .with_context(|| format!("data directory {}", config.data_dir.display()))?;
     let (store, writer) = Store::open(&config.data_dir.join("sessions"), config.store)?;
     let mut kernel = Kernel::load(
         &config.bpffs_dir,
@@ -106,6 +115,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let webhooks = approvals::Webhooks::new(tls.upstream_connector());
     let approvals = open_approvals(&config.data_dir, &store, webhooks)?;
     let mut denied = kernel.take_denied_events()?;
+    let no_proxy = kernel.no_proxy();
+    report_refused_no_proxy(&no_proxy);
     let registry = Registry::default();
     let gate = crate::gate::Gate {
         policy: current_policy.clone(),
@@ -143,13 +154,15 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     );
     enrollments.restore().await?;
 
-    let control = server::bind(&config.socket, config.socket_group.as_deref())?;
+    // Admins must be able to open the socket: with no socket group it is theirs.
+    let socket_group = config.socket_group.as_ref().or(config.admin_group.as_ref());
+    let control = server::bind(&config.socket, socket_group.map(String::as_str))?;
     let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
     if let Some(listener) = metrics {
-        let (proxy, approvals) = (proxy.clone(), approvals.clone());
+        let (proxy, approvals, no_proxy) = (proxy.clone(), approvals.clone(), no_proxy.clone());
         let registry = crate::metrics::exposition::registry(
             proxy.store.metrics().clone(),
-            Box::new(move || gauges(&proxy, &approvals)),
+            Box::new(move || gauges(&proxy, &approvals, &no_proxy)),
         );
         tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
         let serve = crate::metrics::endpoint::serve(listener, Arc::new(registry));
@@ -158,6 +171,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
     let _socket_file = SocketFile(config.socket.clone());
     let daemon = Arc::new(Daemon {
         enrollments: Mutex::new(enrollments),
+        roles,
         policy: current_policy,
         policy_path: config.policy.clone(),
         secret_rules,
@@ -165,6 +179,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         proxy: proxy.clone(),
         proxy_port,
         metrics_addr,
+        no_proxy,
     });
     tokio::spawn(server::serve(control, daemon.clone()));
     tokio::spawn(reload_on_sighup(daemon));
@@ -221,12 +236,36 @@ fn load_policy(
 }
 
 /// What the metrics read at the moment they are asked for.
-fn gauges(proxy: &Proxy, approvals: &Approvals) -> crate::metrics::exposition::Gauges {
+fn gauges(
+    proxy: &Proxy,
+    approvals: &Approvals,
+    no_proxy: &NoProxyCount,
+) -> crate::metrics::exposition::Gauges {
     crate::metrics::exposition::Gauges {
         live_sessions: proxy.live.load(Ordering::Relaxed),
         enrollments: proxy.registry.read().unwrap().len() as u64,
         held_approvals: approvals.pending().len() as u64,
         store: proxy.store.status(),
+        refused_no_proxy: read_no_proxy(no_proxy),
+    }
+}
+
+fn read_no_proxy(count: &NoProxyCount) -> u64 {
+    count.get().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the no-proxy refusal count");
+        0
+    })
+}
+
+/// Says at start how many connects failed closed while no daemon listened (while this daemon
+/// was down, or earlier: the count lives in the pinned maps).
+fn report_refused_no_proxy(count: &NoProxyCount) {
+    let n = read_no_proxy(count);
+    if n > 0 {
+        tracing::warn!(
+            refused = n,
+            "connects of enrolled workloads were refused in the kernel while no daemon listener was up (count since the eBPF maps were pinned)"
+        );
     }
 }
 
@@ -259,16 +298,22 @@ impl Daemon {
             .map_err(|e| crate::errors::chain(e.as_ref()))
     }
 
+    /// Serves a request that only reads; changes are served by [`crate::control::change`].
     async fn dispatch(&self, request: Request) -> anyhow::Result<serde_json::Value> {
+        use crate::control::protocol::ApprovalsRequest as A;
         Ok(match request {
-            Request::Enroll(req) => {
-                serde_json::to_value(self.enrollments.lock().await.enroll(req).await?)?
+            Request::Enroll(_)
+            | Request::Unenroll { .. }
+            | Request::PolicyReload
+            | Request::Approvals(A::Decide { .. } | A::Revoke { .. })
+            | Request::AcknowledgeDamage { .. } => {
+                bail!("a change is served with the caller's credentials, by the control server")
             }
-            Request::Unenroll { target } => {
-                serde_json::to_value(self.enrollments.lock().await.unenroll(&target)?)?
-            }
+            Request::Approvals(A::List) => serde_json::to_value(self.approvals.pending())?,
+            Request::Approvals(A::Grants) => serde_json::to_value(self.approvals.grants())?,
+            Request::Approvals(A::Resolved) => serde_json::to_value(self.approvals.resolved())?,
             Request::Status => {
-                let g = gauges(&self.proxy, &self.approvals);
+                let g = gauges(&self.proxy, &self.approvals, &self.no_proxy);
                 serde_json::to_value(Status {
                     daemon_pid: std::process::id(),
                     proxy_port: self.proxy_port,
@@ -277,6 +322,7 @@ impl Daemon {
                     enrollments: self.enrollments.lock().await.status(),
                     store: g.store,
                     counts: (self.proxy.store.metrics()).counts(g.held_approvals, g.store.lost),
+                    refused_no_proxy: g.refused_no_proxy,
                 })?
             }
             Request::Sessions { last } => {
@@ -295,18 +341,13 @@ impl Daemon {
                 };
                 serde_json::to_value(session.with_context(|| format!("no session with id {id}"))?)?
             }
-            Request::PolicyReload => serde_json::to_value(self.reload_policy("control").await?)?,
-            Request::Approvals(_) => {
-                bail!("approvals requests are served with the caller's credentials")
-            }
             Request::CaCertificate => serde_json::to_value(self.proxy.tls.ca().cert_pem())?,
             Request::Tail(_) => bail!("a tail request is a stream, served by the control server"),
             Request::Verify => {
                 let store = self.proxy.store.clone();
-                let end = *store.written().borrow();
                 serde_json::to_value(
                     tokio::task::spawn_blocking(move || {
-                        crate::sessions::verify::verify(store.dir(), Some(end))
+                        crate::sessions::verify::verify_running(&store)
                     })
                     .await??,
                 )?
@@ -314,46 +355,10 @@ impl Daemon {
         })
     }
 
-    /// An approvals request from the control socket, decided in the name of `peer_uid`.
-    pub async fn approvals_request(
-        &self,
-        request: crate::control::protocol::ApprovalsRequest,
-        peer_uid: u32,
-    ) -> Reply {
-        use crate::control::protocol::ApprovalsRequest as R;
-        let a = &self.approvals;
-        let approver = || Approver::of_uid(peer_uid);
-        let value = match request {
-            R::List => serde_json::to_value(a.pending()),
-            R::Grants => serde_json::to_value(a.grants()),
-            R::Resolved => serde_json::to_value(a.resolved()),
-            R::Decide {
-                id,
-                approve,
-                grant_for,
-                reason,
-            } => {
-                let verdict = match approve {
-                    true => approvals::Verdict::Approve { grant_for },
-                    false => approvals::Verdict::Deny,
-                };
-                match a.decide(id, &approver(), verdict, reason) {
-                    Ok(p) => serde_json::to_value(p),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            R::Revoke { id } => match a.revoke(id, &approver()) {
-                Ok(g) => serde_json::to_value(g),
-                Err(e) => return Err(e.to_string()),
-            },
-        };
-        value.map_err(|e| e.to_string())
-    }
-
     /// Re-reads the policy file. A policy with an error is refused (the error names file,
     /// line and column) and the running one stays; a good one replaces the one in force
     /// ([`policy::Current`]) and every enrollment's kernel deny list, and is recorded.
-    async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
+    pub async fn reload_policy(&self, trigger: &str) -> anyhow::Result<PolicyStatus> {
         let path = self.policy_path.clone();
         let rules = self.secret_rules.clone();
         let loaded =
@@ -380,5 +385,17 @@ impl Daemon {
 
     pub fn store(&self) -> &crate::sessions::Store {
         &self.proxy.store
+    }
+
+    pub fn enrollments(&self) -> &Mutex<Enrollments> {
+        &self.enrollments
+    }
+
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    pub fn roles(&self) -> &crate::control::roles::Roles {
+        &self.roles
     }
 }

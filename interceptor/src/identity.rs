@@ -329,7 +329,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 /// A pidfd becomes readable when its process exits.
-fn is_alive(pidfd: &OwnedFd) -> bool {
+pub(crate) fn is_alive(pidfd: &OwnedFd) -> bool {
     let mut poll = libc::pollfd {
         fd: pidfd.as_raw_fd(),
         events: libc::POLLIN,

@@ -11,6 +11,7 @@ mod http;
 mod identity;
 mod kernel;
 mod metrics;
+mod private_fs;
 mod proxy;
 mod redirect;
 mod relay;
@@ -74,6 +75,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         data_dir: args.data_dir,
         socket,
         socket_group: args.socket_group,
+        admin_group: args.admin_group,
         bpffs_dir: args.bpffs_dir,
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,

@@ -1,6 +1,7 @@
 //! One private interceptor daemon per test.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::model::{Enrollment, Session, Status, brief_all};
-use crate::proc::{run_with_timeout, spawn_logged};
+use crate::proc::{run_with_pid, run_with_timeout, spawn_logged};
+use crate::users::TestUser;
 use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +33,8 @@ pub struct Daemon {
     proxy_port: u16,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// The umask the daemon is started with (else the test's).
+    umask: Option<u32>,
 }
 
 impl Daemon {
@@ -40,6 +44,15 @@ impl Daemon {
 
     /// Starts a daemon with extra `run` arguments (kept for [`restart`](Self::restart)).
     pub fn start_with(extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_as(extra_args, None)
+    }
+
+    /// Starts a daemon whose umask is `mask`, as an operator's shell may hand it one.
+    pub fn start_with_umask(mask: u32, extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_as(extra_args, Some(mask))
+    }
+
+    fn start_as(extra_args: &[&str], umask: Option<u32>) -> Result<Daemon> {
         let bin = interceptor_bin();
         if !bin.exists() {
             bail!(
@@ -67,6 +80,7 @@ impl Daemon {
             data_dir,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            umask,
         };
         d.spawn()?;
         Ok(d)
@@ -93,6 +107,16 @@ impl Daemon {
             )
             .env("NO_COLOR", "1")
             .env_remove("INTERCEPTOR_SOCKET");
+        if let Some(mask) = self.umask {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(mask);
+            // SAFETY: umask(2) is async-signal-safe and touches no memory.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    nix::sys::stat::umask(mode);
+                    Ok(())
+                });
+            }
+        }
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);
         self.wait_ready()
@@ -205,6 +229,23 @@ impl Daemon {
         S: AsRef<OsStr>,
     {
         run_with_timeout(&mut self.cli_command(args), CLI_TIMEOUT)
+    }
+
+    /// Runs the CLI as `user` (bounded time); returns its pid and output, whatever the exit
+    /// code. The daemon's temp dir is first opened for traversal, so that the socket's own
+    /// mode and group decide whether the user may use it.
+    pub fn cli_as<I, S>(&self, user: &TestUser, args: I) -> Result<(u32, Output)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+        let mut c = user.command(interceptor_bin());
+        c.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("INTERCEPTOR_SOCKET");
+        run_with_pid(&mut c, CLI_TIMEOUT)
     }
 
     /// Runs the CLI and returns stdout; fails (with stderr) unless it exits 0.
@@ -327,6 +368,21 @@ impl Daemon {
     /// SIGTERM the daemon, wait for it, and start it again with the same dirs and port.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        self.spawn()
+    }
+
+    /// SIGKILL the daemon (a crash: nothing of it runs) and wait until it is gone. Its pinned
+    /// programs stay attached; [`start_again`](Self::start_again) brings it back.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("the daemon is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again after [`kill`](Self::kill), with the same dirs and port.
+    pub fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the daemon is still running");
         self.spawn()
     }
 }

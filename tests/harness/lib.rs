@@ -7,6 +7,8 @@
 //! * [`Netns`] and [`veth`]: network namespaces and veth links for "remote" test hosts.
 //! * [`Server`]: Python test servers (echo, hash, http) on 127.0.0.2+ or inside a netns.
 //! * [`client`]: the Python test client and its JSON report.
+//! * [`TestUser`] and [`TestGroup`]: local users and groups (useradd, groupadd) to run
+//!   commands as.
 //!
 //! Everything the harness creates is removed on Drop, also when the test fails.
 
@@ -19,6 +21,7 @@ pub mod model;
 pub mod netns;
 pub mod proc;
 pub mod server;
+pub mod users;
 pub mod util;
 
 pub use cgroup::{TestCgroup, cgroup2_mount, in_cgroup};
@@ -26,6 +29,7 @@ pub use client::{ClientReport, ConnError, ConnResult, client_argv, client_comman
 pub use daemon::Daemon;
 pub use model::{Container, Enrollment, Identity, Session, Status};
 pub use netns::{Netns, VethLink, veth};
-pub use proc::{run_ok, run_with_timeout, spawn_logged};
+pub use proc::{Reaped, run_ok, run_with_pid, run_with_timeout, spawn_logged};
 pub use server::{Server, ServerOpts, ServerRecord};
+pub use users::{TestGroup, TestUser};
 pub use util::*;

@@ -12,6 +12,8 @@ pub struct Status {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub live_connections: u64,
     pub enrollments: Vec<Enrollment>,
+    #[serde(default)]
+    pub refused_no_proxy: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -43,6 +43,11 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
 /// Runs `cmd` (stdin null, stdout and stderr captured) for at most `timeout`.
 /// A command still running then is killed and reported as an error with what it printed.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    run_with_pid(cmd, timeout).map(|(_, out)| out)
+}
+
+/// Like [`run_with_timeout`], and returns the pid the command ran as.
+pub fn run_with_pid(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {
     let what = describe(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -50,17 +55,21 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start `{what}`"))?;
+    let pid = child.id();
     let out = reader(child.stdout.take().expect("piped"));
     let err = reader(child.stderr.take().expect("piped"));
     let status = wait_bounded(&mut child, timeout)?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     match status {
-        Some(status) => Ok(Output {
-            status,
-            stdout,
-            stderr,
-        }),
+        Some(status) => Ok((
+            pid,
+            Output {
+                status,
+                stdout,
+                stderr,
+            },
+        )),
         None => bail!(
             "`{what}` did not finish within {timeout:?} and was killed\nstdout:\n{}\nstderr:\n{}",
             String::from_utf8_lossy(&stdout),
@@ -82,6 +91,17 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// A process a test started, killed (by its pid) and reaped on drop, so a failing assertion
+/// leaves nothing running.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Spawns `cmd` with stdout and stderr appended to `log` (stdin null).

@@ -11,16 +11,6 @@ use interceptor_tests::*;
 
 const RUN: Duration = Duration::from_secs(60);
 
-/// Kills and reaps a child on drop, so a failing assertion leaves nothing running.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn enroll_by_container_id_prefix_and_by_pid() -> Result<()> {
     require_root();

@@ -798,3 +798,248 @@ fn show_reads_sessions_across_rolled_segments_also_after_kill_9() -> Result<()> 
     verify_ok(&d)?;
     Ok(())
 }
+
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Every directory and file under `root` (itself included) with its mode and owner.
+fn walk(root: &std::path::Path) -> Result<Vec<(PathBuf, u32, u32, bool)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&path)? {
+                todo.push(e?.path());
+            }
+        }
+        out.push((path, meta.mode() & 0o7777, meta.uid(), meta.is_dir()));
+    }
+    Ok(out)
+}
+
+#[test]
+fn every_file_the_daemon_creates_is_private_whatever_its_umask() -> Result<()> {
+    require_root();
+    // Small segments, so some close and `show` indexes them (span files).
+    let mut d = Daemon::start_with_umask(0o000, &["--segment-bytes", "1000"])?;
+    let srv = Server::echo("127.0.0.2")?;
+    let (_, sessions) = closed_echoes(&d, &srv, 6, 100, "private")?;
+    for s in &sessions {
+        d.cli_ok(["sessions", "show", s.id.as_str().context("id")?])?;
+    }
+    // A clean stop writes the last checkpoint; the second start finds everything there.
+    d.restart()?;
+    let data = d.data_dir().to_path_buf();
+    let open: Vec<String> = walk(&data)?
+        .into_iter()
+        .filter(|(_, mode, uid, dir)| *mode != if *dir { 0o700 } else { 0o600 } || *uid != 0)
+        .map(|(p, mode, uid, _)| format!("{} {mode:o} uid {uid}", p.display()))
+        .collect();
+    ensure!(open.is_empty(), "not private to root: {open:#?}");
+    // What the walk must have seen.
+    for name in [
+        "sessions/checkpoint.json",
+        "sessions/checkpoint.key",
+        "tls/ca-key.pem",
+    ] {
+        ensure!(data.join(name).exists(), "{name} not created");
+    }
+    ensure!(
+        std::fs::read_dir(data.join("sessions"))?
+            .any(|e| e.is_ok_and(|e| file_name(&e.path()).ends_with(".spans"))),
+        "no span index created"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_flipped_length_bit_is_damage_kept_in_place_until_acknowledged() -> Result<()> {
+    require_root();
+    let mut d = Daemon::start()?;
+    let srv = Server::echo("127.0.0.2")?;
+    closed_echoes(&d, &srv, 6, 100, "damage-a")?;
+    kill_9(&d)?;
+    let seg = segments(&d)?.pop().context("no segment")?;
+    let clean = std::fs::read(&seg)?;
+    let all = frames(&clean);
+    let (offset, payload) = all[all.len() / 2];
+    let hit: Value = serde_json::from_slice(payload)?;
+    let seq = hit["seq"].as_u64().context("seq")?;
+    let kept: Vec<u64> = all
+        .iter()
+        .map(|(_, p)| {
+            serde_json::from_slice::<Value>(p).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .filter(|&s| s != seq)
+        .collect();
+    // The record now claims 64 KiB more than the segment holds: a torn write, to a reader
+    // that does not look past it.
+    let mut bad = clean.clone();
+    bad[offset + 2] ^= 0x01;
+    std::fs::write(&seg, &bad)?;
+    let names_it = |report: &Value| {
+        let p = &report["problem"];
+        p["seq"] == seq && p["offset"] == offset && p["segment"] == file_name(&seg)
+    };
+    let (ok, offline) = verify(&d, true)?;
+    ensure!(!ok && names_it(&offline), "damage not named: {offline:#}");
+
+    d.restart()?;
+    ensure!(
+        std::fs::read(&seg)? == bad,
+        "the damaged segment was changed"
+    );
+    ensure!(
+        !seg.with_extension("log.torn").exists(),
+        "records moved to .torn"
+    );
+    let (ok, report) = verify(&d, false)?;
+    ensure!(
+        !ok && names_it(&report),
+        "damage not named after restart: {report:#}"
+    );
+    // The records after the damage are still read.
+    let exported = seqs(&ndjson(&d, &["sessions", "export"])?);
+    let lost: Vec<&u64> = kept.iter().filter(|s| !exported.contains(s)).collect();
+    ensure!(lost.is_empty(), "records {lost:?} no longer read");
+    // New traffic goes to a new segment; verify keeps failing.
+    let (report_b, _) = closed_echoes(&d, &srv, 2, 100, "damage-b")?;
+    let newest = segments(&d)?.pop().unwrap();
+    ensure!(newest != seg, "still writing to the damaged segment");
+    let new_records: Vec<Value> = frames(&std::fs::read(&newest)?)
+        .iter()
+        .map(|(_, p)| serde_json::from_slice(p))
+        .collect::<serde_json::Result<_>>()?;
+    ensure!(
+        new_records[0]["event"]["event"] == "damage"
+            && new_records[0]["event"]["segment"] == file_name(&seg),
+        "the damage is not the new segment's first record: {:#}",
+        new_records[0]
+    );
+    ensure!(
+        new_records
+            .iter()
+            .any(|r| r["event"]["identity"]["pid"] == report_b.pid),
+        "new sessions not in the new segment"
+    );
+    ensure!(
+        !verify(&d, false)?.0,
+        "verify passed on unacknowledged damage"
+    );
+
+    let ack = d.cli(["sessions", "acknowledge-damage", &file_name(&seg)])?;
+    ensure!(ack.status.success(), "acknowledge-damage failed: {ack:?}");
+    let report = verify_ok(&d)?;
+    let damage = &report["damage"][0];
+    ensure!(
+        damage["segment"] == file_name(&seg) && damage["acknowledged_by"]["uid"] == 0,
+        "acknowledged damage not reported: {report:#}"
+    );
+    let acks: Vec<Value> = ndjson(&d, &["sessions", "export"])?
+        .into_iter()
+        .filter(|r| r["event"]["action"] == "acknowledged")
+        .collect();
+    ensure!(
+        acks.len() == 1
+            && acks[0]["event"]["by"]["uid"] == 0
+            && acks[0]["event"]["by"]["pid"].is_u64(),
+        "who acknowledged is not recorded: {acks:#?}"
+    );
+    Ok(())
+}
+
+/// The checkpoint's `seq`, once the file exists.
+fn checkpoint_seq(d: &Daemon) -> Result<Option<u64>> {
+    let path = d.data_dir().join("sessions/checkpoint.json");
+    match std::fs::read(&path) {
+        Ok(b) => Ok(serde_json::from_slice::<Value>(&b)?["seq"].as_u64()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[test]
+fn a_tail_cut_after_the_checkpoint_or_a_forged_checkpoint_fails_verify() -> Result<()> {
+    require_root();
+    let mut d = Daemon::start()?;
+    let srv = Server::echo("127.0.0.2")?;
+    closed_echoes(&d, &srv, 4, 100, "anchor")?;
+    let last = verify_ok(&d)?["last_seq"].as_u64().context("no records")?;
+    poll(
+        "a checkpoint of the head",
+        SESSIONS,
+        Duration::from_millis(100),
+        || Ok(checkpoint_seq(&d)?.filter(|&s| s >= last)),
+    )?;
+    kill_9(&d)?;
+    let seg = segments(&d)?.pop().unwrap();
+    let clean = std::fs::read(&seg)?;
+    let all = frames(&clean);
+    // Whole records off the end: every link that is left still holds.
+    let (cut_at, first_cut) = all[all.len() - 2];
+    let first_cut = serde_json::from_slice::<Value>(first_cut)?["seq"].clone();
+    std::fs::write(&seg, &clean[..cut_at])?;
+    let (ok, report) = verify(&d, true)?;
+    let p = &report["problem"];
+    ensure!(
+        !ok && p["seq"] == first_cut && p["reason"].to_string().contains("missing tail"),
+        "cut tail not reported: {report:#}"
+    );
+
+    std::fs::write(&seg, &clean)?;
+    ensure!(verify(&d, true)?.0, "the intact store fails");
+    let checkpoint = d.data_dir().join("sessions/checkpoint.json");
+    let signed = std::fs::read_to_string(&checkpoint)?;
+    let mut forged: Value = serde_json::from_str(&signed)?;
+    forged["seq"] = Value::from(last - 1);
+    std::fs::write(&checkpoint, serde_json::to_vec(&forged)?)?;
+    let (ok, report) = verify(&d, true)?;
+    ensure!(
+        !ok && report["problem"]["reason"].to_string().contains("altered"),
+        "forged checkpoint accepted: {report:#}"
+    );
+
+    // A daemon started on it records that it could not trust it, and anchors anew.
+    d.restart()?;
+    let (ok, report) = verify(&d, false)?;
+    ensure!(
+        !ok && report["damage"][0]["kind"] == "untrusted_checkpoint",
+        "forged checkpoint forgotten after a restart: {report:#}"
+    );
+    // Its exit status says whether the forged checkpoint was replaced yet.
+    let ack = d.cli([
+        "sessions",
+        "acknowledge-damage",
+        "checkpoint.json",
+        "--json",
+    ])?;
+    let report: Value = serde_json::from_slice(&ack.stdout)?;
+    ensure!(
+        report["damage"][0]["acknowledged_by"]["uid"] == 0,
+        "not acknowledged: {report:#}"
+    );
+    poll(
+        "verify to pass",
+        SESSIONS,
+        Duration::from_millis(100),
+        || Ok(verify(&d, true)?.0.then_some(())),
+    )?;
+    verify_ok(&d)?;
+
+    // A daemon started on a cut store records the cut; verify keeps failing on it.
+    kill_9(&d)?;
+    std::fs::write(&checkpoint, &signed)?;
+    std::fs::write(&seg, &clean[..cut_at])?;
+    d.restart()?;
+    let (ok, report) = verify(&d, false)?;
+    ensure!(
+        !ok && report["damage"][0]["kind"] == "missing_tail",
+        "cut tail forgotten after a restart: {report:#}"
+    );
+    Ok(())
+}

@@ -82,9 +82,15 @@ pub struct RunArgs {
     /// Where sessions and enrollment state are kept.
     #[arg(long, default_value = "/var/lib/interceptor")]
     pub data_dir: PathBuf,
-    /// Group that may use the control socket (mode 0660, owner root).
+    /// Group that may use the control socket (mode 0660, owner root) to read: status,
+    /// sessions, approvals list, the CA.
     #[arg(long)]
     pub socket_group: Option<String>,
+    /// Group whose members may also change (enroll, unenroll, policy reload, approvals
+    /// approve/deny/revoke); otherwise only root may. Its members need the socket too: put
+    /// them in --socket-group, or give no --socket-group and the socket is this group's.
+    #[arg(long)]
+    pub admin_group: Option<String>,
     /// bpffs directory for pinned maps and links (enrollments survive restarts through it).
     #[arg(long, default_value = "/sys/fs/bpf/interceptor")]
     pub bpffs_dir: PathBuf,
@@ -107,6 +113,10 @@ pub struct RunArgs {
     /// Size (bytes) at which a session segment is closed and the next one started.
     #[arg(long, default_value_t = 64 << 20)]
     pub segment_bytes: u64,
+    /// How often the session chain's head is anchored in a signed checkpoint (also on a
+    /// clean shutdown); `sessions verify` names records cut after it.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub checkpoint_interval: Duration,
     #[command(flatten)]
     pub tls: TlsArgs,
     /// Policy file (default: policies/default.toml under the working directory if there is
@@ -284,11 +294,24 @@ pub enum SessionsCommand {
     /// The store's own benchmark on one core: recording rate and event-to-tailer delay.
     #[command(hide = true)]
     Bench(BenchArgs),
-    /// Check every record's checksum and hash chain; names the first one that does not verify.
+    /// Check every record's checksum and hash chain, and the chain against the newest signed
+    /// checkpoint; names the first record that does not verify, and lists damage.
     Verify {
         /// Read this data directory (as `run --data-dir`) instead of asking the daemon.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record (as root, in the chain, with your uid and pid) that you have looked into the
+    /// damage `verify` reports in SEGMENT; verify then passes over it, naming it and you.
+    /// The damaged bytes stay where they are.
+    AcknowledgeDamage {
+        /// The segment file `verify` names, e.g. segment-00000003.log.
+        segment: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
         #[arg(long)]
         json: bool,
     },

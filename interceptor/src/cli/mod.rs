@@ -109,6 +109,11 @@ pub fn run_client(cli: Cli) -> anyhow::Result<i32> {
         Command::Sessions(SessionsCommand::Verify { data_dir, json }) => {
             sessions::verify(socket, data_dir, json)
         }
+        Command::Sessions(SessionsCommand::AcknowledgeDamage {
+            segment,
+            reason,
+            json,
+        }) => sessions::acknowledge_damage(socket, segment, reason, json),
         Command::Sessions(SessionsCommand::Show { id, json }) => {
             let session: Session = client::call(socket, &Request::Session { id })?;
             if json {

@@ -73,6 +73,10 @@ pub fn status(s: &Status) {
         "drops: {} kernel denials, {} proxy denials, {} upstream failures, {} client errors, {} records lost",
         d.kernel_denials, d.proxy_denials, d.upstream_failures, d.client_errors, d.store_lost
     );
+    println!(
+        "refused with no daemon listener (since the pins were made): {}",
+        s.refused_no_proxy
+    );
     println!("tailers: {}", c.tailers);
     if s.enrollments.is_empty() {
         println!("no enrollments");

@@ -12,6 +12,8 @@ use crate::control::client;
 use crate::control::protocol::Request;
 use crate::sessions::Event;
 use crate::sessions::chain::Record;
+use crate::sessions::damage::DamageEvent;
+use crate::sessions::record::{ControlChange, ControlOutcome};
 use crate::sessions::retention::RetentionPolicy;
 use crate::sessions::store::StoreOptions;
 use crate::sessions::tail::{TailFilter, TailRequest};
@@ -154,11 +156,46 @@ pub fn verify(socket: &Path, data_dir: Option<PathBuf>, json: bool) -> anyhow::R
         }
         None => client::call(socket, &Request::Verify)?,
     };
+    print_report(&report, json)
+}
+
+pub fn acknowledge_damage(
+    socket: &Path,
+    segment: String,
+    reason: Option<String>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let report: VerifyReport =
+        client::call(socket, &Request::AcknowledgeDamage { segment, reason })?;
+    print_report(&report, json)
+}
+
+/// A verify report; exit status 1 when it names a problem.
+fn print_report(report: &VerifyReport, json: bool) -> anyhow::Result<i32> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         for note in &report.notes {
             println!("note: {note}");
+        }
+        for d in &report.damage {
+            match &d.acknowledged_by {
+                Some(by) => println!(
+                    "damage (acknowledged by {by} pid {}): {}",
+                    by.pid,
+                    d.damage.describe()
+                ),
+                None => println!("DAMAGE: {}", d.damage.describe()),
+            }
+        }
+        if let Some(c) = &report.checkpoint {
+            println!(
+                "checkpoint: seq {} hash {} signed {} by key {}",
+                c.head.seq,
+                c.head.hash,
+                humantime::format_rfc3339_seconds(c.at),
+                c.key
+            );
         }
         match &report.problem {
             None => println!(
@@ -224,6 +261,7 @@ fn human(r: &Record, p: Paint) -> String {
         Event::Secret(f) => format!("secret {}", print::finding_line(f, p)),
         Event::Stream(d) => format!("stream {}", print::stream_line(d)),
         Event::Approval(a) => approval_line(a, p),
+        Event::Control(c) => control_line(c, p),
         Event::PolicyLoaded(pl) => paint(
             Paint::YELLOW,
             format!(
@@ -240,6 +278,21 @@ fn human(r: &Record, p: Paint) -> String {
                 "store  retention removed {} segment(s) ({})",
                 ret.removed.len(),
                 ret.reason
+            ),
+        ),
+        Event::Damage(DamageEvent::Found(d)) => {
+            paint(Paint::RED, format!("store  DAMAGE {}", d.describe()))
+        }
+        Event::Damage(DamageEvent::Acknowledged { damage, by, .. }) => paint(
+            Paint::YELLOW,
+            format!(
+                "store  damage acknowledged by {by} pid {}: {}",
+                by.pid,
+                damage
+                    .iter()
+                    .map(|d| format!("{} offset {}", d.segment, d.offset))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
     };
@@ -301,6 +354,26 @@ fn approval_line(a: &ApprovalEvent, p: Paint) -> String {
     p.paint(code, text)
 }
 
+/// A change on the control socket: what, by whom, and what became of it.
+fn control_line(c: &ControlChange, p: Paint) -> String {
+    let by = format!("{} pid {}", c.caller, c.caller.pid);
+    let (code, text) = match &c.outcome {
+        ControlOutcome::Done { changed } => (
+            Paint::YELLOW,
+            format!("control {} by {by}: {changed}", c.change),
+        ),
+        ControlOutcome::Refused { reason } => (
+            Paint::RED,
+            format!("control {} by {by} REFUSED: {reason}", c.change),
+        ),
+        ControlOutcome::Failed { error } => (
+            Paint::RED,
+            format!("control {} by {by} failed: {error}", c.change),
+        ),
+    };
+    p.paint(code, text)
+}
+
 impl super::args::RunArgs {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
@@ -310,6 +383,7 @@ impl super::args::RunArgs {
                 max_age: self.retain_age,
                 max_bytes: self.retain_bytes,
             },
+            checkpoint_interval: Some(self.checkpoint_interval),
         }
     }
 }

@@ -36,9 +36,40 @@ pub enum Request {
     Tail(crate::sessions::tail::TailRequest),
     /// Check the store's checksums and hash chain.
     Verify,
+    /// Record that the damage `verify` reports in `segment` has been looked into (a change:
+    /// root or the admin group; recorded with the caller). Replies with the verify report after it.
+    AcknowledgeDamage {
+        segment: String,
+        reason: Option<String>,
+    },
 }
 
 pub type Reply = Result<serde_json::Value, String>;
+
+impl Request {
+    /// The change this request makes, by the name the CLI gives it; None for a request that
+    /// only reads. Every request is named here, so a new one must be classified (the control
+    /// roles: reading is for the socket's group, changing for root and the admin group).
+    pub fn change(&self) -> Option<&'static str> {
+        use ApprovalsRequest as A;
+        match self {
+            Request::Enroll(_) => Some("enroll"),
+            Request::Unenroll { .. } => Some("unenroll"),
+            Request::PolicyReload => Some("policy reload"),
+            Request::Approvals(A::Decide { approve: true, .. }) => Some("approvals approve"),
+            Request::Approvals(A::Decide { approve: false, .. }) => Some("approvals deny"),
+            Request::Approvals(A::Revoke { .. }) => Some("approvals revoke"),
+            Request::AcknowledgeDamage { .. } => Some("sessions acknowledge-damage"),
+            Request::Approvals(A::List | A::Grants | A::Resolved)
+            | Request::Status
+            | Request::Sessions { .. }
+            | Request::Session { .. }
+            | Request::CaCertificate
+            | Request::Tail(_)
+            | Request::Verify => None,
+        }
+    }
+}
 
 /// What to enroll: the daemon resolves it (it is the one with the authority to).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -106,6 +137,11 @@ pub struct Status {
     /// Counters since the daemon started: sessions, findings, approvals, drops.
     #[serde(default)]
     pub counts: crate::metrics::Counts,
+    /// Connects of enrolled workloads refused in the kernel because the daemon's listener was
+    /// not at the proxy address (the daemon was down or restarting); counted since the eBPF
+    /// maps were pinned, so across restarts.
+    #[serde(default)]
+    pub refused_no_proxy: u64,
 }
 
 /// The policy in force (reply to `PolicyReload`).

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::change;
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
 use crate::sessions::tail;
@@ -17,8 +18,13 @@ const MAX_REQUEST: u64 = 1 << 20;
 
 /// Binds the socket (mode 0660, group `group` if given) and serves requests until dropped.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The daemon's umask keeps what it creates private; members of the socket's group
+        // must reach the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     // A socket file left by a daemon that did not shut down cleanly.
     if path.exists() {
@@ -56,8 +62,6 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
-    // Who is asking: approvals are decided in the name of the peer's uid.
-    let peer_uid = stream.peer_cred()?.uid();
     let (rx, mut tx) = stream.into_split();
     let mut lines = BufReader::new(rx.take(MAX_REQUEST)).lines();
     while let Some(line) = lines.next_line().await? {
@@ -71,8 +75,13 @@ async fn serve_one(stream: UnixStream, daemon: &Daemon) -> std::io::Result<()> {
                     _ = lines.next_line() => Ok(()),
                 };
             }
-            Ok(Request::Approvals(request)) => daemon.approvals_request(request, peer_uid).await,
-            Ok(request) => daemon.handle(request).await,
+            Ok(request) => match request.change() {
+                Some(change) => {
+                    let socket = lines.get_ref().get_ref().get_ref().as_ref();
+                    change::serve(daemon, request, change, socket).await
+                }
+                None => daemon.handle(request).await,
+            },
             Err(e) => Err(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_vec(&reply).expect("replies always serialize");

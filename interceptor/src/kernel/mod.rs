@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
         links::{FdLink, LinkError, PinnedLink},
@@ -180,6 +180,7 @@ pub struct Kernel {
     select: Trie,
     deny: Trie,
     original_dst: OriginalDstTable,
+    no_proxy: NoProxyCount,
     denied: Option<RingBuf<MapData>>,
     /// Forwards aya-log records; aborted on drop.
     log_task: Option<AbortHandle>,
@@ -248,6 +249,7 @@ impl Kernel {
             select: take_map(&mut ebpf, names::SELECT)?,
             deny: take_map(&mut ebpf, names::DENY)?,
             original_dst: OriginalDstTable::take_from(&mut ebpf)?,
+            no_proxy: NoProxyCount(Arc::new(take_map(&mut ebpf, names::NO_PROXY)?)),
             denied: Some(take_map(&mut ebpf, names::DENIED_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
@@ -328,6 +330,11 @@ impl Kernel {
         self.original_dst.clone()
     }
 
+    /// Handle on the count of connects refused because the daemon's listener was not there.
+    pub fn no_proxy(&self) -> NoProxyCount {
+        self.no_proxy.clone()
+    }
+
     /// The stream of connects denied in the kernel. Can be taken once; needs a tokio runtime.
     pub fn take_denied_events(&mut self) -> Result<DeniedEvents, KernelError> {
         if tokio::runtime::Handle::try_current().is_err() {
@@ -368,8 +375,10 @@ impl Kernel {
         self.pin_dir.join("links").join(id.to_string())
     }
 
-    /// Attaches program `name` to `cgroup` and pins the link at `path`, unless a link pinned
-    /// there is already attached to this cgroup. Returns the attached program id.
+    /// Attaches program `name` to `cgroup` and pins the link at `path`. A link pinned there
+    /// that is attached to this cgroup is kept, and switched to this instance's program if it
+    /// runs another (a previous daemon's, maybe an older version without today's checks).
+    /// Returns the attached program id.
     fn attach_pinned(
         &mut self,
         name: &'static str,
@@ -377,18 +386,24 @@ impl Kernel {
         cgroup_id: u64,
         path: &Path,
     ) -> Result<u32, KernelError> {
-        if path.exists() {
-            match sys::pinned_cgroup_link_info(path) {
-                Ok(info) if info.cgroup_id == cgroup_id => return Ok(info.prog_id),
-                // Attached to a cgroup that is gone (or unreadable): replace it.
-                _ => unpin_link(path)?,
-            }
-        }
         let prog = self
             .ebpf
             .program_mut(name)
             .ok_or(missing("program", name))?;
         let prog_id = prog.info().map_err(prog_err(name))?.id();
+        if path.exists() {
+            match sys::pinned_cgroup_link_info(path) {
+                Ok(info) if info.cgroup_id == cgroup_id => {
+                    if info.prog_id != prog_id {
+                        let fd = prog.fd().map_err(prog_err(name))?.as_fd();
+                        sys::update_pinned_link(path, fd).map_err(io_err("updating link", path))?;
+                    }
+                    return Ok(prog_id);
+                }
+                // Attached to a cgroup that is gone (or unreadable): replace it.
+                _ => unpin_link(path)?,
+            }
+        }
         let link: FdLink = match name {
             names::PROG_SOCK_OPS => {
                 let p = <&mut SockOps>::try_from(prog).map_err(prog_err(name))?;
@@ -522,6 +537,19 @@ impl OriginalDstTable {
     #[cfg(test)]
     fn peek(&self, key: &ConnKey) -> Option<ConnectInfo> {
         sys::map_lookup(self.0.fd().as_fd(), key, false)
+    }
+}
+
+/// How many connects of enrolled workloads the kernel refused because the socket listening at
+/// the proxy address was not the daemon's (the daemon was down or restarting): counted since
+/// the maps were pinned, so across restarts. Cheap to clone.
+#[derive(Clone)]
+pub struct NoProxyCount(Arc<PerCpuArray<MapData, u64>>);
+
+impl NoProxyCount {
+    pub fn get(&self) -> Result<u64, KernelError> {
+        let per_cpu = self.0.get(&0, 0).map_err(map_err(names::NO_PROXY))?;
+        Ok(per_cpu.iter().sum())
     }
 }
 

@@ -1,5 +1,5 @@
-//! Small system helpers aya does not offer: bpffs mounting and the cgroup a pinned link is
-//! attached to.
+//! Small system helpers aya does not offer: bpffs mounting, the cgroup a pinned link is
+//! attached to, and switching a pinned link to another program.
 
 use std::{
     ffi::CString,
@@ -85,10 +85,10 @@ pub struct CgroupLinkInfo {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
-/// Opens the link pinned at `path` and reads its `bpf_link_info` (aya's `LinkInfo` does not
-/// expose the cgroup id, which tells a live attachment from one whose cgroup was recreated).
-pub fn pinned_cgroup_link_info(path: &Path) -> io::Result<CgroupLinkInfo> {
+/// Opens the object pinned at `path` (BPF_OBJ_GET).
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     // `union bpf_attr` for BPF_OBJ_GET.
     #[repr(C)]
     struct ObjGet {
@@ -98,6 +98,47 @@ pub fn pinned_cgroup_link_info(path: &Path) -> io::Result<CgroupLinkInfo> {
         path_fd: i32,
         _pad: u32,
     }
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix that outlives the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &attr)? };
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes the link pinned at `path` run `prog` instead of its program, in one step: the
+/// attachment never goes away, so no call of the hook is missed (BPF_LINK_UPDATE).
+pub fn update_pinned_link(path: &Path, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // `union bpf_attr` for BPF_LINK_UPDATE.
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let link = open_pinned(path)?;
+    let attr = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_LINK_UPDATE.
+    unsafe { bpf(BPF_LINK_UPDATE, &attr)? };
+    Ok(())
+}
+
+/// Opens the link pinned at `path` and reads its `bpf_link_info` (aya's `LinkInfo` does not
+/// expose the cgroup id, which tells a live attachment from one whose cgroup was recreated).
+pub fn pinned_cgroup_link_info(path: &Path) -> io::Result<CgroupLinkInfo> {
     // `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
     #[repr(C)]
     struct InfoByFd {
@@ -118,20 +159,7 @@ pub fn pinned_cgroup_link_info(path: &Path) -> io::Result<CgroupLinkInfo> {
         _pad2: u32,
     }
 
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let attr = ObjGet {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-        path_fd: 0,
-        _pad: 0,
-    };
-    // SAFETY: `attr` is a valid bpf_attr prefix that outlives the call.
-    let fd = unsafe { bpf(BPF_OBJ_GET, &attr)? };
-    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-
+    let fd = open_pinned(path)?;
     let mut info = LinkInfo::default();
     let attr = InfoByFd {
         bpf_fd: fd.as_raw_fd() as u32,

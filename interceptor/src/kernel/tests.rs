@@ -1,7 +1,7 @@
 use std::{
     ffi::CString,
     io::{BufRead as _, BufReader},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -247,12 +247,13 @@ fn mapped(a: [u8; 4]) -> [u8; 16] {
 
 const MARK: u32 = 0x1e1e;
 
-/// Listeners on 127.0.0.1 and [::1] with the same (free) port.
-async fn proxy_listeners() -> (TcpListener, TcpListener) {
+/// Listeners on 127.0.0.1 and [::1] with the same (free) port, carrying `mark` (0: none).
+async fn proxy_listeners(mark: u32) -> (TcpListener, TcpListener) {
+    let listen = |addr: SocketAddr| crate::redirect::Namespace::Host.listen(addr, mark);
     for _ in 0..20 {
-        let v4 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let v4 = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let port = v4.local_addr().unwrap().port();
-        if let Ok(v6) = TcpListener::bind(("::1", port)).await {
+        if let Ok(v6) = listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)).await {
             return (v4, v6);
         }
     }
@@ -285,6 +286,21 @@ sc.recv(1); sc.close(); out("closed")
 sys.stdin.read()
 "#;
 
+/// Dials a redirected destination three ways (IPv4, v4-mapped IPv6, IPv6) and says how each
+/// connect ended.
+const NO_PROXY_CLIENT: &str = r#"
+import errno, socket, sys
+port = int(sys.argv[1])
+for name, family, host in [("c4", socket.AF_INET, "127.0.0.2"),
+                           ("c6", socket.AF_INET6, "::ffff:127.0.0.2"),
+                           ("n6", socket.AF_INET6, "::1")]:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.connect((host, port)); print(name, "connected", flush=True)
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno), flush=True)
+"#;
+
 const OUTSIDE_CLIENT: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -313,7 +329,7 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
 
     // The proxy (on 127.0.0.1 and ::1, same port), and the "real" server the original
     // destination points at.
-    let (proxy, proxy6) = proxy_listeners().await;
+    let (proxy, proxy6) = proxy_listeners(MARK).await;
     let proxy_port = proxy.local_addr().unwrap().port();
     let real = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let port = real.local_addr().unwrap().port();
@@ -448,16 +464,57 @@ async fn kernel_redirects_and_denies_in_enrolled_cgroup() {
         "nothing reached the proxy"
     );
 
-    // A restarted daemon reuses the pinned links instead of attaching again, and can detach
-    // them.
+    // The proxy port taken by a listener without the daemon's mark (someone else's, while the
+    // daemon is down): every redirected connect fails closed and is counted; nothing arrives.
+    drop((proxy, proxy6));
+    let at = |ip: IpAddr| SocketAddr::new(ip, proxy_port);
+    let listen = |ip: IpAddr| crate::redirect::Namespace::Host.listen(at(ip), 0);
+    let other = listen(Ipv4Addr::LOCALHOST.into()).await.unwrap();
+    let other6 = listen(Ipv6Addr::LOCALHOST.into()).await.unwrap();
+    let no_proxy = kernel.no_proxy();
+    let before = no_proxy.get().unwrap();
+    let (child, mut out) = spawn_python(NO_PROXY_CLIENT, &[port.to_string()], Some(&g.cgroup));
+    g.children.push(child);
+    for name in ["c4", "c6", "n6"] {
+        assert_eq!(line(&mut out).await, [name, "EPERM"]);
+    }
+    assert_eq!(no_proxy.get().unwrap(), before + 3);
+    for l in [&other, &other6] {
+        assert!(
+            timeout(Duration::from_millis(200), l.accept())
+                .await
+                .is_err(),
+            "a listener without the mark got a redirected connection"
+        );
+    }
+
+    // A restarted daemon keeps the pinned links (never detached: no connect goes unhandled)
+    // but switches them to its own programs, and can detach them.
+    let pins: Vec<PathBuf> = ["connect4", "connect6", "sock_ops"]
+        .iter()
+        .map(|n| g.pin_dir.join("links/7").join(n))
+        .collect();
+    // A pin replaced by another would be a new bpffs inode.
+    let inodes = || -> Vec<u64> {
+        pins.iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect()
+    };
+    let old_inodes = inodes();
     g.kernel = None;
     let kernel = g.kernel.insert(Kernel::load(&g.pin_dir, config).unwrap());
-    assert_ne!(
-        kernel.program_ids().unwrap(),
-        ids,
-        "a new load has new programs"
+    let new_ids = kernel.program_ids().unwrap();
+    assert_ne!(new_ids, ids, "a new load has new programs");
+    assert_eq!(
+        kernel.enroll(&e).unwrap(),
+        new_ids,
+        "the links run the new programs"
     );
-    assert_eq!(kernel.enroll(&e).unwrap(), ids, "the old links are kept");
+    for (pin, id) in pins.iter().zip(&new_ids) {
+        let info = super::sys::pinned_cgroup_link_info(pin).unwrap();
+        assert_eq!((info.prog_id, info.cgroup_id), (*id, cgroup_id));
+    }
+    assert_eq!(inodes(), old_inodes, "the same links");
     kernel.unenroll(&e).unwrap();
     assert!(!g.pin_dir.join("links/7").exists());
     g.enrollment = None;

@@ -21,6 +21,8 @@ pub struct Gauges {
     pub enrollments: u64,
     pub held_approvals: u64,
     pub store: StoreStatus,
+    /// Kept in the kernel across restarts, see `Status::refused_no_proxy`.
+    pub refused_no_proxy: u64,
 }
 
 pub type GaugeSource = Box<dyn Fn() -> Gauges + Send + Sync>;
@@ -96,6 +98,12 @@ impl Collector for Exposition {
             "kernel_denials",
             "connect() calls refused in the kernel (deny lists)",
             c.drops.kernel_denials,
+        )?;
+        counter(
+            &mut e,
+            "kernel_refused_no_proxy",
+            "connect() calls refused in the kernel because the daemon's listener was not up (since the eBPF maps were pinned)",
+            g.refused_no_proxy,
         )?;
         counters(
             &mut e,
@@ -178,6 +186,7 @@ mod tests {
             metrics,
             Box::new(|| Gauges {
                 held_approvals: 2,
+                refused_no_proxy: 3,
                 ..Default::default()
             }),
         );
@@ -187,6 +196,7 @@ mod tests {
             "interceptor_sessions_ended_total{outcome=\"denied\"} 0",
             "interceptor_secret_findings_total{direction=\"up\"} 0",
             "interceptor_approvals_held 2",
+            "interceptor_kernel_refused_no_proxy_total 3",
             "interceptor_connection_setup_seconds_count 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.005\"} 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.0025\"} 0",

@@ -73,7 +73,12 @@ impl Metrics {
                 };
                 add(&self.approvals[kind]);
             }
-            Event::Tls(_) | Event::Stream(_) | Event::Retention(_) | Event::PolicyLoaded(_) => {}
+            Event::Tls(_)
+            | Event::Stream(_)
+            | Event::Retention(_)
+            | Event::PolicyLoaded(_)
+            | Event::Damage(_)
+            | Event::Control(_) => {}
         }
     }
 

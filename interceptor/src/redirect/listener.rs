@@ -115,7 +115,7 @@ impl Listeners {
         for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
             let addr = SocketAddr::new(ip, self.port);
             let listener = ns
-                .listen(addr)
+                .listen(addr, self.proxy.mark)
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             self.port = listener.local_addr()?.port();

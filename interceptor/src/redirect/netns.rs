@@ -87,12 +87,18 @@ impl Namespace {
         }
     }
 
-    /// A loopback listener on `addr` in this namespace.
-    pub async fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
+    /// A loopback listener on `addr` in this namespace, carrying `mark` (0: none). The kernel
+    /// programs redirect to a listener only when it carries the daemon's mark, which no
+    /// unprivileged process can set: a port taken by someone else while the daemon is down
+    /// gets nothing.
+    pub async fn listen(&self, addr: SocketAddr, mark: u32) -> io::Result<TcpListener> {
         let listener = self
             .in_ns(move || {
                 let socket =
                     Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+                if mark != 0 {
+                    socket.set_mark(mark)?;
+                }
                 if addr.is_ipv6() {
                     socket.set_only_v6(true)?;
                 }
@@ -169,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_inherit_nodelay_from_the_listener() {
         let listener = Namespace::Host
-            .listen("127.0.0.1:0".parse().unwrap())
+            .listen("127.0.0.1:0".parse().unwrap(), 0)
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();

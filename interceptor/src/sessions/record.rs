@@ -85,6 +85,11 @@ pub enum Event {
     /// The start of a byte stream that is not HTTP (raw TCP, a decrypted non-HTTP stream,
     /// WebSocket payloads), one per direction, masked.
     Stream(StreamData),
+    /// Damage found in the store on start, or acknowledged by an operator; a store event.
+    Damage(super::damage::DamageEvent),
+    /// A change asked for on the control socket, done, refused or failed, and who asked; a
+    /// store event.
+    Control(ControlChange),
 }
 
 impl Event {
@@ -98,8 +103,10 @@ impl Event {
             Event::Retention(_) => 0,
             Event::PolicyLoaded(_) => 0,
             Event::Approval(_) => 0,
+            Event::Control(_) => 0,
             Event::Secret(s) => s.id,
             Event::Stream(s) => s.id,
+            Event::Damage(_) => 0,
         }
     }
 }
@@ -269,6 +276,33 @@ pub struct PolicyLoaded {
     pub at: SystemTime,
 }
 
+/// A change asked for on the control socket (`enroll`, `unenroll`, `policy reload`,
+/// `approvals approve|deny|revoke`) and what became of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ControlChange {
+    /// The change, as the CLI names it.
+    pub change: String,
+    /// The request as the caller sent it.
+    pub request: serde_json::Value,
+    /// Who asked: the peer credentials of the control connection.
+    pub caller: crate::control::caller::Caller,
+    #[serde(flatten)]
+    pub outcome: ControlOutcome,
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ControlOutcome {
+    /// Made; `changed` says what (the enrollment, the policy, the approval or grant).
+    Done { changed: String },
+    /// Refused by the control roles; `reason` is what the caller was told.
+    Refused { reason: String },
+    /// Allowed, but it failed; `error` is what the caller was told.
+    Failed { error: String },
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionStart {
     pub id: u64,
@@ -351,6 +385,8 @@ impl Session {
             Event::Retention(_) => {}
             Event::PolicyLoaded(_) => {}
             Event::Approval(_) => {}
+            Event::Damage(_) => {}
+            Event::Control(_) => {}
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
         }

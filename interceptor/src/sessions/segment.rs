@@ -69,12 +69,44 @@ pub fn encode_frame(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Rang
     payload
 }
 
-/// The intact frames of a buffer, in order, as `(offset, payload)`; after the iteration,
-/// `damage` tells whether it stopped before the end and `offset` where.
+/// The intact frames of a buffer, in order, as `(offset, payload)`. A damaged stretch that
+/// intact frames follow is skipped (and listed in `skipped`), so one bad record does not
+/// hide the ones after it. After the iteration, `damage` tells whether the buffer ends in
+/// damage and `offset` where it begins (or the end of the last intact frame).
 pub struct Frames<'a> {
     bytes: &'a [u8],
     pub offset: usize,
     pub damage: Option<Damage>,
+    /// Damaged stretches with intact frames after them.
+    pub skipped: Vec<Range<usize>>,
+}
+
+/// Why the bytes at a frame's start are not an intact frame.
+enum Bad {
+    /// Header or payload runs past the end: what a cut write leaves.
+    Short,
+    /// A length that is no frame's, or a checksum that does not match.
+    Wrong,
+}
+
+/// The payload length of the intact frame at the start of `rest`.
+fn intact(rest: &[u8]) -> Result<usize, Bad> {
+    if rest.len() < FRAME_HEADER {
+        return Err(Bad::Short);
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+    // No record is empty: zeros are not a frame.
+    if len == 0 || len > MAX_FRAME {
+        return Err(Bad::Wrong);
+    }
+    if rest.len() - FRAME_HEADER < len {
+        return Err(Bad::Short);
+    }
+    if crc32fast::hash(&rest[FRAME_HEADER..FRAME_HEADER + len]) != crc {
+        return Err(Bad::Wrong);
+    }
+    Ok(len)
 }
 
 impl<'a> Frames<'a> {
@@ -83,7 +115,15 @@ impl<'a> Frames<'a> {
             bytes,
             offset: 0,
             damage: None,
+            skipped: Vec::new(),
         }
+    }
+
+    /// Where the next intact frame after `from` starts. Record payloads are JSON text, which
+    /// holds no NUL byte, so inside one no length up to MAX_FRAME reads as plausible and the
+    /// search costs about a length check per byte.
+    fn resync(&self, from: usize) -> Option<usize> {
+        (from + 1..self.bytes.len()).find(|&at| intact(&self.bytes[at..]).is_ok())
     }
 }
 
@@ -91,32 +131,33 @@ impl<'a> Iterator for Frames<'a> {
     type Item = (usize, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = &self.bytes[self.offset..];
-        if rest.is_empty() {
-            return None;
+        loop {
+            let rest = &self.bytes[self.offset..];
+            if rest.is_empty() {
+                return None;
+            }
+            match intact(rest) {
+                Ok(len) => {
+                    let at = self.offset;
+                    self.offset += FRAME_HEADER + len;
+                    return Some((at, &rest[FRAME_HEADER..FRAME_HEADER + len]));
+                }
+                Err(bad) => match self.resync(self.offset) {
+                    Some(next) => {
+                        self.skipped.push(self.offset..next);
+                        self.offset = next;
+                    }
+                    // Only a short final frame with nothing intact after it is a torn write.
+                    None => {
+                        self.damage = Some(match bad {
+                            Bad::Short => Damage::Torn,
+                            Bad::Wrong => Damage::Corrupt,
+                        });
+                        return None;
+                    }
+                },
+            }
         }
-        if rest.len() < FRAME_HEADER {
-            self.damage = Some(Damage::Torn);
-            return None;
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap());
-        if len > MAX_FRAME {
-            self.damage = Some(Damage::Corrupt);
-            return None;
-        }
-        if rest.len() - FRAME_HEADER < len {
-            self.damage = Some(Damage::Torn);
-            return None;
-        }
-        let payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            self.damage = Some(Damage::Corrupt);
-            return None;
-        }
-        let at = self.offset;
-        self.offset += FRAME_HEADER + len;
-        Some((at, payload))
     }
 }
 
@@ -155,8 +196,9 @@ pub fn read_frames(
             file.seek(SeekFrom::Start(pos.offset))?;
             (&mut file).take(want as u64).read_to_end(&mut bytes)?;
             let mut probe = Frames::new(&bytes);
-            // A frame larger than the budget: read more of it.
-            if want < avail && probe.next().is_none() && probe.damage == Some(Damage::Torn) {
+            // A frame larger than the budget (or damage with no frame after it within the
+            // budget): read more.
+            if want < avail && probe.next().is_none() && probe.damage.is_some() {
                 want = avail.min(want.max(FRAME_HEADER) * 2);
                 continue;
             }
@@ -174,15 +216,11 @@ pub fn read_frames(
         }
         used += frames.offset;
         pos.offset += frames.offset as u64;
-        // A damaged frame ends the segment for a reader; a torn one too unless the writer is
-        // still appending to it (the last segment).
-        let damaged = match frames.damage {
-            Some(Damage::Corrupt) => true,
-            Some(Damage::Torn) => bytes.len() == avail,
-            None => false,
-        };
-        if damaged {
-            tracing::warn!(segment = %path.display(), offset = pos.offset, "damaged frame; skipping the rest of the segment");
+        // Damage with nothing intact after it ends the segment for a reader, unless only the
+        // budget cut it short; a torn frame may be one the writer is still appending.
+        let damaged = frames.damage.is_some() && bytes.len() == avail;
+        if damaged || !frames.skipped.is_empty() {
+            tracing::warn!(segment = %path.display(), offset = pos.offset, "damaged frames skipped; `interceptor sessions verify` reports them");
         }
         if pos.segment < end.segment && (pos.offset >= stop || damaged) {
             pos = next_segment(dir, pos.segment)?.unwrap_or(end);

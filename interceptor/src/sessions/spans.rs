@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,10 +101,8 @@ fn save(path: &Path, spans: &Spans) -> io::Result<()> {
     static WRITERS: AtomicU64 = AtomicU64::new(0);
     let n = WRITERS.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("spans.{}-{n}.tmp", std::process::id()));
-    let mut file = File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(spans).map_err(io::Error::other)?)?;
-    file.sync_data()?;
-    fs::rename(&tmp, path)
+    let bytes = serde_json::to_vec(spans).map_err(io::Error::other)?;
+    crate::private_fs::replace(path, &tmp, &bytes)
 }
 
 /// The bytes of `range` in segment `number`.

@@ -7,32 +7,28 @@
 //! ends a session, rolls segments at a size limit, applies retention, and publishes how far
 //! the store is written so tailers can follow it without being in the proxy's way.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use super::chain::{Hash, Link, Record, RecordRef};
+use super::checkpoint::{self, Checkpointer};
+use super::damage::{DamageEvent, StoreDamage};
 use super::index::StartIndex;
-use super::record::{Event, Outcome, Session, SessionEnd};
-use super::retention::{RemovedSegment, Retention, RetentionPolicy, SegmentMeta};
-use super::segment::{Frames, Position, encode_frame, segment_name, segment_number, segment_paths};
-use super::spans::{self, Spans};
+use super::read::{fold_sessions, read_session, read_sessions};
+use super::record::{Event, Session};
+use super::recover::{interrupted_ends, recover};
+use super::retention::RetentionPolicy;
+use super::segment::Position;
+use super::spans;
+use super::writer::Writer;
 use crate::metrics::Metrics;
-
-/// How long the writer lets events gather after a write.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
-/// How long a session-end fsync waits for others to share it.
-const GROUP_COMMIT: Duration = Duration::from_millis(5);
-/// Largest batch written at once.
-const BATCH_BYTES: usize = 1 << 20;
+use crate::private_fs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,7 +45,7 @@ pub enum StoreError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -63,6 +59,9 @@ pub struct StoreOptions {
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
     pub retention: RetentionPolicy,
+    /// How often the chain head is anchored in a signed checkpoint (None: never; the daemon
+    /// always sets it).
+    pub checkpoint_interval: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -71,6 +70,7 @@ impl Default for StoreOptions {
             sync_interval: Duration::from_secs(1),
             segment_bytes: 64 << 20,
             retention: RetentionPolicy::default(),
+            checkpoint_interval: None,
         }
     }
 }
@@ -101,12 +101,12 @@ pub struct StoreStatus {
 }
 
 #[derive(Default)]
-struct Counters {
-    appended: AtomicU64,
-    written: AtomicU64,
-    send_lost: AtomicU64,
-    write_lost: AtomicU64,
-    bytes: AtomicU64,
+pub(super) struct Counters {
+    pub appended: AtomicU64,
+    pub written: AtomicU64,
+    pub send_lost: AtomicU64,
+    pub write_lost: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// The writer thread; `finish` drains every queued event to disk and syncs.
@@ -115,11 +115,28 @@ pub struct StoreWriter {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, cuts a torn tail, and starts the writer.
+    /// Opens (or creates, 0700) the store in `dir`, cuts a torn tail, records damage, and
+    /// starts the writer.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<(Store, StoreWriter), StoreError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        private_fs::private_dir(dir).map_err(io_err(dir))?;
         spans::remove_stale_temporaries(dir).map_err(io_err(dir))?;
-        let state = recover(dir)?;
+        let (anchor, untrusted) = match checkpoint::load(dir) {
+            Ok(anchor) => (anchor, None),
+            Err(e) => (None, Some(e)),
+        };
+        let checkpoints = match options.checkpoint_interval {
+            Some(interval) => {
+                let key = checkpoint::load_or_create_key(dir).map_err(io_err(dir))?;
+                Some(Checkpointer::new(dir, key, interval))
+            }
+            None => None,
+        };
+        let mut state = recover(dir, anchor.as_ref())?;
+        let mut damage = std::mem::take(&mut state.damage);
+        if let Some(detail) = untrusted {
+            let last = state.next_seq.checked_sub(1);
+            damage.push(StoreDamage::untrusted_checkpoint(detail, last));
+        }
         let max_id = state.max_session_id;
         let (written_tx, written) = watch::channel(state.end());
         let interrupted = interrupted_ends(&state);
@@ -127,7 +144,14 @@ impl Store {
         let on_disk = state.closed.iter().map(|m| m.bytes).sum::<u64>() + state.current.bytes;
         counters.bytes.store(on_disk, Ordering::Relaxed);
         let starts = state.starts.clone();
-        let writer = Writer::start(dir, options, state, written_tx, counters.clone())?;
+        let writer = Writer::start(
+            dir,
+            options,
+            state,
+            written_tx,
+            counters.clone(),
+            checkpoints,
+        )?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("session-store".into())
@@ -142,6 +166,11 @@ impl Store {
             starts,
             metrics: Arc::default(),
         };
+        // First in the new segment: what is damaged, and where.
+        for d in damage {
+            tracing::error!(damage = %d.describe(), "session store damage; kept in place and recorded, `interceptor sessions verify` fails until it is acknowledged");
+            store.append(Event::Damage(DamageEvent::Found(d)));
+        }
         if !interrupted.is_empty() {
             tracing::warn!(
                 sessions = interrupted.len(),
@@ -233,518 +262,19 @@ impl StoreWriter {
     }
 }
 
-/// Folds the events of every segment into sessions, oldest first.
-pub fn read_sessions(dir: &Path) -> Result<Vec<Session>, StoreError> {
-    fold_sessions(dir, 0, 0)
-}
-
-/// Folds the sessions with ids from `first_id` on, reading segments from `first_segment`.
-fn fold_sessions(
-    dir: &Path,
-    first_segment: u64,
-    first_id: u64,
-) -> Result<Vec<Session>, StoreError> {
-    let mut sessions: Vec<Session> = Vec::new();
-    let mut index = HashMap::new();
-    for path in segment_paths(dir).map_err(io_err(dir))? {
-        if segment_number(&path).is_some_and(|n| n < first_segment) {
-            continue;
-        }
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        for (_, payload) in Frames::new(&bytes) {
-            let record: Record = match serde_json::from_slice(payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "skipping a record this version cannot read");
-                    continue;
-                }
-            };
-            match record.event {
-                Event::Start(start) if start.id < first_id => {}
-                Event::Start(start) => {
-                    index.insert(start.id, sessions.len());
-                    sessions.push(Session::from_start(start));
-                }
-                other => {
-                    if let Some(&i) = index.get(&other.session_id()) {
-                        sessions[i].apply(other);
-                    }
-                }
-            }
-        }
-    }
-    Ok(sessions)
-}
-
-/// Folds session `id` from segment `first` on; segments below `writing` (closed, never
-/// written again) are read only where their span index puts the session's records.
-fn read_session(
-    dir: &Path,
-    id: u64,
-    first: u64,
-    writing: u64,
-) -> Result<Option<Session>, StoreError> {
-    let mut session: Option<Session> = None;
-    for path in segment_paths(dir).map_err(io_err(dir))? {
-        let number = segment_number(&path).expect("listed as a segment");
-        if number < first {
-            continue;
-        }
-        let bytes = if number < writing {
-            let spans = Spans::of_segment(dir, number).map_err(io_err(&path))?;
-            let Some(range) = spans.sessions.get(&id) else {
-                continue;
-            };
-            spans::read_range(dir, number, range.clone()).map_err(io_err(&path))?
-        } else {
-            fs::read(&path).map_err(io_err(&path))?
-        };
-        for (_, payload) in Frames::new(&bytes) {
-            let link = serde_json::from_slice::<Link>(payload).ok();
-            if link.and_then(|l| l.event.session()) != Some(id) {
-                continue;
-            }
-            let Ok(record) = serde_json::from_slice::<Record>(payload) else {
-                continue;
-            };
-            match (record.event, session.as_mut()) {
-                (Event::Start(start), None) => session = Some(Session::from_start(start)),
-                (Event::End(end), Some(s)) => {
-                    s.apply(Event::End(end));
-                    return Ok(session);
-                }
-                (event, Some(s)) => s.apply(event),
-                (_, None) => {}
-            }
-        }
-    }
-    Ok(session)
-}
-
-/// What a scan of the segments on open finds.
-struct Recovered {
-    closed: VecDeque<SegmentMeta>,
-    current: SegmentMeta,
-    next_seq: u64,
-    max_session_id: u64,
-    /// Sessions with a start and no end: the daemon stopped under them.
-    open_sessions: BTreeSet<u64>,
-    starts: StartIndex,
-}
-
-/// End events for the sessions a previous daemon left open, dated at its last record.
-fn interrupted_ends(state: &Recovered) -> Vec<Event> {
-    let last = state
-        .current
-        .newest
-        .or(state.closed.back().and_then(|m| m.newest));
-    let ended_at = last.unwrap_or_else(SystemTime::now);
-    state
-        .open_sessions
-        .iter()
-        .map(|&id| {
-            Event::End(SessionEnd {
-                id,
-                ended_at,
-                bytes_up: 0,
-                bytes_down: 0,
-                outcome: Outcome::Interrupted,
-                error: Some("the daemon stopped before the session ended".into()),
-            })
-        })
-        .collect()
-}
-
-impl Recovered {
-    fn end(&self) -> Position {
-        Position {
-            segment: self.current.number,
-            offset: self.current.bytes,
-        }
-    }
-}
-
-/// Scans every segment: the chain head, the next sequence number, the highest session id,
-/// and each segment's extent; cuts a damaged tail off the last segment (keeping the cut bytes
-/// beside it in `<segment>.torn`).
-fn recover(dir: &Path) -> Result<Recovered, StoreError> {
-    let paths = segment_paths(dir).map_err(io_err(dir))?;
-    let mut metas = VecDeque::new();
-    let (mut head, mut next_seq, mut max_id) = (Hash::GENESIS, 0, 0);
-    let mut open = BTreeSet::new();
-    let starts = StartIndex::default();
-    for (i, path) in paths.iter().enumerate() {
-        let bytes = fs::read(path).map_err(io_err(path))?;
-        let number = segment_number(path).expect("listed as a segment");
-        let mut meta = SegmentMeta {
-            number,
-            bytes: 0,
-            seqs: None,
-            last_hash: head,
-            newest: None,
-        };
-        let mut frames = Frames::new(&bytes);
-        for (offset, payload) in frames.by_ref() {
-            let link: Link =
-                serde_json::from_slice(payload).map_err(|source| StoreError::Format {
-                    path: path.clone(),
-                    offset,
-                    source,
-                })?;
-            head = Hash::of(payload);
-            next_seq = link.seq + 1;
-            max_id = max_id.max(link.event.session().unwrap_or(0));
-            match (link.event.kind.as_str(), link.event.id) {
-                ("start", Some(id)) => {
-                    open.insert(id);
-                    starts.note(number, id);
-                }
-                ("end", Some(id)) => {
-                    open.remove(&id);
-                }
-                _ => {}
-            }
-            meta.seqs = Some((meta.seqs.map_or(link.seq, |s| s.0), link.seq));
-            meta.last_hash = head;
-            meta.newest = Some(link.at);
-        }
-        meta.bytes = frames.offset as u64;
-        if let Some(damage) = frames.damage {
-            let cut = &bytes[frames.offset..];
-            if i + 1 == paths.len() {
-                tracing::warn!(segment = %path.display(), kept = frames.offset, cut = cut.len(), ?damage,
-                    "cutting the damaged tail of the last session segment (kept in .torn)");
-                save_and_truncate(path, cut, frames.offset as u64)?;
-            } else {
-                tracing::error!(segment = %path.display(), offset = frames.offset, ?damage,
-                    "damaged session segment; `interceptor sessions verify` reports it");
-            }
-        }
-        metas.push_back(meta);
-    }
-    let current = metas.pop_back().unwrap_or(SegmentMeta {
-        number: 1,
-        bytes: 0,
-        seqs: None,
-        last_hash: Hash::GENESIS,
-        newest: None,
-    });
-    Ok(Recovered {
-        closed: metas,
-        current,
-        next_seq,
-        max_session_id: max_id,
-        open_sessions: open,
-        starts,
-    })
-}
-
-fn save_and_truncate(path: &Path, cut: &[u8], keep: u64) -> Result<(), StoreError> {
-    let mut torn_name = path.as_os_str().to_owned();
-    torn_name.push(".torn");
-    let torn = PathBuf::from(torn_name);
-    let mut saved = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&torn)
-        .map_err(io_err(&torn))?;
-    saved
-        .write_all(cut)
-        .and_then(|()| saved.sync_data())
-        .map_err(io_err(&torn))?;
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.set_len(keep)
-        .and_then(|()| file.sync_data())
-        .map_err(io_err(path))
-}
-
-struct Writer {
-    dir: PathBuf,
-    options: StoreOptions,
-    file: Arc<File>,
-    syncer: Syncer,
-    current: SegmentMeta,
-    closed: VecDeque<SegmentMeta>,
-    next_seq: u64,
-    head: Hash,
-    written: watch::Sender<Position>,
-    counters: Arc<Counters>,
-    buf: Vec<u8>,
-    /// First sequence number and newest time in `buf`.
-    batch: Option<(u64, SystemTime)>,
-    /// Sessions started in `buf`.
-    batch_starts: Vec<u64>,
-    starts: StartIndex,
-    ends_session: bool,
-    dirty: bool,
-    last_sync: Instant,
-}
-
-impl Writer {
-    fn start(
-        dir: &Path,
-        options: StoreOptions,
-        state: Recovered,
-        written: watch::Sender<Position>,
-        counters: Arc<Counters>,
-    ) -> Result<Writer, StoreError> {
-        let file = Arc::new(open_segment(dir, state.current.number)?);
-        Ok(Writer {
-            dir: dir.to_owned(),
-            options,
-            file,
-            syncer: Syncer::start().map_err(io_err(dir))?,
-            head: state.current.last_hash,
-            current: state.current,
-            closed: state.closed,
-            next_seq: state.next_seq,
-            written,
-            counters,
-            buf: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
-            batch: None,
-            batch_starts: Vec::new(),
-            starts: state.starts,
-            ends_session: false,
-            dirty: false,
-            last_sync: Instant::now(),
-        })
-    }
-
-    fn run(mut self, rx: mpsc::Receiver<(SystemTime, Event)>) {
-        loop {
-            // Wake at least once per sync interval so a quiet store still reaches the disk
-            // and old segments still expire.
-            match rx.recv_timeout(self.options.sync_interval) {
-                Ok((at, event)) => {
-                    self.encode(at, &event);
-                    while self.buf.len() < BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok((at, event)) => self.encode(at, &event),
-                            Err(_) => break,
-                        }
-                    }
-                    let full = self.buf.len() >= BATCH_BYTES;
-                    self.write_batch();
-                    // Let the next events gather: under load the proxy then wakes this thread
-                    // once per window instead of once per event. A full batch means more are
-                    // already waiting.
-                    if !full {
-                        std::thread::sleep(BATCH_WINDOW);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if self.dirty
-                && (self.ends_session || self.last_sync.elapsed() >= self.options.sync_interval)
-            {
-                self.sync();
-            }
-            self.apply_retention();
-        }
-        self.sync_now();
-    }
-
-    fn encode(&mut self, at: SystemTime, event: &Event) {
-        let record = RecordRef {
-            seq: self.next_seq,
-            at,
-            prev: self.head,
-            event,
-        };
-        let payload = encode_frame(&mut self.buf, |out| {
-            serde_json::to_writer(out, &record).expect("records always serialize")
-        });
-        self.head = Hash::of(&self.buf[payload]);
-        let first = self.batch.map_or(self.next_seq, |b| b.0);
-        self.batch = Some((first, at));
-        self.next_seq += 1;
-        self.ends_session |= matches!(event, Event::End(_));
-        if let Event::Start(s) = event {
-            self.batch_starts.push(s.id);
-        }
-    }
-
-    fn write_batch(&mut self) {
-        let Some((first, newest)) = self.batch.take() else {
-            return;
-        };
-        if self.current.bytes >= self.options.segment_bytes {
-            self.roll();
-        }
-        let records = self.next_seq - first;
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
-            // The chain now has a gap the next records cannot hide: verify will name it.
-            tracing::error!(error = %e, "writing session segment failed; events lost");
-            self.counters
-                .write_lost
-                .fetch_add(records, Ordering::Relaxed);
-            self.buf.clear();
-            self.batch_starts.clear();
-            return;
-        }
-        self.counters.written.fetch_add(records, Ordering::Relaxed);
-        for id in self.batch_starts.drain(..) {
-            self.starts.note(self.current.number, id);
-        }
-        self.counters
-            .bytes
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        let meta = &mut self.current;
-        meta.bytes += self.buf.len() as u64;
-        meta.seqs = Some((meta.seqs.map_or(first, |s| s.0), self.next_seq - 1));
-        meta.last_hash = self.head;
-        meta.newest = Some(newest);
-        self.buf.clear();
-        self.dirty = true;
-        self.written.send_replace(Position {
-            segment: meta.number,
-            offset: meta.bytes,
-        });
-    }
-
-    fn roll(&mut self) {
-        self.sync();
-        let number = self.current.number + 1;
-        match open_segment(&self.dir, number) {
-            Ok(file) => {
-                self.file = Arc::new(file);
-                let next = SegmentMeta {
-                    number,
-                    bytes: 0,
-                    seqs: None,
-                    last_hash: self.current.last_hash,
-                    newest: None,
-                };
-                self.closed
-                    .push_back(std::mem::replace(&mut self.current, next));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start a new session segment"),
-        }
-    }
-
-    /// Has what is written fsynced, without waiting for it.
-    fn sync(&mut self) {
-        self.syncer.request(&self.file);
-        self.dirty = false;
-        self.ends_session = false;
-        self.last_sync = Instant::now();
-    }
-
-    /// Fsyncs what is written before going on.
-    fn sync_now(&mut self) {
-        sync_file(&self.file);
-        self.dirty = false;
-        self.ends_session = false;
-        self.last_sync = Instant::now();
-    }
-
-    /// Removes what the policy says, after recording (and syncing) that it does.
-    fn apply_retention(&mut self) {
-        let closed = self.closed.make_contiguous();
-        let Some((n, reason)) =
-            self.options
-                .retention
-                .select(closed, self.current.bytes, SystemTime::now())
-        else {
-            return;
-        };
-        let removed: Vec<SegmentMeta> = self.closed.drain(..n).collect();
-        let event = Event::Retention(Retention {
-            reason: reason.to_owned(),
-            removed: removed.iter().map(RemovedSegment::from_meta).collect(),
-        });
-        self.counters.appended.fetch_add(1, Ordering::Relaxed);
-        self.encode(SystemTime::now(), &event);
-        self.write_batch();
-        self.sync_now();
-        for meta in removed {
-            let path = self.dir.join(segment_name(meta.number));
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    // Derived data; absent when nobody asked about the segment.
-                    let _ = fs::remove_file(spans::spans_path(&self.dir, meta.number));
-                    self.counters.bytes.fetch_sub(meta.bytes, Ordering::Relaxed);
-                    self.starts.remove(meta.number);
-                    tracing::info!(segment = %path.display(), reason, "retention removed a session segment")
-                }
-                Err(e) => {
-                    tracing::error!(segment = %path.display(), error = %e, "retention could not remove a session segment")
-                }
-            }
-        }
-    }
-}
-
-/// Fsyncs segment files on a thread of its own, so the writer never waits for the disk.
-/// Requests that pile up during one fsync are served by the next.
-struct Syncer {
-    tx: Option<mpsc::Sender<Arc<File>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Syncer {
-    fn start() -> io::Result<Syncer> {
-        let (tx, rx) = mpsc::channel::<Arc<File>>();
-        let thread = std::thread::Builder::new()
-            .name("session-fsync".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    // Group commit: sessions that end within the window share one fsync
-                    // instead of costing one each (a VM exit per fsync on virtual disks).
-                    std::thread::sleep(GROUP_COMMIT);
-                    let mut files = vec![first];
-                    files.extend(rx.try_iter());
-                    files.dedup_by(|a, b| Arc::ptr_eq(a, b));
-                    files.iter().for_each(|f| sync_file(f));
-                }
-            })?;
-        Ok(Syncer {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    fn request(&self, file: &Arc<File>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(file.clone());
-        }
-    }
-}
-
-impl Drop for Syncer {
-    /// Serves the requests still queued, then stops.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn sync_file(file: &File) {
-    if let Err(e) = file.sync_data() {
-        tracing::error!(error = %e, "fsync of session segment failed");
-    }
-}
-
-fn open_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
-    let path = dir.join(segment_name(number));
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))
-}
-
 #[cfg(test)]
 pub mod tests {
     use super::*;
     use crate::identity::Identity;
     use crate::sessions::SessionStart;
+    use crate::sessions::chain::Record;
+    use crate::sessions::record::{Outcome, SessionEnd};
+    use crate::sessions::segment::{
+        Frames, encode_frame, segment_name, segment_number, segment_paths,
+    };
+    use crate::sessions::spans::Spans;
+    use std::fs;
+    use std::time::Instant;
 
     pub fn start(id: u64) -> Event {
         Event::Start(SessionStart {
@@ -934,6 +464,7 @@ pub mod tests {
                 max_age: None,
                 max_bytes: Some(2000),
             },
+            ..Default::default()
         };
         // One event per batch (the writer sleeps between batches), so one segment each.
         let (store, writer) = Store::open(dir.path(), options).unwrap();
