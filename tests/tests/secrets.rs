@@ -894,5 +894,20 @@ fn compressed_responses_are_masked_and_reencoded_and_a_bomb_ends_only_its_exchan
         ),
         "bomb record: {bomb}"
     );
+    // The connection broke because of what the upstream sent: the upstream's error.
+    let broken = d.wait_for_matching(
+        |s| {
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.contains("exceeds the cap"))
+        },
+        1,
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        broken[0].outcome == "upstream_error",
+        "{}",
+        broken[0].brief()
+    );
     ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
 }
