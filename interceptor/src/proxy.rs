@@ -57,7 +57,7 @@ pub struct Proxy {
     pub live: AtomicU64,
     pub tls: crate::tls::TlsLayer,
     pub http: crate::http::HttpLayer,
-    /// Masks secrets in recorded command lines (with `--rules`).
+    /// Masks secrets in recorded command lines (None with no rules loaded).
     pub masking: Option<Arc<crate::http::masking::Masking>>,
     /// Policy decisions and approval holds before dialing.
     pub gate: crate::gate::Gate,

@@ -31,6 +31,8 @@ pub struct Daemon {
     proxy_port: u16,
     log_path: PathBuf,
     extra_args: Vec<String>,
+    /// The daemon's working directory (None: the test's).
+    cwd: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -40,6 +42,16 @@ impl Daemon {
 
     /// Starts a daemon with extra `run` arguments (kept for [`restart`](Self::restart)).
     pub fn start_with(extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_at(None, extra_args)
+    }
+
+    /// [`start_with`](Self::start_with) in the working directory `cwd` (outside the checkout:
+    /// no `policies/` to fall back on).
+    pub fn start_in(cwd: &Path, extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_at(Some(cwd), extra_args)
+    }
+
+    fn start_at(cwd: Option<&Path>, extra_args: &[&str]) -> Result<Daemon> {
         let bin = interceptor_bin();
         if !bin.exists() {
             bail!(
@@ -67,6 +79,7 @@ impl Daemon {
             data_dir,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            cwd: cwd.map(Path::to_path_buf),
         };
         d.spawn()?;
         Ok(d)
@@ -93,6 +106,9 @@ impl Daemon {
             )
             .env("NO_COLOR", "1")
             .env_remove("INTERCEPTOR_SOCKET");
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);
         self.wait_ready()

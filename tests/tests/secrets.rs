@@ -570,6 +570,25 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
 }
 
+/// Started outside the checkout, with neither `--rules` nor `--policy`, the daemon masks
+/// with the rules built into it, as the built-in default policy says.
+#[test]
+fn a_daemon_started_outside_the_checkout_masks_with_its_built_in_rules() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let elsewhere = tempfile::tempdir()?;
+    let d = Daemon::start_in(elsewhere.path(), &[])?;
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
+    ensure!(
+        got == payload.replace(BODY_SECRET, "AKIA****************"),
+        "client got {got:?}"
+    );
+    let all = findings(&d, server.port(), 1)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
+    ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
 #[test]
 fn raw_tcp_secret_ending_a_write_is_masked_before_the_idle_flush() -> Result<()> {
     require_root();
