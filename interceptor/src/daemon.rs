@@ -133,6 +133,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         http: crate::http::HttpLayer::new(hooks, config.header_timeout),
         gate,
         masking: secrets.masking,
+        capacity: Default::default(),
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await

@@ -10,6 +10,7 @@ mod gate;
 mod http;
 mod identity;
 mod kernel;
+mod limits;
 mod metrics;
 mod proxy;
 mod redirect;

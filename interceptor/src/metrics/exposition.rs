@@ -97,6 +97,12 @@ impl Collector for Exposition {
             "connect() calls refused in the kernel (deny lists)",
             c.drops.kernel_denials,
         )?;
+        counter(
+            &mut e,
+            "connections_refused",
+            "Redirected connections reset on arrival for want of room (capacity, file descriptors)",
+            c.drops.connections_refused,
+        )?;
         counters(
             &mut e,
             "secret_findings",
@@ -187,6 +193,7 @@ mod tests {
             "interceptor_sessions_ended_total{outcome=\"denied\"} 0",
             "interceptor_secret_findings_total{direction=\"up\"} 0",
             "interceptor_approvals_held 2",
+            "interceptor_connections_refused_total 0",
             "interceptor_connection_setup_seconds_count 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.005\"} 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.0025\"} 0",
