@@ -14,7 +14,9 @@ use crate::model::{Enrollment, Session, Status, brief_all};
 use crate::proc::{run_with_timeout, spawn_logged};
 use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every daemon compiles its built-in secret rules before it serves: Hyperscan takes several
+/// seconds for them, more on a loaded machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
