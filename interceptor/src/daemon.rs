@@ -42,8 +42,8 @@ pub struct DaemonConfig {
     pub tls: crate::tls::TlsOptions,
     /// Longest time a workload may take to send an HTTP/1 request head.
     pub header_timeout: Duration,
-    /// Secret rules directory (None: no masking) and vault (None: no injection).
-    pub rules: Option<PathBuf>,
+    /// Secret rules (built in and `--rules`) and vault (None: no injection).
+    pub rules: interceptor::detection::RuleSources,
     pub vault: Option<PathBuf>,
     /// Docker's data root, for container names.
     pub docker_root: PathBuf,
@@ -57,8 +57,8 @@ pub struct Daemon {
     roles: crate::control::roles::Roles,
     policy: policy::Current,
     policy_path: Option<PathBuf>,
-    /// Secret rule ids a policy may name (None: no `--rules`, not checked).
-    secret_rules: Option<Arc<[String]>>,
+    /// Secret rule ids a policy may name; a policy that masks needs at least one.
+    secret_rules: Arc<[String]>,
     approvals: Arc<Approvals>,
     proxy: Arc<Proxy>,
     proxy_port: u16,
@@ -97,12 +97,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         },
     )
     .context("loading the eBPF programs")?;
-    let secrets = crate::secrets::hooks(config.rules.as_deref(), config.vault.as_deref(), &store)?;
-    let secret_rules: Option<Arc<[String]>> = secrets.rule_ids.clone().map(Into::into);
-    let policy = Arc::new(load_policy(
-        config.policy.as_deref(),
-        secret_rules.as_deref(),
-    )?);
+    let secrets = crate::secrets::hooks(&config.rules, config.vault.as_deref(), &store)?;
+    let secret_rules: Arc<[String]> = secrets.rule_ids.clone().into();
+    let policy = Arc::new(
+        load_policy(config.policy.as_deref(), &secret_rules).with_context(|| {
+            format!(
+                "loading the policy (secret rules: {})",
+                config.rules.describe()
+            )
+        })?,
+    );
     record_policy(&store, &policy, "start");
     let current_policy = policy::Current::new(policy.clone());
     // Secret masking, injection and body recording follow the policy's decisions.
@@ -140,6 +144,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         http: crate::http::HttpLayer::new(hooks, config.header_timeout),
         gate,
         masking: secrets.masking,
+        capacity: Default::default(),
     });
     let listeners = Listeners::start(config.proxy_port, proxy.clone())
         .await
@@ -222,16 +227,14 @@ fn open_approvals(
     .with_context(|| format!("reading {}", file.display()))
 }
 
-/// Loads the policy ([`policy::load`]) and checks that every secret rule id it names is one
-/// of `secret_rules` (the rules loaded with `--rules`).
+/// Loads the policy ([`policy::load`]) and checks it against the secret rules loaded
+/// ([`Policy::check_secret_rules`]): fails closed when it masks with no rules.
 fn load_policy(
     path: Option<&std::path::Path>,
-    secret_rules: Option<&[String]>,
+    secret_rules: &[String],
 ) -> Result<Policy, policy::PolicyError> {
     let policy = policy::load(path)?;
-    if let Some(ids) = secret_rules {
-        policy.check_references(policy::ReferenceKind::SecretRule, ids)?;
-    }
+    policy.check_secret_rules(secret_rules)?;
     Ok(policy)
 }
 
@@ -362,8 +365,7 @@ impl Daemon {
         let path = self.policy_path.clone();
         let rules = self.secret_rules.clone();
         let loaded =
-            tokio::task::spawn_blocking(move || load_policy(path.as_deref(), rules.as_deref()))
-                .await?;
+            tokio::task::spawn_blocking(move || load_policy(path.as_deref(), &rules)).await?;
         let policy = match loaded {
             Ok(p) => Arc::new(p),
             Err(e) => {

@@ -221,7 +221,7 @@ pub struct IdentityResolver {
 }
 
 /// Each cached process holds a pidfd, so the bound is also on descriptors.
-const MAX_CACHED_PROCESSES: usize = 1024;
+pub const MAX_CACHED_PROCESSES: usize = 1024;
 
 impl IdentityResolver {
     /// A resolver that finds container names under `roots`.

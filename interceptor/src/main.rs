@@ -10,6 +10,7 @@ mod gate;
 mod http;
 mod identity;
 mod kernel;
+mod limits;
 mod metrics;
 mod private_fs;
 mod proxy;
@@ -80,12 +81,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         proxy_port: args.proxy_port,
         connect_timeout: args.connect_timeout,
         header_timeout: args.tls.header_timeout,
-        rules: args.rules.or_else(|| {
-            let default = std::path::Path::new("policies/rules");
-            default
-                .is_dir()
-                .then(|| std::path::absolute(default).unwrap_or_default())
-        }),
+        rules: args.rules.sources(),
         vault: args.vault,
         docker_root: args.docker_root,
         metrics_addr: args.metrics_addr,

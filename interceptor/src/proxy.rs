@@ -28,6 +28,7 @@ use crate::cgroup::Cgroup;
 use crate::gate::Dial;
 use crate::identity::{Identity, IdentityResolver};
 use crate::kernel::OriginalDstTable;
+use crate::limits::Throttle;
 use crate::redirect::Namespace;
 use crate::relay::{self, Traffic};
 use crate::sessions::record::SecretFinding;
@@ -57,11 +58,17 @@ pub struct Proxy {
     pub live: AtomicU64,
     pub tls: crate::tls::TlsLayer,
     pub http: crate::http::HttpLayer,
-    /// Masks secrets in recorded command lines (with `--rules`).
+    /// Masks secrets in recorded command lines (None with no rules loaded).
     pub masking: Option<Arc<crate::http::masking::Masking>>,
     /// Policy decisions and approval holds before dialing.
     pub gate: crate::gate::Gate,
+    /// Connections open against what the open-files limit leaves room for.
+    pub capacity: Arc<crate::limits::Capacity>,
 }
+
+/// Warnings about connections that can come by the thousand, one line per interval.
+static NO_RECORD: Throttle = Throttle::new(Duration::from_secs(10));
+static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
 
 impl Proxy {
     pub async fn handle(
@@ -74,7 +81,9 @@ impl Proxy {
         let accepted = Instant::now();
         let Some(info) = self.original.take(&conn_key(peer, netns_cookie)) else {
             // Someone dialled the proxy port directly: there is no destination to relay to.
-            tracing::warn!(%peer, "connection without a redirect record; resetting");
+            if let Some(suppressed) = NO_RECORD.ready() {
+                tracing::warn!(%peer, suppressed, "connection without a redirect record; resetting");
+            }
             relay::reset(&client);
             return;
         };
@@ -154,6 +163,19 @@ impl Proxy {
             outcome,
             error,
         }));
+    }
+
+    /// A redirected connection the daemon has no room for (`why`): reset at once, so the
+    /// workload sees a failure instead of a connection nobody serves, and counted; its
+    /// redirect record is let go.
+    pub fn refuse(&self, client: TcpStream, peer: SocketAddr, netns_cookie: u64, why: &str) {
+        let _ = self.original.take(&conn_key(peer, netns_cookie));
+        relay::reset(&client);
+        drop(client);
+        self.store.metrics().connection_refused();
+        if let Some(suppressed) = REFUSED.ready() {
+            tracing::warn!(%peer, why, suppressed, "connection refused: no room for it");
+        }
     }
 
     /// The identity as it is recorded: secrets in its command line masked, and their findings.

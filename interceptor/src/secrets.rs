@@ -1,4 +1,4 @@
-//! Secret masking and credential injection in the daemon: the rules (`run --rules`) and the
+//! Secret masking and credential injection in the daemon: the rules (built in, `run --rules`) and the
 //! vault's echo rules compiled into one engine, the HTTP hooks that use it, and the vault
 //! (`run --vault`) reloaded when its files change.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use interceptor::detection::{Engine, Rule, SecretHasher, load_dir};
+use interceptor::detection::{Engine, Rule, RuleSources, SecretHasher};
 use interceptor::vault::SharedVault;
 
 use crate::http::hook::{Hook, Hooks};
@@ -22,27 +22,20 @@ const VAULT_POLL: Duration = Duration::from_secs(2);
 pub struct Secrets {
     pub hooks: Hooks,
     pub masking: Option<Arc<Masking>>,
-    /// Ids of the rules loaded from `--rules` (None without it), which a policy may name.
-    pub rule_ids: Option<Vec<String>>,
+    /// Ids of the rules loaded, which a policy may name (none: a policy may not mask).
+    pub rule_ids: Vec<String>,
 }
 
 /// The HTTP hooks for these rules and vault: injection first (so the credential it puts in
 /// is not masked on its way up), then masking. None without rules or vault.
-pub fn hooks(rules: Option<&Path>, vault: Option<&Path>, store: &Store) -> anyhow::Result<Secrets> {
+pub fn hooks(rules: &RuleSources, vault: Option<&Path>, store: &Store) -> anyhow::Result<Secrets> {
     let vault = vault
         .map(|p| SharedVault::open(p).with_context(|| format!("loading the vault {}", p.display())))
         .transpose()?;
-    let rules_dir_given = rules.is_some();
-    let rules = match rules {
-        Some(dir) => {
-            load_dir(dir).with_context(|| format!("loading secret rules from {}", dir.display()))?
-        }
-        None => {
-            tracing::warn!("no secret rules (--rules): traffic is not scanned for secrets");
-            Vec::new()
-        }
-    };
-    let rule_ids = rules_dir_given.then(|| rules.iter().map(|r| r.id.clone()).collect());
+    let rules = rules
+        .load()
+        .with_context(|| format!("loading secret rules: {}", rules.describe()))?;
+    let rule_ids = rules.iter().map(|r| r.id.clone()).collect();
     let Some(engine) = compile(&rules, vault.as_ref())? else {
         return Ok(Secrets {
             hooks: Hooks::default(),

@@ -16,7 +16,9 @@ use crate::proc::{run_with_pid, run_with_timeout, spawn_logged};
 use crate::users::TestUser;
 use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every daemon compiles its built-in secret rules before it serves: Hyperscan takes several
+/// seconds for them, more on a loaded machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -35,6 +37,8 @@ pub struct Daemon {
     extra_args: Vec<String>,
     /// The umask the daemon is started with (else the test's).
     umask: Option<u32>,
+    /// The daemon's working directory (None: the test's).
+    cwd: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -44,15 +48,21 @@ impl Daemon {
 
     /// Starts a daemon with extra `run` arguments (kept for [`restart`](Self::restart)).
     pub fn start_with(extra_args: &[&str]) -> Result<Daemon> {
-        Daemon::start_as(extra_args, None)
+        Daemon::start_as(extra_args, None, None)
     }
 
     /// Starts a daemon whose umask is `mask`, as an operator's shell may hand it one.
     pub fn start_with_umask(mask: u32, extra_args: &[&str]) -> Result<Daemon> {
-        Daemon::start_as(extra_args, Some(mask))
+        Daemon::start_as(extra_args, Some(mask), None)
     }
 
-    fn start_as(extra_args: &[&str], umask: Option<u32>) -> Result<Daemon> {
+    /// [`start_with`](Self::start_with) in the working directory `cwd` (outside the checkout:
+    /// no `policies/` to fall back on).
+    pub fn start_in(cwd: &Path, extra_args: &[&str]) -> Result<Daemon> {
+        Daemon::start_as(extra_args, None, Some(cwd))
+    }
+
+    fn start_as(extra_args: &[&str], umask: Option<u32>, cwd: Option<&Path>) -> Result<Daemon> {
         let bin = interceptor_bin();
         if !bin.exists() {
             bail!(
@@ -81,6 +91,7 @@ impl Daemon {
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             umask,
+            cwd: cwd.map(Path::to_path_buf),
         };
         d.spawn()?;
         Ok(d)
@@ -116,6 +127,9 @@ impl Daemon {
                     Ok(())
                 });
             }
+        }
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
         }
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);

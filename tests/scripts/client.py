@@ -11,6 +11,10 @@ usage:
       N-byte payload (seed S-i) while reading the echo back, and compares.
   client.py connect --connect HOST:PORT [...]
       connect, send b"ping\\n", shut down writing, read to EOF: reports the first error.
+  client.py hold --connect HOST:PORT --conns N [--wait S]
+      N connections one after another, each: connect, send b"ping\\n", read the 5-byte echo
+      (at most S seconds, default 10); prints the report, then keeps every connection open
+      until stdin closes.
 
 HOST is an IPv4 address or a bracketed IPv6 one ([fd00::2]:80, [::ffff:127.0.0.2]:80).
 Per-connection result: {"target", "local", "peer", "sent", "sent_sha256", "received",
@@ -181,17 +185,49 @@ def cmd_echo_many(args):
     return results
 
 
+def cmd_hold(args):
+    target = args.connect[0]
+    results, held = [], []
+    for i in range(args.conns):
+        res = new_result(target)
+        res["index"] = i
+        s = connect(target, res)
+        if s is not None:
+            s.settimeout(args.wait)
+            held.append(s)
+            try:
+                s.sendall(b"ping\n")
+                res["sent"] = 5
+                got = b""
+                while len(got) < 5:
+                    b = s.recv(5 - len(got))
+                    if not b:
+                        res["eof"] = True
+                        break
+                    got += b
+                res["received"] = len(got)
+            except OSError as e:
+                set_error(res, "echo", e)
+        results.append(res)
+    return results, held
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["hash", "echo-many", "connect"])
+    p.add_argument("mode", choices=["hash", "echo-many", "connect", "hold"])
     p.add_argument("--connect", action="append", required=True)
     p.add_argument("--send-bytes", type=int, default=0)
     p.add_argument("--seed", default="client")
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--bytes", type=int, default=0)
+    p.add_argument("--wait", type=float, default=10.0)
     args = p.parse_args()
-    cmd = {"hash": cmd_hash, "echo-many": cmd_echo_many, "connect": cmd_connect}[args.mode]
-    results = cmd(args)
+    held = []
+    if args.mode == "hold":
+        results, held = cmd_hold(args)
+    else:
+        cmd = {"hash": cmd_hash, "echo-many": cmd_echo_many, "connect": cmd_connect}[args.mode]
+        results = cmd(args)
     with open("/proc/self/comm") as f:
         comm = f.read().strip()
     out = {
@@ -203,6 +239,8 @@ def main():
     }
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
+    if held:
+        sys.stdin.read()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ trust store only. Prints one JSON report on stdout.
   tls_client.py trailers HOST PORT [VALUE] TLS, a chunked POST /echo with a trailer
                                            x-checksum: VALUE (abc123); reads the chunked
                                            response and its trailers
+  tls_client.py badchunk HOST PORT         TLS, a chunked POST /upload whose second chunk
+                                           size is not hex; reads the response
   tls_client.py wssecret HOST PORT TEXT    plain TCP WebSocket: a masked text frame "token
                                            TEXT" and a 70000-byte masked binary frame ending
                                            in " TEXT"; reports the server's replies
@@ -393,6 +395,16 @@ def trailers(host, port, value):
     return read_response(s.makefile("rb"))
 
 
+def badchunk(host, port):
+    """A chunked upload whose second chunk size is not hex: the request is the workload's
+    error, whatever the upstream would have said."""
+    s = tls_connect(host, port)
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: %s\r\nTransfer-Encoding: chunked\r\n"
+              b"Connection: close\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n0\r\n\r\n"
+              % host.encode())
+    return read_response(s.makefile("rb"))
+
+
 def main():
     mode = sys.argv[1]
     if mode == "urllib":
@@ -427,6 +439,8 @@ def main():
         out = h2stall(sys.argv[2], int(sys.argv[3]))
     elif mode == "h2trailers":
         out = h2trailers(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif mode == "badchunk":
+        out = badchunk(sys.argv[2], int(sys.argv[3]))
     elif mode == "trailers":
         out = trailers(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "abc123")
     else:

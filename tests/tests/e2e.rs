@@ -110,6 +110,11 @@ fn direct_record<'a>(recs: &'a [ServerRecord], local: &Option<String>) -> Option
     recs.iter().find(|r| Some(&r.peer) == local.as_ref())
 }
 
+/// The sessions of process `pid` that have ended (their byte counts come with the end).
+fn ended_by(pid: u32) -> impl Fn(&Session) -> bool {
+    move |x| x.identity.pid == pid && x.outcome != "open"
+}
+
 fn one_session(sessions: Vec<Session>) -> Result<Session> {
     ensure!(
         sessions.len() == 1,
@@ -383,7 +388,7 @@ fn ipv6_to_netns_host() -> Result<()> {
         ("up-3", 2_000_000),
         ("down-3", 1_500_000),
     )?;
-    let sess = one_session(d.wait_for_matching(|x| x.identity.pid == rep.pid, 1, SESSIONS)?)?;
+    let sess = one_session(d.wait_for_matching(ended_by(rep.pid), 1, SESSIONS)?)?;
     assert_eq!(sess.destination, format!("[{}]:{}", link.b_v6, srv.port()));
     assert_eq!(sess.bytes_up, 2_000_000);
     assert_eq!(sess.bytes_down, 1_500_000);
@@ -411,7 +416,7 @@ fn v4_mapped_ipv6_socket() -> Result<()> {
         ("up-4", 900_000),
         ("down-4", 700_000),
     )?;
-    let sess = one_session(d.wait_for_matching(|x| x.identity.pid == rep.pid, 1, SESSIONS)?)?;
+    let sess = one_session(d.wait_for_matching(ended_by(rep.pid), 1, SESSIONS)?)?;
     assert_eq!(sess.destination, format!("127.0.0.2:{}", srv.port()));
     assert_eq!((sess.bytes_up, sess.bytes_down), (900_000, 700_000));
     Ok(())
@@ -455,7 +460,7 @@ fn netns_container_identity() -> Result<()> {
         "not proxied: {recs:?} {:?}",
         rep.results[0]
     );
-    let sess = one_session(d.wait_for_matching(|x| x.identity.pid == rep.pid, 1, SESSIONS)?)?;
+    let sess = one_session(d.wait_for_matching(ended_by(rep.pid), 1, SESSIONS)?)?;
     eprintln!("session: {sess:#?}");
     assert_eq!(
         sess.identity.container,

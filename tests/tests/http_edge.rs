@@ -413,6 +413,33 @@ fn a_request_body_past_the_decoded_cap_gets_413_with_the_reason() -> Result<()> 
     Ok(())
 }
 
+/// A chunked upload with a chunk size that is not hex is the workload's error: it gets a
+/// 400 saying so, not a 502 that blames the upstream.
+#[test]
+fn a_malformed_chunked_request_body_gets_400() -> Result<()> {
+    require_root();
+    let (_pki, server, d) = setup(&[])?;
+    let port = server.addr.port().to_string();
+    let r = tls_client(&d, &["badchunk", "127.0.0.2", &port])?;
+    ensure!(
+        r["status"] == "HTTP/1.1 400 Bad Request"
+            && r["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("request body")),
+        "{r:#}"
+    );
+    let s = ended_session(&d, server.addr.port())?;
+    let x = &exchanges(&s)[0];
+    ensure!(
+        x["status"] == 400
+            && x["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("request body")),
+        "{s:#}"
+    );
+    Ok(())
+}
+
 #[test]
 fn websocket_over_http2_extended_connect_is_relayed_scanned_and_recorded() -> Result<()> {
     require_root();

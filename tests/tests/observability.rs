@@ -167,7 +167,7 @@ fn status_counts_sessions_findings_and_drops() -> Result<()> {
         "sessions: 5 total, 0 live; ended: closed 2, denied 2, upstream_refused 1",
         "secret findings: 2 (up 1, down 1)",
         "approvals: 0 held; 0 requested, 0 approved, 0 denied, 0 expired",
-        "drops: 1 kernel denials, 1 proxy denials, 1 upstream failures, 0 client errors, 0 records lost",
+        "drops: 1 kernel denials, 1 proxy denials, 1 upstream failures, 0 client errors, 0 refused (no room), 0 records lost",
     ] {
         ensure!(human.contains(line), "{line:?} not in:\n{human}");
     }

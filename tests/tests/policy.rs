@@ -251,6 +251,72 @@ fn daemon_checks_secret_rule_ids() -> Result<()> {
     Ok(())
 }
 
+/// A policy that masks secrets while no secret rule is loaded would let every secret through
+/// while saying it masks them: the daemon refuses it at start (naming where it asks for
+/// masking), and at reload, where the running policy stays.
+#[test]
+fn a_masking_policy_without_rules_is_refused() -> Result<()> {
+    require_root();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("policy.toml");
+    let path = file.to_str().context("utf-8 path")?;
+    let empty = dir.path().join("no-rules");
+    std::fs::create_dir(&empty)?;
+    let refused = |args: &[&str]| match Daemon::start_with(args) {
+        Ok(_) => anyhow::bail!("the daemon started with {args:?}"),
+        Err(e) => Ok(format!("{e:#}")),
+    };
+
+    // The built-in default policy masks every rule's findings.
+    let e = refused(&["--no-builtin-rules"])?;
+    ensure!(
+        e.contains("the policy masks secrets") && e.contains("no secret rules are loaded"),
+        "{e}"
+    );
+    // Replaced by a directory without rules: refused too, saying so.
+    let e = refused(&["--no-builtin-rules", "--rules", empty.to_str().unwrap()])?;
+    ensure!(e.contains("no rule files"), "{e}");
+    let masking = format!(
+        "[settings]\nsecrets_mask = [\"*\"]\n{}",
+        deny_policy("127.0.0.5")
+    );
+    std::fs::write(&file, &masking)?;
+    let e = refused(&["--no-builtin-rules", "--policy", path])?;
+    let want = format!("{}:2:17: the policy masks secrets here", file.display());
+    ensure!(e.contains(&want), "{e}\nwanted: {want}");
+
+    // Without masking, no rules are needed; a reload that asks for masking is refused.
+    let plain = format!(
+        "[settings]\nsecrets_mask = []\n{}",
+        deny_policy("127.0.0.5")
+    );
+    std::fs::write(&file, &plain)?;
+    let d = Daemon::start_with(&["--no-builtin-rules", "--policy", path])?;
+    std::fs::write(&file, &masking)?;
+    let out = d.cli(["policy", "reload"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "a masking policy was put in force without rules"
+    );
+    ensure!(stderr.contains(&want), "{stderr}\nwanted: {want}");
+    // The only policy put in force is the one without masking (records reach the files
+    // within the sync interval).
+    let plain_sha = sha256_hex(plain.as_bytes());
+    let store = poll(
+        "the start's policy_loaded record",
+        WAIT,
+        Duration::from_millis(100),
+        || Ok(Some(store_bytes(&d)?).filter(|s| s.contains(&plain_sha))),
+    )?;
+    ensure!(
+        store.matches("policy_loaded").count() == 1,
+        "policy loads in the store: {}",
+        store.matches("policy_loaded").count()
+    );
+    Ok(())
+}
+
 /// The first of `report`'s connections was reset by the proxy without reaching `denied`;
 /// the second got its server's 10 bytes.
 fn assert_reset_and_allowed(report: &ClientReport, denied: &Server) -> Result<()> {

@@ -570,6 +570,25 @@ fn raw_tcp_is_masked_both_ways() -> Result<()> {
     ensure_nothing_at_rest(&d, &[BODY_SECRET])
 }
 
+/// Started outside the checkout, with neither `--rules` nor `--policy`, the daemon masks
+/// with the rules built into it, as the built-in default policy says.
+#[test]
+fn a_daemon_started_outside_the_checkout_masks_with_its_built_in_rules() -> Result<()> {
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let elsewhere = tempfile::tempdir()?;
+    let d = Daemon::start_in(elsewhere.path(), &[])?;
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
+    ensure!(
+        got == payload.replace(BODY_SECRET, "AKIA****************"),
+        "client got {got:?}"
+    );
+    let all = findings(&d, server.port(), 1)?;
+    ensure_finding(&all, "aws.access-key-id", "up", "stream")?;
+    ensure_nothing_at_rest(&d, &[BODY_SECRET])
+}
+
 #[test]
 fn raw_tcp_secret_ending_a_write_is_masked_before_the_idle_flush() -> Result<()> {
     require_root();
@@ -893,6 +912,21 @@ fn compressed_responses_are_masked_and_reencoded_and_a_bomb_ends_only_its_exchan
             |e| e.contains("response body") && e.contains("exceeds the cap of 67108864 bytes")
         ),
         "bomb record: {bomb}"
+    );
+    // The connection broke because of what the upstream sent: the upstream's error.
+    let broken = d.wait_for_matching(
+        |s| {
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.contains("exceeds the cap"))
+        },
+        1,
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        broken[0].outcome == "upstream_error",
+        "{}",
+        broken[0].brief()
     );
     ensure_nothing_at_rest(&d, &[RESPONSE_SECRET])
 }

@@ -124,10 +124,8 @@ pub struct RunArgs {
     /// and `policy reload`.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Secret rules directory (*.yaml); secrets found in HTTP traffic are masked (default:
-    /// policies/rules under the working directory if there is one, else no masking).
-    #[arg(long)]
-    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
     /// Vault file or directory (mode 0600) of placeholders and the credentials they stand
     /// for, injected into requests from allowed identities to allowed destinations.
     #[arg(long)]
@@ -144,6 +142,28 @@ pub struct RunArgs {
     /// its numbers describe the workloads' traffic: expose it only to a protected network.
     #[arg(long, requires = "metrics_addr")]
     pub metrics_allow_remote: bool,
+}
+
+/// Which secret rules are loaded (`run`, `policy check`).
+#[derive(Args, Debug, Clone)]
+pub struct RuleArgs {
+    /// Directory of secret rules (*.yaml) loaded after the built-in ones (repeatable); a rule
+    /// with the id of one loaded before it replaces that one.
+    #[arg(long = "rules", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Leave out the rules built into the binary (the shipped policies/rules): only --rules
+    /// directories are loaded. A policy that masks secrets then needs at least one rule.
+    #[arg(long)]
+    pub no_builtin_rules: bool,
+}
+
+impl RuleArgs {
+    pub fn sources(&self) -> interceptor::detection::RuleSources {
+        interceptor::detection::RuleSources {
+            builtin: !self.no_builtin_rules,
+            dirs: self.dirs.clone(),
+        }
+    }
 }
 
 /// TLS re-termination and the HTTP layer (`run`).

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use interceptor::policy::{ConnectionFacts, Policy, ReferenceKind, RequestFacts, Stage, Verdict};
+use interceptor::detection::RuleSources;
+use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Stage, Verdict};
 
 use crate::control::client;
 use crate::control::protocol::{PolicyStatus, Request};
@@ -16,10 +17,9 @@ pub enum PolicyCommand {
     /// Validate a policy file; errors name file:line:column. Exit code 1 when invalid.
     Check {
         file: PathBuf,
-        /// Secret rules directory whose ids the policy may name (default: policies/rules
-        /// when it exists).
-        #[arg(long)]
-        rules: Option<PathBuf>,
+        /// The secret rules whose ids the policy may name, as `run` loads them.
+        #[command(flatten)]
+        rules: super::args::RuleArgs,
     },
     /// Show which rule decides a connection (or, with --method and --path, a request), why,
     /// and how it is enforced.
@@ -72,7 +72,7 @@ pub struct ExplainArgs {
 
 pub fn run(socket: &Path, cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
-        PolicyCommand::Check { file, rules } => check(&file, rules),
+        PolicyCommand::Check { file, rules } => check(&file, &rules.sources()),
         PolicyCommand::Explain(a) => explain(*a),
         PolicyCommand::Reload { json } => {
             let status: PolicyStatus = client::call(socket, &Request::PolicyReload)?;
@@ -91,7 +91,7 @@ pub fn run(socket: &Path, cmd: PolicyCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn check(file: &Path, rules: Option<PathBuf>) -> anyhow::Result<i32> {
+fn check(file: &Path, sources: &RuleSources) -> anyhow::Result<i32> {
     let policy = match Policy::load(file) {
         Ok(p) => p,
         Err(e) => {
@@ -99,16 +99,13 @@ fn check(file: &Path, rules: Option<PathBuf>) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let default_rules = Path::new("policies/rules");
-    let rules = rules.or_else(|| default_rules.is_dir().then(|| default_rules.to_path_buf()));
-    if let Some(dir) = &rules {
-        let rules = interceptor::detection::load_dir(dir)
-            .with_context(|| format!("loading the secret rules in {}", dir.display()))?;
-        let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
-        if let Err(e) = policy.check_references(ReferenceKind::SecretRule, &ids) {
-            eprintln!("{e} (rules in {})", dir.display());
-            return Ok(1);
-        }
+    let rules = sources
+        .load()
+        .with_context(|| format!("loading {}", sources.describe()))?;
+    let ids: Vec<&str> = rules.iter().map(|r| r.id.as_str()).collect();
+    if let Err(e) = policy.check_secret_rules(&ids) {
+        eprintln!("{e} (rules: {})", sources.describe());
+        return Ok(1);
     }
     println!(
         "{}: ok, {} rules, default {:?}, sha256 {}",

@@ -70,8 +70,13 @@ pub fn status(s: &Status) {
     );
     let d = &c.drops;
     println!(
-        "drops: {} kernel denials, {} proxy denials, {} upstream failures, {} client errors, {} records lost",
-        d.kernel_denials, d.proxy_denials, d.upstream_failures, d.client_errors, d.store_lost
+        "drops: {} kernel denials, {} proxy denials, {} upstream failures, {} client errors, {} refused (no room), {} records lost",
+        d.kernel_denials,
+        d.proxy_denials,
+        d.upstream_failures,
+        d.client_errors,
+        d.connections_refused,
+        d.store_lost
     );
     println!(
         "refused with no daemon listener (since the pins were made): {}",

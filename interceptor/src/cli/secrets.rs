@@ -1,24 +1,27 @@
-//! `interceptor rules check [DIR]`: validate secret rules without a daemon.
+//! `interceptor rules check [DIR]`: validate secret rules (a directory, or the built-in ones)
+//! without a daemon.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use interceptor::detection::check::check_dir;
+use interceptor::detection::check::{check_dir, check_rules};
 
 #[derive(Subcommand, Debug)]
 pub enum RulesCommand {
     /// Compile every rule in Hyperscan and in `regex` and verify all examples in both.
     Check {
-        /// Directory of rule files (*.yaml).
-        #[arg(default_value = "policies/rules")]
-        dir: PathBuf,
+        /// Directory of rule files (*.yaml); without it, the rules built into the binary.
+        dir: Option<PathBuf>,
     },
 }
 
 pub fn run(command: RulesCommand) -> anyhow::Result<i32> {
     match command {
         RulesCommand::Check { dir } => {
-            let report = check_dir(&dir)?;
+            let report = match dir {
+                Some(dir) => check_dir(&dir)?,
+                None => check_rules(&interceptor::detection::builtin()?),
+            };
             for problem in &report.problems {
                 println!("{problem}");
             }

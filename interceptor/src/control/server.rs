@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::change;
 use super::protocol::{Reply, Request};
 use crate::daemon::Daemon;
+use crate::limits::{Acceptor, Reserve};
 use crate::sessions::tail;
 
 /// Longest request line accepted; anything longer is not a request of ours.
@@ -45,19 +46,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Serves every client, also at the descriptor limit: a reserve descriptor is let go to
+/// accept and answer one ([`Acceptor`]).
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    let mut acceptor = Acceptor::new(listener, "control", Reserve::new());
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let daemon = daemon.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_one(stream, &daemon).await {
-                        tracing::debug!(error = %e, "control connection ended with an error");
-                    }
-                });
+        let (stream, spent) = acceptor.next().await.into_parts();
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, &daemon).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
             }
-            Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-        }
+            // The connection is closed: the reserve can be taken back.
+            drop(spent);
+        });
     }
 }
 

@@ -29,7 +29,7 @@ mod view;
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};
 pub use masker::{Masker, mask_buffer, mask_buffer_selected};
-pub use rules::{Rule, RulesError, load_dir};
+pub use rules::{Rule, RuleSources, RulesError, builtin, load_dir};
 pub use selection::{Handling, Selection};
 
 #[cfg(test)]

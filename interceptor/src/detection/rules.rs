@@ -92,6 +92,56 @@ impl Example {
     }
 }
 
+/// The shipped rule files, `policies/rules/*.yaml` as they were at build time (name, text).
+const BUILTIN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
+
+/// The shipped rules, compiled into the binary (`source` reads `(built-in)/FILE`).
+pub fn builtin() -> Result<Vec<Rule>, RulesError> {
+    let mut rules = Vec::new();
+    for (name, text) in BUILTIN {
+        rules.extend(parse(&Path::new("(built-in)").join(name), text)?);
+    }
+    unique(&rules)?;
+    Ok(rules)
+}
+
+/// Where a daemon's secret rules come from: the shipped ones unless `builtin` is off, then
+/// each directory in turn. A rule replaces an earlier one with its id (a directory can fix or
+/// tighten a shipped rule); within one directory an id must be unique.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSources {
+    pub builtin: bool,
+    pub dirs: Vec<PathBuf>,
+}
+
+impl RuleSources {
+    pub fn load(&self) -> Result<Vec<Rule>, RulesError> {
+        let mut rules = if self.builtin { builtin()? } else { Vec::new() };
+        for dir in &self.dirs {
+            for rule in load_dir(dir)? {
+                match rules.iter_mut().find(|r| r.id == rule.id) {
+                    Some(earlier) => *earlier = rule,
+                    None => rules.push(rule),
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Says where the rules come from, for messages ("the built-in rules and DIR").
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if self.builtin {
+            parts.push("the built-in rules".into());
+        }
+        parts.extend(self.dirs.iter().map(|d| d.display().to_string()));
+        match parts.len() {
+            0 => "no rules (--no-builtin-rules and no --rules)".into(),
+            _ => parts.join(" and "),
+        }
+    }
+}
+
 /// Every rule of every `*.yaml` / `*.yml` file in `dir`, files in name order.
 pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RulesError> {
     let read_err = |source| RulesError::Read {
@@ -112,6 +162,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RulesError> {
     for path in files {
         rules.extend(load_file(&path)?);
     }
+    unique(&rules)?;
+    Ok(rules)
+}
+
+/// Fails naming both files when two rules share an id.
+fn unique(rules: &[Rule]) -> Result<(), RulesError> {
     let mut seen: HashSet<&str> = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
         if !seen.insert(&rule.id) {
@@ -123,7 +179,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Rule>, RulesError> {
             });
         }
     }
-    Ok(rules)
+    Ok(())
 }
 
 pub fn load_file(path: &Path) -> Result<Vec<Rule>, RulesError> {
@@ -131,7 +187,12 @@ pub fn load_file(path: &Path) -> Result<Vec<Rule>, RulesError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let file: RuleFile = serde_norway::from_str(&text).map_err(|source| RulesError::Parse {
+    parse(path, &text)
+}
+
+/// The rules of one file's `text`; `path` names it in errors and in the rules' `source`.
+fn parse(path: &Path, text: &str) -> Result<Vec<Rule>, RulesError> {
+    let file: RuleFile = serde_norway::from_str(text).map_err(|source| RulesError::Parse {
         path: path.to_path_buf(),
         source,
     })?;

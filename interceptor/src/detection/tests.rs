@@ -29,6 +29,44 @@ fn rules_check_passes_for_every_rule() {
 }
 
 #[test]
+fn the_built_in_rules_are_the_shipped_files() {
+    let shipped = load_dir(&rules_dir()).unwrap();
+    let built_in = builtin().unwrap();
+    let ids = |rules: &[Rule]| {
+        rules
+            .iter()
+            .map(|r| (r.id.clone(), r.pattern.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&built_in), ids(&shipped));
+    assert!(
+        built_in[0].source.starts_with("(built-in)"),
+        "{:?}",
+        built_in[0].source
+    );
+}
+
+#[test]
+fn a_rules_directory_adds_to_the_built_in_rules_and_replaces_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let stricter = "rules:\n  - id: github.ghp\n    name: stricter\n    pattern: \"(ghp_[A-Za-z0-9]{36})\"\n  - id: local.token\n    name: local\n    pattern: \"(lt_[a-z]{20})\"\n";
+    std::fs::write(dir.path().join("local.yaml"), stricter).unwrap();
+    let sources = |builtin| RuleSources {
+        builtin,
+        dirs: vec![dir.path().to_path_buf()],
+    };
+    let all = sources(true).load().unwrap();
+    let shipped = builtin().unwrap();
+    assert_eq!(all.len(), shipped.len() + 1);
+    let ghp = all.iter().find(|r| r.id == "github.ghp").unwrap();
+    assert_eq!(ghp.name, "stricter");
+    assert_eq!(all.last().unwrap().id, "local.token");
+    let only = sources(false).load().unwrap();
+    assert_eq!(only.len(), 2);
+    assert!(RuleSources::default().load().unwrap().is_empty());
+}
+
+#[test]
 fn the_rule_in_the_rules_guide_passes_check() {
     let guide = std::fs::read_to_string(rules_dir().join("../../docs/rules.md")).unwrap();
     let (_, rest) = guide.split_once("```yaml\n").expect("a yaml block");

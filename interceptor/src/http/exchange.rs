@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
@@ -53,6 +53,9 @@ pub struct Exchange {
     refused: Mutex<Option<(http::StatusCode, String)>>,
     /// How a refusal made here is written for this request's client.
     pub error_shape: ErrorShape,
+    /// The workload's request body broke (malformed chunked framing, a reset, a coding
+    /// that does not decode): the exchange failed on the workload's side.
+    request_body_failed: AtomicBool,
 }
 
 impl Exchange {
@@ -90,6 +93,7 @@ impl Exchange {
             response_bytes: AtomicU64::new(0),
             refused: Mutex::new(None),
             error_shape: ErrorShape::of(head),
+            request_body_failed: AtomicBool::new(false),
         }
     }
 
@@ -120,6 +124,11 @@ impl Exchange {
     /// The status and reason a body transform refused the exchange with ([`Refused`]).
     pub fn refused(&self) -> Option<(http::StatusCode, String)> {
         self.refused.lock().unwrap().clone()
+    }
+
+    /// Whether the workload's request body broke (see [`Metered`]).
+    pub fn request_body_failed(&self) -> bool {
+        self.request_body_failed.load(Ordering::Relaxed)
     }
 
     /// What a body's transform kept of the body, for the record.
@@ -199,6 +208,14 @@ pub enum Side {
     Response,
 }
 
+/// A response body that broke on its way from the upstream (its connection, a coding that
+/// does not decode, a body that decodes past the cap): the upstream's fault, however the
+/// workload's connection ends because of it. The cause stays its source, so hyper still
+/// finds an HTTP/2 reset reason in it.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body: {0}")]
+pub struct UpstreamBodyError(#[source] BoxError);
+
 /// A body on its way through: counted, passed through the hooks' transform (on a task of its
 /// own: [`Pipeline`]), its end and errors noted in the exchange.
 pub struct Metered {
@@ -265,7 +282,15 @@ impl Metered {
             *self.exchange.refused.lock().unwrap() = Some((r.status, r.reason.clone()));
         }
         self.exchange.fail(format_args!("{side}: {e}"));
-        Poll::Ready(Some(Err(e)))
+        match self.side {
+            Side::Request => {
+                self.exchange
+                    .request_body_failed
+                    .store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e)))
+            }
+            Side::Response => Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e))))),
+        }
     }
 }
 

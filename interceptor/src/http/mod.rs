@@ -33,7 +33,7 @@ use crate::proxy::counted::Counted;
 use crate::proxy::scan::StreamScan;
 use crate::relay::Traffic;
 pub use exchange::Recorder;
-use exchange::{Exchange, HttpBody, Metered, Side, transform_for};
+use exchange::{Exchange, HttpBody, Metered, Side, UpstreamBodyError, transform_for};
 use hook::{BodyTransform, BoxError, ExchangeInfo, Hooks, Refused, Verdict};
 use interceptor::detection::compression::CodecError;
 use interceptor::relay_scan::Counters;
@@ -63,8 +63,24 @@ pub enum HttpError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Serve(#[source] hyper::Error),
+    /// The workload's connection failed because an upstream response body broke under it.
+    #[error("{0}")]
+    UpstreamBody(#[source] hyper::Error),
     #[error("HTTP/2: no request in progress for {0:?} (header timeout)")]
     HeaderTimeout(Duration),
+}
+
+impl HttpError {
+    /// The error serving the workload's connection ended with, blamed on the upstream when
+    /// a response body of its broke ([`UpstreamBodyError`]).
+    fn served(e: hyper::Error) -> HttpError {
+        let mut causes = std::iter::successors(std::error::Error::source(&e), |s| s.source());
+        if causes.any(|c| c.is::<UpstreamBodyError>()) {
+            HttpError::UpstreamBody(e)
+        } else {
+            HttpError::Serve(e)
+        }
+    }
 }
 
 /// The HTTP layer's settings and hooks, shared by every connection.
@@ -186,7 +202,7 @@ impl HttpLayer {
                     .serve_connection(client, service)
                     .with_upgrades()
                     .await
-                    .map_err(HttpError::Serve),
+                    .map_err(HttpError::served),
                 Version::Http2 => {
                     // Extended CONNECT (RFC 8441): WebSocket over HTTP/2.
                     let conn = server2::Builder::new(TokioExecutor::new())
@@ -199,7 +215,7 @@ impl HttpLayer {
                             // Gone once its streams were done: curl often resets, leaving
                             // a last WINDOW_UPDATE of ours unread. That is a close.
                             Err(e) if in_flight.is_idle() && went_away(&e) => Ok(()),
-                            served => served.map_err(HttpError::Serve),
+                            served => served.map_err(HttpError::served),
                         },
                         () = in_flight.idle_for(self.header_timeout) => {
                             // GOAWAY; with nothing in progress the connection ends at once.
@@ -347,6 +363,11 @@ impl Connection {
                 // body).
                 if let Some((status, reason)) = exchange.refused() {
                     return answer(&exchange, status, reason);
+                }
+                // The workload's own body broke (bad chunked framing): not the upstream's.
+                if exchange.request_body_failed() {
+                    let reason = format!("request body: {}", crate::errors::chain(&e));
+                    return answer(&exchange, StatusCode::BAD_REQUEST, reason);
                 }
                 exchange.fail(format_args!("upstream: {e}"));
                 return answer(&exchange, StatusCode::BAD_GATEWAY, format!("upstream: {e}"));

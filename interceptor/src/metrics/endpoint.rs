@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::limits::{Acceptor, Reserve};
+
 /// A scraper that does not send its request head within this time is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -51,16 +53,12 @@ fn check(addr: SocketAddr, allow_remote: bool) -> Result<(), EndpointError> {
     }
 }
 
-/// Serves scrapes until the task is dropped.
+/// Serves scrapes until the task is dropped, also at the descriptor limit (on a reserve
+/// descriptor, [`Acceptor`]).
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    let mut acceptor = Acceptor::new(listener, "metrics", Reserve::new());
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint accept failed");
-                continue;
-            }
-        };
+        let ((stream, _), spent) = acceptor.next().await.into_parts();
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -75,6 +73,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             if let Err(e) = served {
                 tracing::debug!(error = %e, "metrics scrape connection ended with an error");
             }
+            drop(spent);
         });
     }
 }

@@ -105,6 +105,12 @@ impl Collector for Exposition {
             "connect() calls refused in the kernel because the daemon's listener was not up (since the eBPF maps were pinned)",
             g.refused_no_proxy,
         )?;
+        counter(
+            &mut e,
+            "connections_refused",
+            "Redirected connections reset on arrival for want of room (capacity, file descriptors)",
+            c.drops.connections_refused,
+        )?;
         counters(
             &mut e,
             "secret_findings",
@@ -197,6 +203,7 @@ mod tests {
             "interceptor_secret_findings_total{direction=\"up\"} 0",
             "interceptor_approvals_held 2",
             "interceptor_kernel_refused_no_proxy_total 3",
+            "interceptor_connections_refused_total 0",
             "interceptor_connection_setup_seconds_count 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.005\"} 1",
             "interceptor_connection_setup_seconds_bucket{le=\"0.0025\"} 0",

@@ -27,6 +27,8 @@ pub struct Metrics {
     /// Sessions ended, indexed by `Outcome as usize`.
     ended: [AtomicU64; Outcome::ALL.len()],
     kernel_denials: AtomicU64,
+    /// Proxied connections reset at once: no room (capacity, file descriptors).
+    connections_refused: AtomicU64,
     /// Indexed by [`direction_index`].
     findings: [AtomicU64; 2],
     http_exchanges: AtomicU64,
@@ -87,6 +89,11 @@ impl Metrics {
         self.kernel_denials.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A proxied connection reset at once for want of room.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a live tailer until the guard is dropped.
     pub fn tailer(&self) -> TailerGuard<'_> {
         self.tailers.fetch_add(1, Ordering::Relaxed);
@@ -135,6 +142,7 @@ impl Metrics {
                     Outcome::UpstreamTlsError,
                 ]),
                 client_errors: sum(&[Outcome::ClientError, Outcome::ClientTlsError]),
+                connections_refused: get(&self.connections_refused),
                 store_lost,
             },
             tailers: get(&self.tailers),
@@ -195,6 +203,10 @@ pub struct Drops {
     pub upstream_failures: u64,
     /// The workload's side failed (TLS handshake, malformed HTTP, reset).
     pub client_errors: u64,
+    /// Redirected connections reset on arrival because the daemon had no room for them (its
+    /// connection capacity, or no file descriptor left); not recorded as sessions.
+    #[serde(default)]
+    pub connections_refused: u64,
     /// Session records lost (the store's writer stopped or a write failed).
     pub store_lost: u64,
 }
@@ -224,6 +236,7 @@ mod tests {
         denied.outcome = Outcome::Denied;
         m.observe(&Event::End(denied));
         m.kernel_denial();
+        m.connection_refused();
         let _tail = m.tailer();
         let c = m.counts(2, 5);
         assert_eq!((c.sessions_total, c.tailers), (2, 1));
@@ -231,6 +244,7 @@ mod tests {
         assert_eq!(c.ended.get("denied"), Some(&1));
         assert_eq!((c.drops.kernel_denials, c.drops.proxy_denials), (1, 0));
         assert_eq!((c.approvals.held, c.drops.store_lost), (2, 5));
+        assert_eq!(c.drops.connections_refused, 1);
         drop(_tail);
         assert_eq!(m.counts(0, 0).tailers, 0);
     }

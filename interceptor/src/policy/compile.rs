@@ -28,6 +28,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Policy, PolicyError> {
         file,
         text,
         references: Vec::new(),
+        masking_named_at: None,
     };
     let base = c.settings(&spec.settings, &Settings::default())?;
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -77,6 +78,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Policy, PolicyError> {
         default,
         kernel,
         references: c.references,
+        masking_named_at: c.masking_named_at,
     })
 }
 
@@ -91,6 +93,8 @@ struct Compiler<'a> {
     file: &'a Path,
     text: &'a str,
     references: Vec<Reference>,
+    /// Where the first non-empty `secrets_mask` or `secrets_report` is.
+    masking_named_at: Option<(usize, usize)>,
 }
 
 impl Compiler<'_> {
@@ -136,6 +140,12 @@ impl Compiler<'_> {
         let Some(given) = given else {
             return Ok(base.to_vec());
         };
+        if kind == ReferenceKind::SecretRule
+            && self.masking_named_at.is_none()
+            && let Some(first) = given.first()
+        {
+            self.masking_named_at = Some(self.position(first.span()));
+        }
         let mut out = Vec::with_capacity(given.len());
         for id in given {
             let text = id.get_ref();

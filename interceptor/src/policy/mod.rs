@@ -78,6 +78,34 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Checks the policy against the secret rules that are loaded (`known`, their ids): every
+    /// id it names must be one of them, and a policy that masks or reports secrets at all
+    /// needs at least one rule; with none, every secret would pass unmasked while the policy
+    /// says they are masked.
+    pub fn check_secret_rules<S: AsRef<str>>(&self, known: &[S]) -> Result<(), PolicyError> {
+        if known.is_empty() && self.uses_secret_rules() {
+            const NONE: &str = "no secret rules are loaded, so no secret would be masked; load \
+                                rules or set secrets_mask = [] and secrets_report = []";
+            return Err(match self.masking_named_at {
+                Some((line, column)) => PolicyError {
+                    file: self.source.clone(),
+                    line,
+                    column,
+                    message: format!("the policy masks secrets here, but {NONE}"),
+                },
+                None => PolicyError::file(
+                    &self.source,
+                    format!(
+                        "the policy masks secrets (secrets_mask = [\"*\"] is the default), but {NONE}"
+                    ),
+                ),
+            });
+        }
+        self.check_references(ReferenceKind::SecretRule, known)
+    }
+}
+
 /// Where the policy comes from when none is given: `policies/default.toml` under the working
 /// directory (a checkout), else `/etc/interceptor/policy.toml`, else the built-in copy of the
 /// shipped default. Looked up again at every reload.

@@ -202,6 +202,8 @@ pub struct Policy {
     pub(super) index: Index,
     pub(super) kernel: Vec<KernelDeny>,
     pub(super) references: Vec<Reference>,
+    /// Line and column of the first non-empty `secrets_mask` or `secrets_report`.
+    pub(super) masking_named_at: Option<(usize, usize)>,
 }
 
 /// An id the policy names that another component defines (checked by
@@ -236,5 +238,14 @@ impl Policy {
 
     pub fn default_outcome(&self) -> &Outcome {
         &self.default
+    }
+
+    /// Whether any decision masks or reports secrets (the built-in default's
+    /// `secrets_mask = ["*"]` included).
+    pub fn uses_secret_rules(&self) -> bool {
+        let uses = |s: &Settings| !s.secrets_mask.is_empty() || !s.secrets_report.is_empty();
+        uses(&self.inspect)
+            || uses(&self.default.settings)
+            || self.rules.iter().any(|r| uses(&r.outcome.settings))
     }
 }

@@ -281,6 +281,35 @@ fn unknown_secret_rule_ids_are_rejected_with_their_position() {
 }
 
 #[test]
+fn masking_with_no_secret_rules_loaded_is_an_error() {
+    let none: &[&str] = &[];
+    // The default settings mask every rule's findings.
+    let e = parse("[default]\naction = \"allow\"\n")
+        .check_secret_rules(none)
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("test.toml: the policy masks secrets (secrets_mask = [\"*\"] is the default), but no secret rules are loaded"),
+        "{e}"
+    );
+    // Named in a rule: that is where the error points.
+    let p = parse(
+        "[settings]\nsecrets_mask = []\n[[rule]]\nname = \"r\"\naction = \"allow\"\n[rule.match]\nport = [1]\n[rule.settings]\nsecrets_report = [\"aws-key\"]\n[default]\naction = \"allow\"\n",
+    );
+    let e = p.check_secret_rules(none).unwrap_err().to_string();
+    assert!(
+        e.starts_with("test.toml:9:19: the policy masks secrets here"),
+        "{e}"
+    );
+    assert!(p.check_secret_rules(&["aws-key"]).is_ok());
+    // Masking off everywhere: no rules needed.
+    let off = parse("[settings]\nsecrets_mask = []\n[default]\naction = \"allow\"\n");
+    assert!(off.check_secret_rules(none).is_ok());
+    // With rules, unknown ids are still caught.
+    let e = p.check_secret_rules(&["other"]).unwrap_err().to_string();
+    assert!(e.contains("unknown secret rule id \"aws-key\""), "{e}");
+}
+
+#[test]
 fn kernel_denies_only_address_rules_not_preempted() {
     let p = parse(
         r#"

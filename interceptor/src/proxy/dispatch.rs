@@ -363,6 +363,10 @@ impl Proxy {
         {
             Ok(()) => (Outcome::Closed, None),
             Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
+            Err(e @ HttpError::UpstreamBody(_)) => (
+                Outcome::UpstreamError,
+                Some(format!("HTTP: {}", crate::errors::chain(&e))),
+            ),
             Err(e @ (HttpError::Serve(_) | HttpError::HeaderTimeout(_))) => {
                 // With its causes: "connection error" alone does not say reset or EOF.
                 (

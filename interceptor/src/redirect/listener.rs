@@ -7,16 +7,18 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::netns::{Namespace, NetnsThread, netns_cookie, netns_inode};
+use crate::limits::{Accepted, Acceptor, Reserve};
 use crate::proxy::Proxy;
 
 /// How many kernel-chosen ports to try before giving up on finding one free on both addresses.
 const CHOSEN_PORT_ATTEMPTS: u32 = 8;
+
+/// Names the proxy's listeners in the accept loop's log lines.
+const LISTENER: &str = "proxy";
 
 struct Entry {
     users: usize,
@@ -36,6 +38,8 @@ pub struct Listeners {
     proxy: Arc<Proxy>,
     host_netns: u64,
     by_netns: HashMap<u64, Entry>,
+    /// The spare descriptor every proxy listener resets a connection with at the limit.
+    reserve: Arc<Reserve>,
 }
 
 impl Listeners {
@@ -51,6 +55,7 @@ impl Listeners {
             proxy,
             host_netns,
             by_netns: HashMap::new(),
+            reserve: Reserve::new(),
         };
         let mut attempts = if port == 0 { CHOSEN_PORT_ATTEMPTS } else { 1 };
         let entry = loop {
@@ -121,7 +126,7 @@ impl Listeners {
             self.port = listener.local_addr()?.port();
             let cookie = netns_cookie(&listener)?;
             entry.accept_loops.push(tokio::spawn(accept_loop(
-                listener,
+                Acceptor::new(listener, LISTENER, self.reserve.clone()),
                 cookie,
                 ns.clone(),
                 self.proxy.clone(),
@@ -131,17 +136,34 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, netns_cookie: u64, ns: Namespace, proxy: Arc<Proxy>) {
+/// Serves the connections that fit ([`Capacity`](crate::limits::Capacity)) and resets the
+/// others at once, also those accepted on the reserve descriptor when none is left.
+async fn accept_loop(
+    mut acceptor: Acceptor<TcpListener>,
+    netns_cookie: u64,
+    ns: Namespace,
+    proxy: Arc<Proxy>,
+) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let (proxy, ns) = (proxy.clone(), ns.clone());
-                tokio::spawn(async move { proxy.handle(stream, peer, netns_cookie, ns).await });
+        let (stream, peer) = match acceptor.next().await {
+            Accepted::Conn(conn) => conn,
+            Accepted::OnReserve((stream, peer), spent) => {
+                proxy.refuse(stream, peer, netns_cookie, "no file descriptor left");
+                drop(spent);
+                continue;
             }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        match proxy.capacity.admit() {
+            Ok(slot) => {
+                let (proxy, ns) = (proxy.clone(), ns.clone());
+                tokio::spawn(async move {
+                    proxy.handle(stream, peer, netns_cookie, ns).await;
+                    drop(slot);
+                });
+            }
+            Err(full) => {
+                let why = format!("at capacity ({} of {} connections)", full.open, full.limit);
+                proxy.refuse(stream, peer, netns_cookie, &why);
             }
         }
     }
