@@ -26,6 +26,6 @@ pub use client::{ClientReport, ConnError, ConnResult, client_argv, client_comman
 pub use daemon::Daemon;
 pub use model::{Container, Enrollment, Identity, Session, Status};
 pub use netns::{Netns, VethLink, veth};
-pub use proc::{run_ok, run_with_timeout, spawn_logged};
+pub use proc::{run_ok, run_with_input, run_with_timeout, spawn_logged};
 pub use server::{Server, ServerOpts, ServerRecord};
 pub use util::*;
