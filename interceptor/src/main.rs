@@ -21,6 +21,7 @@ mod sessions;
 #[cfg(test)]
 mod test_net;
 mod tls;
+mod trust;
 
 use std::process::ExitCode;
 use std::time::Duration;

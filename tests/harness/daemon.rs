@@ -41,6 +41,19 @@ pub struct Daemon {
     cwd: Option<PathBuf>,
 }
 
+/// Variables that point TLS clients at a CA bundle (set by this machine's shell).
+pub const CA_VARIABLES: [&str; 9] = [
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "NIX_SSL_CERT_FILE",
+    "AWS_CA_BUNDLE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+];
+
 impl Daemon {
     pub fn start() -> Result<Daemon> {
         Daemon::start_with(&[])
@@ -314,10 +327,15 @@ impl Daemon {
         self.cli_json(a)
     }
 
-    /// A command running `interceptor --socket S exec EXEC_ARGS… -- PROGRAM ARGS…`.
+    /// A command running `interceptor --socket S exec EXEC_ARGS… -- PROGRAM ARGS…`, without
+    /// the CA variables this machine's shell exports and a user's does not
+    /// ([`CA_VARIABLES`]): exec's trust must work without them.
     pub fn exec_command<S: AsRef<OsStr>>(&self, exec_args: &[&str], program: &[S]) -> Command {
         let mut c = self.cli_command(["exec"]);
         c.args(exec_args).arg("--").args(program);
+        for var in CA_VARIABLES {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -91,6 +91,21 @@ pub fn exec_loopback(d: &Daemon, program: &[&str]) -> Result<Output> {
     )
 }
 
+/// `openssl s_client -connect SERVER EXTRA… -verify_return_error -quiet` under exec,
+/// sending `GET /hello` (bounded time); its output, whatever the exit code.
+pub fn openssl_get_hello(d: &Daemon, server: &HttpsServer, extra: &[&str]) -> Result<Output> {
+    let connect = server.addr.to_string();
+    let mut argv = vec!["openssl", "s_client", "-connect", &connect];
+    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&["-verify_return_error", "-quiet"]);
+    let request = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    crate::run_with_input(
+        &mut d.exec_command(&["--include-loopback"], &argv),
+        Some(request),
+        EXEC_TIMEOUT,
+    )
+}
+
 /// Runs tests/scripts/tls_client.py under exec; returns its JSON report.
 pub fn tls_client(d: &Daemon, args: &[&str]) -> Result<Value> {
     let script = scripts_dir().join("tls_client.py");

@@ -29,7 +29,7 @@ pub use client::{ClientReport, ConnError, ConnResult, client_argv, client_comman
 pub use daemon::Daemon;
 pub use model::{Container, Enrollment, Identity, Session, Status};
 pub use netns::{Netns, VethLink, veth};
-pub use proc::{Reaped, run_ok, run_with_pid, run_with_timeout, spawn_logged};
+pub use proc::{Reaped, run_ok, run_with_input, run_with_pid, run_with_timeout, spawn_logged};
 pub use server::{Server, ServerOpts, ServerRecord};
 pub use users::{TestGroup, TestUser};
 pub use util::*;

@@ -43,14 +43,36 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
 /// Runs `cmd` (stdin null, stdout and stderr captured) for at most `timeout`.
 /// A command still running then is killed and reported as an error with what it printed.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
-    run_with_pid(cmd, timeout).map(|(_, out)| out)
+    run_with_input(cmd, None, timeout)
 }
 
 /// Like [`run_with_timeout`], and returns the pid the command ran as.
 pub fn run_with_pid(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output)> {
+    run_command(cmd, None, timeout)
+}
+
+/// [`run_with_timeout`] with `input` written to the command's stdin (then closed), or stdin
+/// null for `None`.
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output> {
+    run_command(cmd, input, timeout).map(|(_, out)| out)
+}
+
+fn run_command(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<(u32, Output)> {
     let what = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -58,6 +80,10 @@ pub fn run_with_pid(cmd: &mut Command, timeout: Duration) -> Result<(u32, Output
     let pid = child.id();
     let out = reader(child.stdout.take().expect("piped"));
     let err = reader(child.stderr.take().expect("piped"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A command that exits without reading all of it is its own business.
+        let _ = std::io::Write::write_all(&mut stdin, input);
+    }
     let status = wait_bounded(&mut child, timeout)?;
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use interceptor_tests::https::{
     HttpsServer, TestPki, ended_session, exec_loopback as exec, https_fixture,
-    intercepting_daemon as daemon, plain_fixture, sessions_json, tls_client as py_client,
+    intercepting_daemon as daemon, openssl_get_hello, plain_fixture, sessions_json,
+    tls_client as py_client,
 };
 use interceptor_tests::*;
 use serde_json::Value;
@@ -165,30 +166,7 @@ fn python_urllib_and_openssl_trust_the_system_store_under_exec() -> Result<()> {
         "{r}"
     );
 
-    let connect = server.addr.to_string();
-    let mut cmd = d.exec_command(
-        &["--include-loopback"],
-        &[
-            "openssl",
-            "s_client",
-            "-connect",
-            &connect,
-            "-verify_return_error",
-            "-quiet",
-        ],
-    );
-    cmd.stdin(std::process::Stdio::piped());
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-    let out = child.wait_with_output()?;
+    let out = openssl_get_hello(&d, &server, &[])?;
     ensure!(
         stdout(&out).contains("hello over HTTP/1.1"),
         "openssl s_client: {}\n{}",
@@ -546,9 +524,23 @@ fn concurrent_tls_connections_each_get_their_own_session() -> Result<()> {
 fn a_client_that_refuses_the_minted_certificate_is_recorded_as_such() -> Result<()> {
     require_root();
     let (pki, server, d) = https_fixture("127.0.0.2", &[])?;
-    // A pinned client: it trusts only the server's own CA.
+    // A pinned client: it trusts only the server's own CA (curl also reads its built-in
+    // CA directory, which exec's trust covers: point it at an empty one).
     let ca = pki.ca_file.to_str().unwrap();
-    let out = exec(&d, &["curl", "-sS", "--cacert", ca, &server.url("/hello")])?;
+    let empty = tempfile::tempdir()?;
+    let capath = empty.path().to_str().unwrap();
+    let out = exec(
+        &d,
+        &[
+            "curl",
+            "-sS",
+            "--cacert",
+            ca,
+            "--capath",
+            capath,
+            &server.url("/hello"),
+        ],
+    )?;
     ensure!(
         !out.status.success(),
         "curl accepted the minted certificate"

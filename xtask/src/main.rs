@@ -171,13 +171,17 @@ fn setup() -> Result<()> {
 
 fn setup_apt() -> Result<()> {
     // (package, check): a command the package provides, or None to ask dpkg.
-    let wanted: [(&str, Option<&str>); 6] = [
+    // nodejs and a JDK (`java File.java` needs the compiler) are clients exec's trust is
+    // tested with.
+    let wanted: [(&str, Option<&str>); 8] = [
         ("pkg-config", Some("pkg-config")),
         ("curl", Some("curl")),
         ("openssl", Some("openssl")),
         ("iproute2", Some("ip")),
         ("python3", Some("python3")),
         ("libhyperscan-dev", None),
+        ("nodejs", Some("node")),
+        ("default-jdk-headless", Some("javac")),
     ];
     let missing: Vec<&str> = wanted
         .iter()
@@ -201,8 +205,17 @@ fn setup_apt() -> Result<()> {
 
 /// Python modules the end-to-end tests import beyond the standard library (each installed
 /// by pip under the same name): `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode
-/// test bodies, and the official SDKs agents use (`openai`, `anthropic`).
-const PYTHON_MODULES: [&str; 5] = ["h2", "brotli", "zstandard", "openai", "anthropic"];
+/// test bodies, `requests` and `httpx` (HTTP/2 through `h2`) as the certifi-based clients
+/// exec must make trust the CA, and the official SDKs agents use (`openai`, `anthropic`).
+const PYTHON_MODULES: [&str; 7] = [
+    "h2",
+    "brotli",
+    "zstandard",
+    "requests",
+    "httpx",
+    "openai",
+    "anthropic",
+];
 
 fn setup_python_modules() -> Result<()> {
     let missing: Vec<&str> = PYTHON_MODULES
