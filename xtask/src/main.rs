@@ -46,7 +46,7 @@ enum Cmd {
     /// Set up, build the release daemon and run the benchmarks (all, or the ones named); each
     /// writes its own section of docs/benchmarks.md.
     Bench {
-        /// Bench targets to run: `redirect`, `https`, `masking` (default: all).
+        /// Bench targets to run: `redirect`, `https`, `masking`, `memory` (default: all).
         names: Vec<String>,
     },
     /// Set up, then fmt check, clippy, build and test the workspace.
