@@ -2,6 +2,7 @@
 //! tests can use them.
 
 pub mod approvals;
+pub mod burst;
 pub mod detection;
 pub mod policy;
 pub mod relay_scan;

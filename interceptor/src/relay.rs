@@ -12,8 +12,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use interceptor::burst::read_burst;
 use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -89,17 +90,20 @@ async fn pump(
     from_side: Side,
 ) -> Result<(), RelayError> {
     let to_side = from_side.other();
-    let mut small = [0u8; COPY_LIMIT];
     let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
     loop {
         let n = match &pipe {
+            // The buffer exists from the read that fills it until its bytes are written:
+            // an idle connection holds none.
             None => {
-                let n = rx.read(&mut small).await.map_err(from_side.err())?;
-                tx.write_all(&small[..n]).await.map_err(to_side.err())?;
-                if n == COPY_LIMIT {
+                let burst = read_burst(&mut rx, COPY_LIMIT)
+                    .await
+                    .map_err(from_side.err())?;
+                tx.write_all(&burst).await.map_err(to_side.err())?;
+                if burst.len() == COPY_LIMIT {
                     pipe = Some(new_pipe().map_err(from_side.err())?);
                 }
-                n
+                burst.len()
             }
             Some((pipe_rx, pipe_tx)) => {
                 let (from, to): (&TcpStream, &TcpStream) = (rx.as_ref(), tx.as_ref());
@@ -217,6 +221,21 @@ mod tests {
         relay.await.unwrap().unwrap();
         assert_eq!(traffic.up.load(Ordering::Relaxed), 300_000);
         assert_eq!(traffic.down.load(Ordering::Relaxed), 5);
+    }
+
+    /// A relay lives as long as its connection, mostly idle: it must not carry its copy
+    /// buffers in its state (they are taken per read), or every open connection pins them.
+    #[tokio::test]
+    async fn a_relay_carries_no_buffer() {
+        let (_workload, client) = pair().await;
+        let (upstream, _server) = pair().await;
+        let traffic = Traffic::default();
+        let relay = relay(client, upstream, &traffic);
+        assert!(
+            std::mem::size_of_val(&relay) < 2048,
+            "{} bytes per connection",
+            std::mem::size_of_val(&relay)
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::burst::read_burst;
 
 use crate::detection::{
     Engine, Finding, Masker, ScanError, SecretHasher, Selection, mask_buffer_selected,
@@ -131,29 +133,33 @@ impl ScanRelay {
             self.hasher.clone(),
             self.selection.clone(),
         )?;
-        let mut buf = vec![0u8; READ_SIZE];
-        let mut out = Vec::with_capacity(READ_SIZE + self.engine.holdback());
+        // Buffers are taken when bytes come and dropped once they are passed on: an idle
+        // direction holds none.
         loop {
             let read = if masker.held() > 0 {
-                tokio::time::timeout(self.idle_flush, from.read(&mut buf))
+                tokio::time::timeout(self.idle_flush, read_burst(from, READ_SIZE))
                     .await
                     .ok()
             } else {
-                Some(from.read(&mut buf).await)
+                Some(read_burst(from, READ_SIZE).await)
             };
+            let mut out = Vec::new();
             let done = match read {
-                // Quiet: the peer may be waiting for the held tail.
+                // Quiet: the peer may be waiting for the held tail, and the masker keeps
+                // no more than its context while nothing flows.
                 None => {
                     masker.flush(&mut out)?;
+                    masker.release_memory();
                     false
                 }
-                Some(Ok(0)) => {
+                Some(Ok(chunk)) if chunk.is_empty() => {
                     masker.finish(&mut out)?;
                     true
                 }
-                Some(Ok(n)) => {
-                    masker.push(&buf[..n], &mut out)?;
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                Some(Ok(chunk)) => {
+                    out.reserve(chunk.len() + self.engine.holdback());
+                    masker.push(&chunk, &mut out)?;
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     false
                 }
                 Some(Err(e)) => return Err(ScanRelayError::Read(from_peer, e)),
@@ -171,7 +177,6 @@ impl ScanRelay {
                 Ok(())
             };
             write.await.map_err(|e| ScanRelayError::Write(to_peer, e))?;
-            out.clear();
             if done {
                 return Ok(());
             }
@@ -184,6 +189,7 @@ mod tests {
     use std::path::Path;
     use std::sync::{Mutex, OnceLock};
 
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;

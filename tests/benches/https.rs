@@ -15,19 +15,13 @@
 //! connection, no identity, policy, scanning or recording), which the client addresses directly.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use interceptor_tests::Daemon;
+use interceptor_tests::floor::{client_config, get, https_connect, tls_proxy};
 use interceptor_tests::https::{HttpsServer, TestPki, intercepting_daemon};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 const SERVER_IP: &str = "127.0.0.2";
 const RUNS: usize = 3;
@@ -70,7 +64,7 @@ fn bench() -> Result<()> {
     // The shipped default policy decrypts only the usual ports; the server's port is random.
     let daemon = intercepting_daemon(&pki, &[])?;
     let mitm = Mitmproxy::start(&pki.ca_file)?;
-    let floor = floor_proxy(
+    let floor = tls_proxy(
         pki.server_config(&["127.0.0.1"])?,
         client_config(&ca)?,
         server.addr,
@@ -296,46 +290,6 @@ impl Drop for Mitmproxy {
     }
 }
 
-/// The minimal TLS-terminating HTTP/1.1 proxy on 127.0.0.1:0: TLS in with `server`, one TLS
-/// connection out to `upstream` per client connection, each request forwarded as it comes.
-fn floor_proxy(
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
-    upstream: SocketAddr,
-) -> Result<SocketAddr> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    let mut server = (*server).clone();
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, client) = (acceptor.clone(), client.clone());
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let Ok(sender) = connect(upstream, client, None).await else {
-                        return;
-                    };
-                    let sender = Arc::new(tokio::sync::Mutex::new(sender));
-                    let forward = hyper::service::service_fn(move |req| {
-                        let sender = sender.clone();
-                        async move { sender.lock().await.send_request(req).await }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), forward)
-                        .await;
-                });
-            }
-        })
-    });
-    Ok(addr)
-}
-
 fn median(runs: &[Measured]) -> Measured {
     let pick = |f: fn(&Measured) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -351,8 +305,6 @@ fn median(runs: &[Measured]) -> Measured {
 
 // ---------------------------------------------------------------------------------------------
 // client
-
-type Sender<B = Empty<Bytes>> = http1::SendRequest<B>;
 
 fn client(
     mode: &str,
@@ -381,7 +333,7 @@ fn client(
             }
             let t = Instant::now();
             if mode == "connect" || sender.is_none() {
-                sender = Some(connect(addr, config.clone(), proxy).await?);
+                sender = Some(https_connect(addr, config.clone(), proxy).await?);
             }
             let got = get(sender.as_mut().unwrap(), addr, &path).await?;
             if got != expect {
@@ -401,76 +353,5 @@ fn client(
         })
     })?;
     println!("{}", serde_json::to_string(&measured)?);
-    Ok(())
-}
-
-fn client_config(roots: &str) -> Result<Arc<rustls::ClientConfig>> {
-    let mut store = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(roots)? {
-        // A system bundle has a few entries rustls cannot use; skipping them is what any
-        // client does.
-        let _ = store.add(cert?);
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-async fn connect<B>(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-    proxy: Option<SocketAddr>,
-) -> Result<Sender<B>>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut tcp = TcpStream::connect(proxy.unwrap_or(addr)).await?;
-    tcp.set_nodelay(true)?;
-    if proxy.is_some() {
-        tunnel(&mut tcp, addr).await?;
-    }
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .with_alpn(vec![b"http/1.1".to_vec()])
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .context("TLS handshake")?;
-    let (sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// One GET; returns the body length.
-async fn get(sender: &mut Sender, addr: SocketAddr, path: &str) -> Result<usize> {
-    sender.ready().await?;
-    let req = hyper::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await??;
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(body.len())
-}
-
-/// Asks an HTTP proxy for a tunnel to `addr` (CONNECT) and waits for its 200.
-async fn tunnel(tcp: &mut TcpStream, addr: SocketAddr) -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await?;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        if tcp.read(&mut b).await? == 0 {
-            bail!("proxy closed during CONNECT");
-        }
-        head.push(b[0]);
-    }
-    if !(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")) {
-        bail!("CONNECT refused: {}", String::from_utf8_lossy(&head));
-    }
     Ok(())
 }

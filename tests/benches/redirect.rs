@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use interceptor_tests::Daemon;
+use interceptor_tests::floor::tcp_forwarder;
 use serde::{Deserialize, Serialize};
 
 const BULK_BYTES: u64 = 4 << 30;
@@ -45,7 +46,7 @@ fn bench() -> Result<()> {
     interceptor_tests::bench_report::prepare("redirect")?;
     let bulk = serve(SERVER_IP, bulk_sink)?;
     let echo = serve(SERVER_IP, first_byte_echo)?;
-    let floor = (forwarder(bulk)?, forwarder(echo)?);
+    let floor = (tcp_forwarder(bulk)?, tcp_forwarder(echo)?);
     let daemon = Daemon::start()?;
     let me = std::env::current_exe()?;
 
@@ -230,29 +231,6 @@ fn serve(ip: &str, handler: fn(TcpStream) -> std::io::Result<()>) -> Result<Sock
                 let _ = handler(stream);
             });
         }
-    });
-    Ok(addr)
-}
-
-/// A minimal userspace TCP forwarder to `to` on 127.0.0.1:0, on a tokio runtime of its own
-/// with the daemon's defaults (one worker per CPU).
-fn forwarder(to: SocketAddr) -> Result<SocketAddr> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let _ = client.set_nodelay(true);
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let _ = upstream.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                });
-            }
-        })
     });
     Ok(addr)
 }

@@ -16,6 +16,7 @@ pub mod bench_report;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod floor;
 pub mod https;
 pub mod model;
 pub mod netns;

@@ -228,6 +228,12 @@ impl Engine {
         self.scratches.lend()
     }
 
+    /// Scratch spaces in the pool, not lent to anyone.
+    #[cfg(test)]
+    pub(super) fn idle_scratches(&self) -> usize {
+        self.scratches.idle()
+    }
+
     /// Every confirmed secret in `data` (block mode), in order of position.
     pub fn find(&self, data: &[u8]) -> Result<Vec<Detection>, ScanError> {
         self.find_with(data, &self.lend_scratch(), &mut self.candidates())

@@ -15,9 +15,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use hyperscan::Scratch;
+
 use super::engine::{Candidates, Engine, ScanError};
 use super::finding::{Encoding, Finding, MASK_BYTE, SecretHasher, kept_prefix};
-use super::scratch::LentScratch;
 use super::selection::{Handling, Selection};
 use super::stream::StreamScan;
 use super::view::{View, ViewFinding};
@@ -54,7 +55,6 @@ pub struct Masker {
     hasher: SecretHasher,
     /// Which rules mask, report or are ignored; None: every rule masks.
     selection: Option<Arc<Selection>>,
-    scratch: LentScratch,
     raw: StreamScan,
     /// Started when the first escape shows up.
     view: Option<View>,
@@ -88,7 +88,6 @@ impl Masker {
     ) -> Result<Masker, ScanError> {
         Ok(Masker {
             selection,
-            scratch: engine.lend_scratch(),
             raw: StreamScan::new(&engine)?,
             candidates: engine.candidates(),
             engine,
@@ -111,7 +110,8 @@ impl Masker {
             return Ok(());
         }
         self.buf.extend_from_slice(chunk);
-        self.scan(chunk.len(), false)?;
+        let scratch = self.engine.lend_scratch();
+        self.scan(&scratch, chunk.len(), false)?;
         let releasable = (self.held().saturating_sub(self.engine.holdback()))
             .min(self.unscanned_from().saturating_sub(self.sent) as usize);
         self.release(releasable, out);
@@ -123,18 +123,20 @@ impl Masker {
     /// trailing boundary) is masked before it leaves. The stream goes on; a secret cut by
     /// this flush (its rest still to come) is reported, with `forwarded_unmasked` set.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
-        self.scan(0, true)?;
-        self.scan_tails()?;
+        let scratch = self.engine.lend_scratch();
+        self.scan(&scratch, 0, true)?;
+        self.scan_tails(&scratch)?;
         self.release(self.held(), out);
         Ok(())
     }
 
     /// End of stream: matches that only complete at the end, then everything held.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
+        let scratch = self.engine.lend_scratch();
         let mut plain = Vec::new();
         self.raw.finish(
             &self.engine,
-            &self.scratch,
+            &scratch,
             &self.buf,
             self.base,
             collect(&mut plain),
@@ -142,10 +144,10 @@ impl Masker {
         self.record_plain(plain);
         let mut found = Vec::new();
         if let Some(view) = &mut self.view {
-            view.finish(&self.engine, &self.scratch, &mut found)?;
+            view.finish(&self.engine, &scratch, &mut found)?;
         }
         self.record_view(found);
-        self.scan_base64(RunEnd::Finish)?;
+        self.scan_base64(&scratch, RunEnd::Finish)?;
         self.release(self.held(), out);
         Ok(())
     }
@@ -155,17 +157,23 @@ impl Masker {
         self.buf.len() - (self.sent - self.base) as usize
     }
 
+    /// Room in the buffer of held and context bytes.
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Findings since the last call.
     pub fn take_findings(&mut self) -> Vec<Finding> {
         std::mem::take(&mut self.findings)
     }
 
     /// Scans the last `new` bytes of the buffer, raw and in the decoded view.
-    fn scan(&mut self, new: usize, at_end: bool) -> Result<(), ScanError> {
+    fn scan(&mut self, scratch: &Scratch, new: usize, at_end: bool) -> Result<(), ScanError> {
         let mut plain = Vec::new();
         self.raw.scan(
             &self.engine,
-            &self.scratch,
+            scratch,
             &self.buf,
             self.base,
             new,
@@ -173,25 +181,25 @@ impl Masker {
             collect(&mut plain),
         )?;
         self.record_plain(plain);
-        self.start_view(new)?;
+        self.start_view(scratch, new)?;
         let fresh = &self.buf[self.buf.len() - new..];
         let mut found = Vec::new();
         if let Some(view) = &mut self.view {
-            view.push(&self.engine, &self.scratch, fresh, at_end, &mut found)?;
+            view.push(&self.engine, scratch, fresh, at_end, &mut found)?;
         }
         self.record_view(found);
-        self.scan_base64(if at_end { RunEnd::Flush } else { RunEnd::Open })
+        self.scan_base64(scratch, if at_end { RunEnd::Flush } else { RunEnd::Open })
     }
 
     /// Secrets that end at the end of the buffer, raw and in the view, as at the end.
-    fn scan_tails(&mut self) -> Result<(), ScanError> {
+    fn scan_tails(&mut self, scratch: &Scratch) -> Result<(), ScanError> {
         let mut plain = Vec::new();
         self.raw
-            .scan_tail(&self.engine, &self.scratch, &self.buf, collect(&mut plain))?;
+            .scan_tail(&self.engine, scratch, &self.buf, collect(&mut plain))?;
         self.record_plain(plain);
         let mut found = Vec::new();
         if let Some(view) = &mut self.view {
-            view.scan_tail(&self.engine, &self.scratch, &mut found)?;
+            view.scan_tail(&self.engine, scratch, &mut found)?;
         }
         self.record_view(found);
         Ok(())
@@ -199,7 +207,7 @@ impl Masker {
 
     /// Starts the view when the raw stream first meets an escape that no encoder writes; it
     /// decodes everything still held.
-    fn start_view(&mut self, new: usize) -> Result<(), ScanError> {
+    fn start_view(&mut self, scratch: &Scratch, new: usize) -> Result<(), ScanError> {
         if self.view.is_some() || !self.raw.saw_unusual_escape() {
             return Ok(());
         }
@@ -207,20 +215,14 @@ impl Masker {
         let old = self.buf.len() - new;
         let mut found = Vec::new();
         // The held bytes before this chunk; the chunk itself follows with the others.
-        view.push(
-            &self.engine,
-            &self.scratch,
-            &self.buf[..old],
-            false,
-            &mut found,
-        )?;
+        view.push(&self.engine, scratch, &self.buf[..old], false, &mut found)?;
         self.view = Some(view);
         self.record_view(found);
         Ok(())
     }
 
     /// Decodes and scans the base64 runs that came in, each segment once it is whole.
-    fn scan_base64(&mut self, until: RunEnd) -> Result<(), ScanError> {
+    fn scan_base64(&mut self, scratch: &Scratch, until: RunEnd) -> Result<(), ScanError> {
         let len = self.buf.len();
         let mut at = (self.base64_done.max(self.base) - self.base) as usize;
         loop {
@@ -236,10 +238,11 @@ impl Masker {
                 },
             };
             let complete = end < len || until == RunEnd::Finish;
-            self.scan_segments(&mut run, self.base + end as u64, complete)?;
+            self.scan_segments(scratch, &mut run, self.base + end as u64, complete)?;
             if !complete {
                 if until == RunEnd::Flush {
-                    self.scan_base64_span(self.segment_from(run), self.base + end as u64)?;
+                    let from = self.segment_from(run);
+                    self.scan_base64_span(scratch, from, self.base + end as u64)?;
                 }
                 self.open_run = Some(run);
                 at = len;
@@ -261,6 +264,7 @@ impl Masker {
     /// if the run is `complete`).
     fn scan_segments(
         &mut self,
+        scratch: &Scratch,
         run: &mut OpenRun,
         end: u64,
         complete: bool,
@@ -271,7 +275,7 @@ impl Masker {
                 _ if complete => end,
                 _ => break,
             };
-            self.scan_base64_span(self.segment_from(*run), seg_end)?;
+            self.scan_base64_span(scratch, self.segment_from(*run), seg_end)?;
             run.next = seg_end;
         }
         Ok(())
@@ -291,13 +295,13 @@ impl Masker {
 
     /// Decodes the base64 at stream range `from..to` (starting on a quantum) and records the
     /// secrets in it.
-    fn scan_base64_span(&mut self, from: u64, to: u64) -> Result<(), ScanError> {
+    fn scan_base64_span(&mut self, scratch: &Scratch, from: u64, to: u64) -> Result<(), ScanError> {
         let run = &self.buf[(from - self.base) as usize..(to - self.base) as usize];
         let mut found = Vec::new();
         if let Some(decoded) = decode::base64_decode_run(run) {
             for d in self
                 .engine
-                .find_with(&decoded, &self.scratch, &mut self.candidates)?
+                .find_with(&decoded, scratch, &mut self.candidates)?
             {
                 let raw = decode::base64_raw_span(d.secret.clone(), run.len());
                 let span = from + raw.start as u64..from + raw.end as u64;
@@ -409,13 +413,27 @@ impl Masker {
         }
         self.sent = end;
         self.masks.retain(|m| m.end > end);
+        // Compact only once enough is dead: moving the kept bytes after every chunk costs
+        // more than scanning them.
+        self.compact(COMPACT_AT as u64);
+    }
+
+    /// The stream has gone quiet: the forwarded bytes beyond the context are dropped and the
+    /// buffer's spare room given back, so an idle stream holds only its tail.
+    pub fn release_memory(&mut self) {
+        self.compact(0);
+        self.buf.shrink_to_fit();
+        self.masks.shrink_to_fit();
+        self.reported.shrink_to_fit();
+    }
+
+    /// Drops the forwarded bytes no longer needed as context, if at least `min` of them.
+    fn compact(&mut self, min: u64) {
         // Bytes an open base64 run's next segment decodes stay, even if a flush sent them.
         let keep_from =
             (self.sent.saturating_sub(self.engine.holdback() as u64)).min(self.unscanned_from());
         let drop = keep_from.saturating_sub(self.base);
-        // Compact only once enough is dead: moving the kept bytes after every chunk costs
-        // more than scanning them.
-        if drop < COMPACT_AT as u64 {
+        if drop < min {
             return;
         }
         self.buf.drain(..drop as usize);
@@ -463,9 +481,10 @@ pub fn mask_buffer_selected(
 impl Drop for Masker {
     fn drop(&mut self) {
         // Hyperscan streams must be closed or their state leaks.
-        self.raw.close(&self.scratch);
+        let scratch = self.engine.lend_scratch();
+        self.raw.close(&scratch);
         if let Some(view) = &mut self.view {
-            view.close(&self.scratch);
+            view.close(&scratch);
         }
     }
 }

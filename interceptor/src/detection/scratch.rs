@@ -41,6 +41,13 @@ impl ScratchPool {
     }
 }
 
+#[cfg(test)]
+impl ScratchPool {
+    pub(super) fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// A scratch space from a [`ScratchPool`], given back on drop.
 pub(super) struct LentScratch {
     /// Some until dropped.

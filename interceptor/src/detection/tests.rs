@@ -861,3 +861,38 @@ fn an_escaped_secret_that_ends_the_held_tail_is_masked_by_an_idle_flush() {
         (Encoding::JsonEscaped, written.len(), 0)
     );
 }
+
+/// An idle connection has a masker per direction; they must not pin what only a scan needs.
+/// A scratch space (tens of kilobytes) is lent per scan, and after a burst the masker gives
+/// back its buffer down to the tail it holds as context.
+#[test]
+fn an_idle_masker_holds_no_scratch_and_releases_its_buffer() {
+    let e = engine_of(
+        r#"rules:
+  - id: t.token
+    name: a token
+    pattern: 'tok_([a-z]{8})'
+"#,
+    );
+    let hasher = SecretHasher::with_salt([0; 16]);
+    let (mut up, mut down) = (
+        Masker::new(e.clone(), hasher.clone()).unwrap(),
+        Masker::new(e.clone(), hasher).unwrap(),
+    );
+    // Spaces: no base64 run, whose bytes would be kept until its next segment is scanned.
+    let burst = vec![b' '; 200 * 1024];
+    let mut out = Vec::new();
+    up.push(&burst, &mut out).unwrap();
+    down.push(b"tok_abcdefgh and more", &mut out).unwrap();
+    // Both scanned with the one scratch space, back in the pool between scans.
+    assert_eq!(e.idle_scratches(), 1);
+    up.flush(&mut out).unwrap();
+    up.release_memory();
+    assert_eq!(up.held(), 0);
+    assert!(
+        up.buffer_capacity() <= e.holdback(),
+        "{} bytes kept after the burst, holdback {}",
+        up.buffer_capacity(),
+        e.holdback()
+    );
+}
