@@ -14,6 +14,25 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 const RUN: Duration = Duration::from_secs(180);
+
+/// A policy that scans and records no stream: the tail tests count session starts and
+/// ends, and the shipped policy (every secret rule, 1 MiB of every body) adds the scanned
+/// raw streams' records between them.
+const UNSCANNED: &str = r#"
+[settings]
+secrets_mask = []
+record_body_bytes = 0
+
+[default]
+action = "allow"
+"#;
+
+/// A daemon on [`UNSCANNED`]; the policy file lives as long as the returned guard.
+fn unscanned_daemon() -> Result<(Daemon, PolicyFile)> {
+    let policy = PolicyFile::new(UNSCANNED)?;
+    let path = policy.path().to_str().context("utf-8")?.to_owned();
+    Ok((Daemon::start_with(&["--policy", &path])?, policy))
+}
 const SESSIONS: Duration = Duration::from_secs(60);
 
 fn s(x: impl ToString) -> String {
@@ -386,7 +405,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Result<()> {
 #[test]
 fn tailer_started_before_traffic_sees_every_event_in_order() -> Result<()> {
     require_root();
-    let d = Daemon::start()?;
+    let (d, _policy) = unscanned_daemon()?;
     let srv = Server::echo("127.0.0.2")?;
     // Records the daemon wrote at start (policy) come before the tailer.
     let earlier = ndjson(&d, &["sessions", "export"])?.len();
@@ -450,7 +469,7 @@ fn tailer_started_before_traffic_sees_every_event_in_order() -> Result<()> {
 #[test]
 fn tailer_with_since_sees_earlier_events_then_live_ones() -> Result<()> {
     require_root();
-    let d = Daemon::start()?;
+    let (d, _policy) = unscanned_daemon()?;
     let srv = Server::echo("127.0.0.2")?;
     // The daemon is younger than this: everything it recorded.
     let since = "10m";
@@ -575,7 +594,7 @@ fn pings(d: &Daemon, srv: &Server, n: usize) -> Result<ClientReport> {
 #[test]
 fn export_by_time_range_and_replay_with_timing() -> Result<()> {
     require_root();
-    let d = Daemon::start()?;
+    let (d, _policy) = unscanned_daemon()?;
     let srv = Server::echo("127.0.0.2")?;
     let (a, _) = closed_echoes(&d, &srv, 2, 100, "a")?;
     std::thread::sleep(Duration::from_millis(1500));
@@ -708,7 +727,7 @@ fn retention_removes_old_segments_and_records_it() -> Result<()> {
 #[test]
 fn tail_filters_by_host_and_by_session() -> Result<()> {
     require_root();
-    let d = Daemon::start()?;
+    let (d, _policy) = unscanned_daemon()?;
     let a = Server::echo("127.0.0.2")?;
     let b = Server::echo("127.0.0.3")?;
     let to_a = pings(&d, &a, 3)?;
