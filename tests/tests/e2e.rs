@@ -156,7 +156,7 @@ fn exec_python_hash_identity() -> Result<()> {
     );
 
     let sess = one_session(d.wait_for_matching(
-        |x| x.identity.pid == rep.pid && x.destination == srv.addr(),
+        |x| x.identity.pid == rep.pid && x.destination == srv.addr() && x.outcome != "open",
         1,
         SESSIONS,
     )?)?;
@@ -248,7 +248,7 @@ fn exec_curl_http_post() -> Result<()> {
 
     let pid: u32 = std::fs::read_to_string(&pidf)?.trim().parse()?;
     let sess = one_session(d.wait_for_matching(
-        |x| x.identity.pid == pid && x.destination == srv.addr(),
+        |x| x.identity.pid == pid && x.destination == srv.addr() && x.outcome != "open",
         1,
         SESSIONS,
     )?)?;
@@ -613,7 +613,7 @@ fn enrollment_survives_restart() -> Result<()> {
         "after restart the connection went direct: {recs:?}"
     );
     let sess = one_session(d.wait_for_matching(
-        |x| x.identity.pid == after.pid && x.destination == srv.addr(),
+        |x| x.identity.pid == after.pid && x.destination == srv.addr() && x.outcome != "open",
         1,
         SESSIONS,
     )?)?;
