@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod burst;
 pub mod detection;
+pub mod events;
 pub mod policy;
 pub mod relay_scan;
 pub mod vault;

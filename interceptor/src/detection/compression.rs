@@ -212,11 +212,25 @@ impl Encoder {
 
     /// Feeds plain bytes; returns the compressed bytes ready so far (possibly none).
     pub fn push(&mut self, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
+        self.write(plain, false)
+    }
+
+    /// Feeds plain bytes and flushes them through (a sync flush): the client can decode
+    /// everything fed so far, as a streamed event must be at once.
+    pub fn push_flushed(&mut self, plain: &[u8]) -> Result<Vec<u8>, CodecError> {
+        self.write(plain, true)
+    }
+
+    fn write(&mut self, plain: &[u8], flush: bool) -> Result<Vec<u8>, CodecError> {
+        fn feed(w: &mut impl Write, plain: &[u8], flush: bool) -> std::io::Result<()> {
+            w.write_all(plain)?;
+            if flush { w.flush() } else { Ok(()) }
+        }
         let (written, out) = match &mut self.inner {
-            Compressor::Gzip(e) => (e.write_all(plain), e.get_mut()),
-            Compressor::Deflate(e) => (e.write_all(plain), e.get_mut()),
-            Compressor::Brotli(e) => (e.write_all(plain), e.get_mut()),
-            Compressor::Zstd(e) => (e.write_all(plain), e.get_mut()),
+            Compressor::Gzip(e) => (feed(e, plain, flush), e.get_mut()),
+            Compressor::Deflate(e) => (feed(e, plain, flush), e.get_mut()),
+            Compressor::Brotli(e) => (feed(e.as_mut(), plain, flush), e.get_mut()),
+            Compressor::Zstd(e) => (feed(e, plain, flush), e.get_mut()),
         };
         let out = std::mem::take(out);
         written.map_err(|e| corrupt(self.encoding, e))?;

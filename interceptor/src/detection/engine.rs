@@ -16,6 +16,7 @@ use hyperscan::prelude::*;
 
 use super::decode::{self, Decoded};
 use super::end_check::EndCheck;
+use super::openings::Openings;
 use super::rules::Rule;
 use super::scratch::{LentScratch, ScratchPool};
 use super::tolerant::{self, LONGEST_ESCAPE, Precision};
@@ -73,6 +74,8 @@ pub struct Engine {
     /// Literals that are never secrets (vault placeholders): a match that holds one is not
     /// a finding, so the vault can still swap it after masking.
     exempt: Vec<Vec<u8>>,
+    /// Built on first use (by event streams only).
+    openings: std::sync::OnceLock<Openings>,
 }
 
 /// The candidate ends Hyperscan reported during one scan, per rule, grouped into clusters
@@ -187,6 +190,7 @@ impl Engine {
             // Escaped, a match is up to this much wider.
             holdback: (widest * LONGEST_ESCAPE).min(MAX_HOLDBACK),
             exempt: Vec::new(),
+            openings: Default::default(),
         })
     }
 
@@ -210,6 +214,12 @@ impl Engine {
     /// Bytes a streaming masker keeps back so a secret split across chunks is seen whole.
     pub fn holdback(&self) -> usize {
         self.holdback
+    }
+
+    /// Where a text's tail could still start a secret of any rule.
+    pub fn openings(&self) -> &Openings {
+        self.openings
+            .get_or_init(|| Openings::new(self.rules.iter().map(|r| r.regex.as_str())))
     }
 
     pub(super) fn candidates(&self) -> Candidates {

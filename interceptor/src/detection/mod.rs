@@ -19,6 +19,7 @@ mod end_check;
 pub mod engine;
 pub mod finding;
 pub mod masker;
+pub mod openings;
 pub mod rules;
 mod scratch;
 pub mod selection;
@@ -35,6 +36,6 @@ pub use selection::{Handling, Selection};
 #[cfg(test)]
 mod boundary_tests;
 #[cfg(test)]
-mod split_tests;
+pub(crate) mod split_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -75,7 +75,7 @@ fn examples() -> Vec<String> {
 }
 
 /// Every shipped rule's examples that name their secret: (text, secret).
-pub(super) fn examples_with_secrets() -> Vec<(String, String)> {
+pub(crate) fn examples_with_secrets() -> Vec<(String, String)> {
     let rules = load_dir(&super::tests::rules_dir()).unwrap();
     (rules.iter().flat_map(|r| &r.examples))
         .filter_map(|e| Some((e.text().to_string(), e.secret()?.to_string())))

@@ -8,11 +8,11 @@ use super::end_check::EndCheck;
 use super::tolerant;
 use super::*;
 
-pub(super) fn rules_dir() -> PathBuf {
+pub(crate) fn rules_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/rules")
 }
 
-pub(super) fn engine() -> Arc<Engine> {
+pub(crate) fn engine() -> Arc<Engine> {
     static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| Arc::new(Engine::compile(&load_dir(&rules_dir()).unwrap()).unwrap()))

@@ -103,6 +103,15 @@ pub trait BodyTransform: Send {
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError>;
     /// End of body: whatever was held back.
     fn finish(&mut self) -> Result<Bytes, BoxError>;
+    /// Whether bytes are held back that [`Self::idle`] would let go.
+    fn holds(&self) -> bool {
+        false
+    }
+    /// The body paused (no data for a while): what is held back goes, confirmed as if the
+    /// body ended here; the body goes on.
+    fn idle(&mut self) -> Result<Bytes, BoxError> {
+        Ok(Bytes::new())
+    }
     /// The body's trailers (chunked HTTP/1.1, HTTP/2 trailing HEADERS), before they go on;
     /// they may be rewritten in place. A transform that wraps another passes them on.
     fn trailers(&mut self, _trailers: &mut http::HeaderMap) -> Result<(), BoxError> {
@@ -199,6 +208,23 @@ pub fn chained(mut transforms: Vec<Box<dyn BodyTransform>>) -> Option<Box<dyn Bo
 /// Transforms applied one after the other.
 struct Chain(Vec<Box<dyn BodyTransform>>);
 
+impl Chain {
+    /// What each transform lets go (`release`: at the end, or idle) after what the ones
+    /// before it let go has passed through it.
+    fn release(
+        &mut self,
+        release: impl Fn(&mut dyn BodyTransform) -> Result<Bytes, BoxError>,
+    ) -> Result<Bytes, BoxError> {
+        let mut tail = Bytes::new();
+        for t in &mut self.0 {
+            let mut out = t.chunk(tail)?.to_vec();
+            out.extend_from_slice(&release(t.as_mut())?);
+            tail = out.into();
+        }
+        Ok(tail)
+    }
+}
+
 impl BodyTransform for Chain {
     fn chunk(&mut self, mut data: Bytes) -> Result<Bytes, BoxError> {
         for t in &mut self.0 {
@@ -208,14 +234,15 @@ impl BodyTransform for Chain {
     }
 
     fn finish(&mut self) -> Result<Bytes, BoxError> {
-        // What an earlier transform held back still passes through the later ones.
-        let mut tail = Bytes::new();
-        for t in &mut self.0 {
-            let mut out = t.chunk(tail)?.to_vec();
-            out.extend_from_slice(&t.finish()?);
-            tail = out.into();
-        }
-        Ok(tail)
+        self.release(|t| t.finish())
+    }
+
+    fn holds(&self) -> bool {
+        self.0.iter().any(|t| t.holds())
+    }
+
+    fn idle(&mut self) -> Result<Bytes, BoxError> {
+        self.release(|t| t.idle())
     }
 
     fn trailers(&mut self, trailers: &mut http::HeaderMap) -> Result<(), BoxError> {

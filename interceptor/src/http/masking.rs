@@ -24,12 +24,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+};
 use http::{StatusCode, Uri};
 use interceptor::detection::compression::{ContentEncoding, Decoder, Encoder};
 use interceptor::detection::{
     Engine, Finding, Masker, ScanError, SecretHasher, Selection, mask_buffer, mask_buffer_selected,
 };
+use interceptor::events::{EventMasker, Format};
 use interceptor::policy;
 use interceptor::relay_scan::{Direction, ScanRelay};
 
@@ -242,11 +245,16 @@ impl Masking {
                 );
             }
         };
+        let events = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Format::of);
         Decision {
             verdict: Verdict::Forward,
             body: Some(Box::new(MaskBody {
                 scanner,
-                masker: None,
+                events,
+                scan: None,
                 codec,
                 reporter,
                 record,
@@ -547,61 +555,146 @@ impl BodyRecord {
 /// A body streaming through a masker (started on its first byte).
 struct MaskBody {
     scanner: Scanner,
-    masker: Option<Masker>,
+    /// Set for an event stream: masked per event and field.
+    events: Option<Format>,
+    scan: Option<BodyScan>,
     codec: Option<Codec>,
     reporter: Reporter,
     record: Option<BodyRecord>,
 }
 
+/// How a body's bytes are masked: as one stream of bytes, or event by event. Raw is the
+/// common case and lives inline (no allocation per body); the rarer event masker is boxed.
+#[allow(clippy::large_enum_variant)]
+enum BodyScan {
+    Raw(Masker),
+    Events(Box<EventMasker>),
+}
+
+/// What a masker is asked to do with the bytes it holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Only what can no longer be part of a secret.
+    Safe,
+    /// Everything: the body paused.
+    Idle,
+    /// Everything: the body ended.
+    End,
+}
+
+impl BodyScan {
+    fn push(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), ScanError> {
+        match self {
+            BodyScan::Raw(m) => m.push(plain, out),
+            BodyScan::Events(m) => m.push(plain, out),
+        }
+    }
+
+    fn release(&mut self, release: Release, out: &mut Vec<u8>) -> Result<(), ScanError> {
+        match (self, release) {
+            (_, Release::Safe) => Ok(()),
+            (BodyScan::Raw(m), Release::Idle) => m.flush(out),
+            (BodyScan::Raw(m), Release::End) => m.finish(out),
+            (BodyScan::Events(m), Release::Idle) => m.idle(out),
+            (BodyScan::Events(m), Release::End) => m.finish(out),
+        }
+    }
+
+    fn holds(&self) -> bool {
+        match self {
+            BodyScan::Raw(m) => m.held() > 0,
+            BodyScan::Events(m) => m.waiting(),
+        }
+    }
+
+    /// Findings since the last call, each with where it is in the body.
+    fn take_findings(&mut self) -> Vec<(String, Finding)> {
+        match self {
+            BodyScan::Raw(m) => (m.take_findings().into_iter())
+                .map(|f| ("body".to_owned(), f))
+                .collect(),
+            BodyScan::Events(m) => (m.take_findings().into_iter())
+                .map(|f| (f.location, f.finding))
+                .collect(),
+        }
+    }
+}
+
 impl MaskBody {
-    /// Masks decoded bytes; `last` at the end of the body. Returns what may go on, decoded.
-    fn mask(&mut self, plain: &[u8], last: bool) -> Result<Vec<u8>, ScanError> {
-        if plain.is_empty() && (!last || self.masker.is_none()) {
+    /// Masks decoded bytes, then lets go what `release` says. Returns what may go on, decoded.
+    fn mask(&mut self, plain: &[u8], release: Release) -> Result<Vec<u8>, ScanError> {
+        if plain.is_empty() && (release == Release::Safe || self.scan.is_none()) {
             return Ok(Vec::new());
         }
-        let masker = match &mut self.masker {
-            Some(m) => m,
-            None => self.masker.insert(Masker::with_selection(
-                self.scanner.engine.clone(),
-                self.scanner.hasher.clone(),
-                Some(self.scanner.selection.clone()),
-            )?),
+        let scan = match &mut self.scan {
+            Some(s) => s,
+            None => {
+                let (engine, hasher) = (&self.scanner.engine, &self.scanner.hasher);
+                let selection = Some(self.scanner.selection.clone());
+                self.scan.insert(match self.events {
+                    Some(format) => BodyScan::Events(Box::new(EventMasker::new(
+                        format,
+                        engine.clone(),
+                        hasher.clone(),
+                        selection,
+                    ))),
+                    None => BodyScan::Raw(Masker::with_selection(
+                        engine.clone(),
+                        hasher.clone(),
+                        selection,
+                    )?),
+                })
+            }
         };
-        // Sized for all that can go out, so it is copied into once, never regrown.
-        let mut out = Vec::with_capacity(plain.len() + masker.held());
-        masker.push(plain, &mut out)?;
-        if last {
-            masker.finish(&mut out)?;
-        }
-        for finding in masker.take_findings() {
-            self.reporter.report("body".into(), finding);
+        let mut out = Vec::with_capacity(plain.len());
+        scan.push(plain, &mut out)?;
+        scan.release(release, &mut out)?;
+        for (location, finding) in scan.take_findings() {
+            self.reporter.report(location, finding);
         }
         if let Some(record) = &mut self.record {
             record.push(&out);
         }
         Ok(out)
     }
+
+    /// Masks what came in (`data`, encoded if the body is), letting go what `release` says;
+    /// returns it encoded again. A streamed event is flushed through the encoder at once.
+    fn pass(&mut self, data: &[u8], release: Release) -> Result<Bytes, BoxError> {
+        let Some(codec) = &mut self.codec else {
+            return Ok(self.mask(data, release)?.into());
+        };
+        let plain = codec.decoder.push(data)?;
+        let masked = self.mask(&plain, release)?;
+        let codec = self.codec.as_mut().expect("present");
+        Ok(if self.events.is_some() {
+            codec.encoder.push_flushed(&masked)?
+        } else {
+            codec.encoder.push(&masked)?
+        }
+        .into())
+    }
 }
 
 impl BodyTransform for MaskBody {
     fn chunk(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
-        match &mut self.codec {
-            None => Ok(self.mask(&data, false)?.into()),
-            Some(codec) => {
-                let plain = codec.decoder.push(&data)?;
-                let masked = self.mask(&plain, false)?;
-                let codec = self.codec.as_mut().expect("present");
-                Ok(codec.encoder.push(&masked)?.into())
-            }
-        }
+        self.pass(&data, Release::Safe)
+    }
+
+    fn holds(&self) -> bool {
+        self.scan.as_ref().is_some_and(BodyScan::holds)
+    }
+
+    fn idle(&mut self) -> Result<Bytes, BoxError> {
+        self.pass(&[], Release::Idle)
     }
 
     fn finish(&mut self) -> Result<Bytes, BoxError> {
         match self.codec.take() {
-            None => Ok(self.mask(&[], true)?.into()),
+            None => Ok(self.mask(&[], Release::End)?.into()),
             Some(Codec { decoder, encoder }) => {
                 let rest = decoder.finish()?;
-                let masked = self.mask(&rest, true)?;
+                let masked = self.mask(&rest, Release::End)?;
                 let mut encoder = encoder;
                 let mut out = encoder.push(&masked)?;
                 out.extend(encoder.finish()?);
@@ -617,7 +710,8 @@ impl BodyTransform for MaskBody {
     }
 
     fn keeps_length(&self) -> bool {
-        self.codec.is_none()
+        // An event whose field is masked is written again (its JSON escapes may change).
+        self.codec.is_none() && self.events.is_none()
     }
 
     fn recorded(&mut self) -> Option<RecordedBody> {

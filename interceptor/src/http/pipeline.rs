@@ -23,6 +23,9 @@ use super::hook::{BodyTransform, BoxError};
 const IN_FLIGHT: usize = 4;
 /// Data is transformed and sent on in pieces of at most this many bytes.
 const PIECE: usize = 64 * 1024;
+/// How long a body may pause while its transform holds bytes back before they go anyway
+/// (a streamed answer's last tokens; a client waiting for the end of a request line).
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(20);
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
 /// The transform, shared so that whichever side ends the body records what it kept.
@@ -115,6 +118,8 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Box<dyn BodyTransform>>
 /// A frame from the body being transformed.
 enum Input {
     Data(Bytes),
+    /// The body paused while the transform holds bytes back.
+    Idle,
     /// Trailers, or a frame of another kind: either ends the data.
     Last(Frame<Bytes>),
     End,
@@ -130,7 +135,21 @@ async fn run(
     tx: mpsc::Sender<FrameResult>,
 ) {
     loop {
-        let input = match inner.frame().await {
+        let next = if lock(&slot).as_ref().is_some_and(|t| t.holds()) {
+            // `frame()` is cancel safe: a pause loses nothing.
+            match tokio::time::timeout(IDLE_RELEASE, inner.frame()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if !transform_and_send(&slot, Input::Idle, &exchange, side, &tx).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            inner.frame().await
+        };
+        let input = match next {
             None => Input::End,
             Some(Err(e)) => Input::Failed(e),
             Some(Ok(frame)) => match frame.into_data() {
@@ -207,6 +226,11 @@ fn step(
             }
             (out, true)
         }
+        Input::Idle => match t.idle() {
+            Ok(out) if out.is_empty() => (Vec::new(), false),
+            Ok(out) => (vec![Ok(Frame::data(out))], false),
+            Err(e) => (vec![Err(e)], true),
+        },
         Input::End => (finish(slot, exchange, side), true),
         Input::Failed(e) => (vec![Err(e)], true),
     }

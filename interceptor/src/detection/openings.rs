@@ -1,0 +1,331 @@
+//! Whether the end of a text could still be the start of a secret: the question an event
+//! stream asks before it lets an event go without waiting for the next one.
+//!
+//! One forward lazy DFA holds every rule's escape-tolerant pattern, anchored. A position is
+//! *open* while the DFA run started there has not died: the bytes from it to the end are a
+//! prefix of some match (including a match that still waits for its trailing boundary).
+//! Death is permanent as text only grows, so a caller keeps the open positions and checks
+//! each new byte once; a run longer than the engine's holdback is dropped, as no match the
+//! masker can see is that long.
+
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson;
+use regex_automata::util::start;
+use regex_automata::{Anchored, MatchKind};
+
+use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
+
+use super::tolerant::{self, Precision};
+
+/// Most rules' runs die within a word of ordinary text (a literal prefix such as `AKIA` or
+/// `ghp_`, a keyword, a digit where text has letters): a run of theirs is open once it has
+/// taken two bytes. A few begin with a class that every word or number fits (`\b[A-Za-z0-9]
+/// {14}\.atlasv1\.`, `(?:^|[^0-9])[0-9]{8,10}:AA`), so text ending in any word would wait: a
+/// run of those *word-like* rules is open once it holds [`WORD_LIKE_HEAD`] bytes, longer
+/// than words. A shorter head may go on before the rest comes (the masker still masks the
+/// rest and records the secret as forwarded in part).
+pub const WORD_LIKE_HEAD: usize = 12;
+
+/// Ordinary text a rule is tried on: alive at the end of any of these, it is word-like.
+const WORD_PROBES: [&str; 7] = [
+    "Hello",
+    " today",
+    " information",
+    "(example",
+    " costs 120000",
+    " id x7Kq2",
+    "\"value",
+];
+
+pub struct Openings {
+    /// Rules that are not word-like, then those that are.
+    groups: [Group; 2],
+    /// Per rule (in the engine's order), whether it is word-like.
+    word_like: Vec<bool>,
+}
+
+enum Group {
+    NoRules,
+    Dfa(Box<DFA>),
+    /// The patterns could not be built into one DFA: every position counts as open (callers
+    /// wait for more text or the idle release; never less safe).
+    Unchecked,
+}
+
+/// Lazy DFA caches for both groups.
+pub struct OpeningsCache([Option<Cache>; 2]);
+
+impl Openings {
+    pub(super) fn new<'a>(patterns: impl Iterator<Item = &'a str>) -> Openings {
+        let mut groups: [Vec<Hir>; 2] = Default::default();
+        let mut word_like_rules = Vec::new();
+        for p in patterns {
+            let Ok(hir) = tolerant::parse(p) else {
+                tracing::warn!(pattern = p, "a rule's openings cannot be checked");
+                return Openings {
+                    groups: [Group::Unchecked, Group::Unchecked],
+                    word_like: Vec::new(),
+                };
+            };
+            let hir = loosened(&tolerant::tolerant(&hir, Precision::Exact));
+            let word_like = match dfa(std::slice::from_ref(&hir)) {
+                Some(dfa) => is_word_like(&dfa),
+                None => true,
+            };
+            word_like_rules.push(word_like);
+            groups[usize::from(word_like)].push(hir);
+        }
+        Openings {
+            groups: groups.map(|hirs| match hirs.is_empty() {
+                true => Group::NoRules,
+                false => dfa(&hirs).map_or(Group::Unchecked, |dfa| Group::Dfa(Box::new(dfa))),
+            }),
+            word_like: word_like_rules,
+        }
+    }
+
+    /// Whether the engine's rule `rule` is word-like (see [`WORD_LIKE_HEAD`]).
+    pub fn is_word_like(&self, rule: usize) -> bool {
+        self.word_like.get(rule).copied().unwrap_or(true)
+    }
+
+    pub fn cache(&self) -> OpeningsCache {
+        OpeningsCache(self.groups.each_ref().map(|g| match g {
+            Group::Dfa(dfa) => Some(dfa.create_cache()),
+            _ => None,
+        }))
+    }
+
+    /// Whether a run of `group`'s rules started at `at` in `text` is alive at its end (the
+    /// byte before `at`, if any, is the look-behind for `\b` and the like).
+    fn alive(&self, cache: &mut OpeningsCache, group: usize, text: &[u8], at: usize) -> bool {
+        let dfa = match &self.groups[group] {
+            Group::NoRules => return false,
+            Group::Unchecked => return true,
+            Group::Dfa(dfa) => dfa,
+        };
+        let cache = cache.0[group].as_mut().expect("made with the DFA");
+        let config = start::Config::new()
+            .anchored(Anchored::Yes)
+            .look_behind(at.checked_sub(1).map(|i| text[i]));
+        // A cache that gave up proves nothing: the position stays open.
+        let Ok(mut state) = dfa.start_state(cache, &config) else {
+            return true;
+        };
+        for &b in &text[at..] {
+            match dfa.next_state(cache, state, b) {
+                Ok(next) if next.is_dead() => return false,
+                Ok(next) if next.is_quit() => return true,
+                Ok(next) => state = next,
+                Err(_) => return true,
+            }
+        }
+        // A match state reports a match that ended a byte ago (the DFA's delay): the run is
+        // over unless some next byte could still lead on to a longer one.
+        !state.is_match() || leads_on(dfa, cache, state)
+    }
+}
+
+fn dfa(hirs: &[Hir]) -> Option<DFA> {
+    let built = thompson::Compiler::new()
+        .configure(
+            thompson::Config::new()
+                .utf8(false)
+                .which_captures(thompson::WhichCaptures::None),
+        )
+        .build_many_from_hir(hirs)
+        .map_err(|e| e.to_string())
+        .and_then(|nfa| {
+            DFA::builder()
+                .configure(
+                    DFA::config()
+                        .match_kind(MatchKind::All)
+                        .starts_for_each_pattern(false)
+                        .cache_capacity(4 << 20),
+                )
+                .build_from_nfa(nfa)
+                .map_err(|e| e.to_string())
+        });
+    built
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "secret openings cannot be checked: streamed events wait for more text")
+        })
+        .ok()
+}
+
+/// Whether a run of `dfa` started anywhere in one of the [`WORD_PROBES`] is alive at its end.
+fn is_word_like(dfa: &DFA) -> bool {
+    let openings = Openings {
+        groups: [Group::Dfa(Box::new(dfa.clone())), Group::NoRules],
+        word_like: Vec::new(),
+    };
+    let mut cache = openings.cache();
+    WORD_PROBES.iter().any(|probe| {
+        let text = probe.as_bytes();
+        (0..text.len()).any(|at| openings.alive(&mut cache, 0, text, at))
+    })
+}
+
+/// Whether any byte leads `state` to a live state.
+fn leads_on(dfa: &DFA, cache: &mut Cache, state: LazyStateID) -> bool {
+    dfa.byte_classes().representatives(..).any(|unit| {
+        let Some(b) = unit.as_u8() else {
+            return false;
+        };
+        dfa.next_state(cache, state, b).is_ok_and(|n| !n.is_dead())
+    })
+}
+
+/// Repeats longer than this are made unbounded (a larger language: positions can only be
+/// open more often), so that every rule fits one small lazy DFA: a PEM body's `{64,7000}`
+/// would otherwise need thousands of states per character class.
+const LONGEST_COUNTED_REPEAT: u32 = 64;
+
+fn loosened(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Repetition(r) => {
+            let long = r.max.is_none_or(|max| max > LONGEST_COUNTED_REPEAT);
+            Hir::repetition(Repetition {
+                min: if long {
+                    r.min.min(LONGEST_COUNTED_REPEAT)
+                } else {
+                    r.min
+                },
+                max: if long { None } else { r.max },
+                greedy: r.greedy,
+                sub: Box::new(loosened(&r.sub)),
+            })
+        }
+        HirKind::Capture(c) => Hir::capture(Capture {
+            index: c.index,
+            name: c.name.clone(),
+            sub: Box::new(loosened(&c.sub)),
+        }),
+        HirKind::Concat(all) => Hir::concat(all.iter().map(loosened).collect()),
+        HirKind::Alternation(all) => Hir::alternation(all.iter().map(loosened).collect()),
+        _ => hir.clone(),
+    }
+}
+
+/// The open positions of one growing text, checked incrementally.
+#[derive(Default)]
+pub struct OpenTail {
+    /// Runs still alive, as (stream offset, group), by offset.
+    alive: Vec<(u64, usize)>,
+    /// Every position before this has been started.
+    started: u64,
+}
+
+impl OpenTail {
+    /// Updates the runs for `text`, the last bytes of the stream, which start at stream
+    /// offset `base` (and hold at least `limit` bytes before the end, or all of it); returns
+    /// the first open position. Runs longer than `limit` are dropped.
+    ///
+    /// A run that has taken only one byte is not open: that byte is either context in front
+    /// of a secret (never masked) or a secret's first byte, which masking keeps in clear.
+    pub fn update(
+        &mut self,
+        openings: &Openings,
+        cache: &mut OpeningsCache,
+        text: &[u8],
+        base: u64,
+        limit: usize,
+    ) -> Option<u64> {
+        let end = base + text.len() as u64;
+        let oldest = end.saturating_sub(limit as u64).max(base);
+        let at = |p: u64| (p - base) as usize;
+        self.alive
+            .retain(|&(p, g)| p >= oldest && openings.alive(cache, g, text, at(p)));
+        for p in self.started.max(oldest)..end {
+            for g in 0..2 {
+                if openings.alive(cache, g, text, at(p)) {
+                    self.alive.push((p, g));
+                }
+            }
+        }
+        self.started = end;
+        self.alive.iter().find_map(|&(p, g)| {
+            let taken = (end - p) as usize;
+            let open = match g {
+                0 => taken > 1,
+                _ => taken >= WORD_LIKE_HEAD,
+            };
+            open.then_some(p)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openings() -> Openings {
+        Openings::new(
+            [
+                r"\b((?:AKIA|ASIA)[A-Z2-7]{16})\b",
+                r"(?i)\b(?:password|pass)\s{0,3}[:=]\s{0,3}([^\s]{8,64})",
+                r"\b([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9]{60,70})",
+            ]
+            .into_iter(),
+        )
+    }
+
+    fn first_open(text: &str) -> Option<u64> {
+        let o = openings();
+        let mut cache = o.cache();
+        OpenTail::default().update(&o, &mut cache, text.as_bytes(), 0, 4096)
+    }
+
+    #[test]
+    fn a_prefix_of_a_secret_is_open_where_it_starts() {
+        assert_eq!(first_open("the key is AKIA4UAV"), Some(11));
+        assert_eq!(first_open("then PassWord: "), Some(5));
+        // A lone byte may be context in front of a secret, or its first byte: it goes.
+        assert_eq!(first_open("the end "), None);
+        assert_eq!(first_open("a key: A"), None);
+        // A whole key waits for the boundary after it.
+        assert_eq!(first_open("x AKIA4UAVNHXTUL3D4D4U"), Some(2));
+    }
+
+    #[test]
+    fn ordinary_text_and_dead_prefixes_are_not() {
+        assert_eq!(first_open("Hello, how can I help you today? "), None);
+        assert_eq!(first_open("x AKIA4UAVNHXTUL3D4D4U "), None);
+        // No word boundary before it: never a match.
+        assert_eq!(first_open("xAKIA4U"), None);
+        assert_eq!(first_open("AKIA4u"), None);
+    }
+
+    #[test]
+    fn a_word_like_rule_is_open_only_past_a_words_length() {
+        assert_eq!(first_open("see you today"), None);
+        assert_eq!(first_open("id Ab3dEf5gH7jK9"), Some(3));
+        assert_eq!(first_open("id Ab3dEf5gH7jK9mN1pQ"), None);
+    }
+
+    #[test]
+    fn escaped_prefixes_are_open_too() {
+        // JSON-in-a-string (a tool call's arguments) escapes what follows the key.
+        assert_eq!(first_open(r"x pass:\thunt"), Some(2));
+        // After an escape (the tolerant form may start at its backslash).
+        assert!(matches!(first_open(r"x \npass"), Some(2..=4)));
+    }
+
+    #[test]
+    fn growing_text_is_checked_once_per_byte_and_agrees_with_a_fresh_check() {
+        let o = openings();
+        let mut cache = o.cache();
+        let mut tail = OpenTail::default();
+        let text = "one AKIA4UAV two pass= hunter2hunter2 three";
+        for end in 1..=text.len() {
+            let got = tail.update(&o, &mut cache, &text.as_bytes()[..end], 0, 4096);
+            assert_eq!(
+                got,
+                first_open(&text[..end]),
+                "at {end}: {:?}",
+                &text[..end]
+            );
+        }
+    }
+}
