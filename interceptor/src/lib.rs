@@ -5,5 +5,6 @@ pub mod approvals;
 pub mod burst;
 pub mod detection;
 pub mod policy;
+pub mod private_fs;
 pub mod relay_scan;
 pub mod vault;
