@@ -44,6 +44,8 @@ pub struct DaemonConfig {
     pub header_timeout: Duration,
     /// Secret rules (built in and `--rules`) and vault (None: no injection).
     pub rules: interceptor::detection::RuleSources,
+    /// Where compiled rule databases are cached (None: compiled at every start).
+    pub rules_cache: Option<PathBuf>,
     pub vault: Option<PathBuf>,
     /// Docker's data root, for container names.
     pub docker_root: PathBuf,
@@ -97,7 +99,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         },
     )
     .context("loading the eBPF programs")?;
-    let secrets = crate::secrets::hooks(&config.rules, config.vault.as_deref(), &store)?;
+    let secrets = crate::secrets::hooks(
+        &config.rules,
+        config.rules_cache.as_deref(),
+        config.vault.as_deref(),
+        &store,
+    )?;
     let secret_rules: Arc<[String]> = secrets.rule_ids.clone().into();
     let policy = Arc::new(
         load_policy(config.policy.as_deref(), &secret_rules).with_context(|| {

@@ -6,5 +6,6 @@ pub mod burst;
 pub mod detection;
 pub mod events;
 pub mod policy;
+pub mod private_fs;
 pub mod relay_scan;
 pub mod vault;

@@ -12,7 +12,6 @@ mod identity;
 mod kernel;
 mod limits;
 mod metrics;
-mod private_fs;
 mod proxy;
 mod redirect;
 mod relay;
@@ -28,6 +27,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use cli::args::{Cli, Command};
+use interceptor::private_fs;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -83,6 +83,7 @@ fn run_daemon(socket: std::path::PathBuf, args: cli::args::RunArgs) -> anyhow::R
         connect_timeout: args.connect_timeout,
         header_timeout: args.tls.header_timeout,
         rules: args.rules.sources(),
+        rules_cache: args.rules.cache(),
         vault: args.vault,
         docker_root: args.docker_root,
         metrics_addr: args.metrics_addr,

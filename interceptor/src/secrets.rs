@@ -4,10 +4,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use interceptor::detection::{Engine, Rule, RuleSources, SecretHasher};
+use interceptor::detection::{DatabaseCache, Engine, Rule, RuleSources, SecretHasher};
 use interceptor::vault::SharedVault;
 
 use crate::http::hook::{Hook, Hooks};
@@ -27,8 +27,14 @@ pub struct Secrets {
 }
 
 /// The HTTP hooks for these rules and vault: injection first (so the credential it puts in
-/// is not masked on its way up), then masking. None without rules or vault.
-pub fn hooks(rules: &RuleSources, vault: Option<&Path>, store: &Store) -> anyhow::Result<Secrets> {
+/// is not masked on its way up), then masking. None without rules or vault. The rules'
+/// compiled databases are kept in `cache`, if given.
+pub fn hooks(
+    rules: &RuleSources,
+    cache: Option<&Path>,
+    vault: Option<&Path>,
+    store: &Store,
+) -> anyhow::Result<Secrets> {
     let vault = vault
         .map(|p| SharedVault::open(p).with_context(|| format!("loading the vault {}", p.display())))
         .transpose()?;
@@ -36,7 +42,9 @@ pub fn hooks(rules: &RuleSources, vault: Option<&Path>, store: &Store) -> anyhow
         .load()
         .with_context(|| format!("loading secret rules: {}", rules.describe()))?;
     let rule_ids = rules.iter().map(|r| r.id.clone()).collect();
-    let Some(engine) = compile(&rules, vault.as_ref())? else {
+    let cache = cache.and_then(DatabaseCache::open);
+    let started = Instant::now();
+    let Some(engine) = compile(&rules, vault.as_ref(), cache.as_ref())? else {
         return Ok(Secrets {
             hooks: Hooks::default(),
             masking: None,
@@ -46,6 +54,7 @@ pub fn hooks(rules: &RuleSources, vault: Option<&Path>, store: &Store) -> anyhow
     tracing::info!(
         rules = engine.rules().len(),
         vault = vault.is_some(),
+        compile_ms = started.elapsed().as_millis() as u64,
         "secret masking on"
     );
     let store = store.clone();
@@ -70,10 +79,18 @@ pub fn hooks(rules: &RuleSources, vault: Option<&Path>, store: &Store) -> anyhow
     })
 }
 
-/// The rules plus one echo rule per vault credential; None when that is no rule at all.
-fn compile(rules: &[Rule], vault: Option<&SharedVault>) -> anyhow::Result<Option<Arc<Engine>>> {
+/// The rules plus one echo rule per vault credential; None when that is no rule at all. Their
+/// databases come from `cache` (or go there) only without echo rules: those hold the
+/// credentials, which are not to be copied to disk.
+fn compile(
+    rules: &[Rule],
+    vault: Option<&SharedVault>,
+    cache: Option<&DatabaseCache>,
+) -> anyhow::Result<Option<Arc<Engine>>> {
+    let echo_rules = vault.map(|v| v.current().echo_rules()).unwrap_or_default();
+    let cache = cache.filter(|_| echo_rules.is_empty());
     let mut all = rules.to_vec();
-    all.extend(vault.map(|v| v.current().echo_rules()).unwrap_or_default());
+    all.extend(echo_rules);
     if all.is_empty() {
         return Ok(None);
     }
@@ -81,7 +98,11 @@ fn compile(rules: &[Rule], vault: Option<&SharedVault>) -> anyhow::Result<Option
         .map(|v| v.current().placeholders())
         .unwrap_or_default();
     // Placeholders are swapped after masking: they must reach the swap unmasked.
-    let engine = Engine::compile(&all)
+    let engine = match cache {
+        Some(cache) => Engine::compile_cached(&all, cache),
+        None => Engine::compile(&all),
+    };
+    let engine = engine
         .context("compiling the secret rules")?
         .exempting(placeholders);
     Ok(Some(Arc::new(engine)))
@@ -98,7 +119,7 @@ async fn reload_vault(vault: SharedVault, rules: Vec<Rule>, masking: Arc<Masking
             if !v.reload_if_changed()? {
                 return Ok(None);
             }
-            compile(&r, Some(&v))
+            compile(&r, Some(&v), None)
         })
         .await;
         match reloaded {

@@ -14,10 +14,11 @@ use tempfile::TempDir;
 use crate::model::{Enrollment, Session, Status, brief_all};
 use crate::proc::{run_with_pid, run_with_timeout, spawn_logged};
 use crate::users::TestUser;
-use crate::util::{files_containing, interceptor_bin, next_id, poll, tail};
+use crate::util::{files_containing, interceptor_bin, next_id, poll, rules_cache_dir, tail};
 
 /// Every daemon compiles its built-in secret rules before it serves: Hyperscan takes several
-/// seconds for them, more on a loaded machine.
+/// seconds for them, more on a loaded machine (daemons share [`rules_cache_dir`], so most load
+/// them instead).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -122,6 +123,7 @@ impl Daemon {
             .arg("--proxy-port")
             .arg(self.proxy_port.to_string())
             .args(&self.extra_args)
+            .args(self.shared_cache())
             // debug everywhere but aya's per-instruction relocation chatter, unless the caller
             // (a benchmark) asks for another level.
             .env(
@@ -147,6 +149,16 @@ impl Daemon {
         let child = spawn_logged(&mut cmd, &self.log_path)?;
         self.child = Some(child);
         self.wait_ready()
+    }
+
+    /// `--rules-cache` [`rules_cache_dir`], unless the test chose its own or none.
+    fn shared_cache(&self) -> Vec<std::ffi::OsString> {
+        let chosen = (self.extra_args.iter())
+            .any(|a| a.starts_with("--rules-cache") || a == "--no-rules-cache");
+        match chosen {
+            true => Vec::new(),
+            false => vec!["--rules-cache".into(), rules_cache_dir().into()],
+        }
     }
 
     fn wait_ready(&mut self) -> Result<()> {

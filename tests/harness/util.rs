@@ -17,17 +17,29 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target` in the workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
 /// The daemon binary: `$INTERCEPTOR_BIN`, else `<target>/debug/interceptor`.
 pub fn interceptor_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("INTERCEPTOR_BIN") {
         return PathBuf::from(p);
     }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
-        Some(d) => workspace_root().join(d),
-        None => workspace_root().join("target"),
-    };
-    target.join("debug/interceptor")
+    target_dir().join("debug/interceptor")
+}
+
+/// The rule cache every test daemon shares (`run --rules-cache`), so that only the first
+/// daemon of a rule set compiles it: `<target>/test-rules-cache`. The daemon uses it only if
+/// root alone can change it and the directories above it (a checkout owned by another user
+/// is not: its daemons compile at every start, and warn).
+pub fn rules_cache_dir() -> PathBuf {
+    target_dir().join("test-rules-cache")
 }
 
 /// `tests/scripts`.

@@ -648,6 +648,81 @@ fn raw_tcp_follows_the_policy_settings() -> Result<()> {
     ensure_nothing_at_rest(&d, &[BODY_SECRET, HEADER_SECRET])
 }
 
+/// The entries in a rule cache directory.
+fn cache_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        entries.push(entry?.path());
+    }
+    Ok(entries)
+}
+
+/// A restarted daemon loads its rules' compiled databases from its cache; an entry it finds
+/// damaged it compiles again and rewrites. Either way it masks.
+#[test]
+fn a_restarted_daemon_loads_its_rules_from_the_cache_and_recompiles_a_damaged_entry() -> Result<()>
+{
+    require_root();
+    let server = Server::echo("127.0.0.2")?;
+    let cache = tempfile::tempdir()?;
+    let mut d = raw_daemon(&["--rules-cache", cache.path().to_str().context("utf-8")?])?;
+    let count = |d: &Daemon, line: &str| d.log().matches(line).count();
+    let (compiled, loaded) = (
+        "rule databases compiled and cached",
+        "loaded from the cache",
+    );
+    ensure!(
+        count(&d, compiled) == 1 && count(&d, loaded) == 0,
+        "first start:\n{}",
+        d.log()
+    );
+    let entries = cache_entries(cache.path())?;
+    ensure!(entries.len() == 1, "cache: {entries:?}");
+    let payload = format!("hello\nkey={BODY_SECRET}\nbye\n");
+    let masked = payload.replace(BODY_SECRET, "AKIA****************");
+    d.restart()?;
+    ensure!(
+        count(&d, compiled) == 1 && count(&d, loaded) == 1,
+        "restart:\n{}",
+        d.log()
+    );
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
+    ensure!(got == masked, "from the cache, client got {got:?}");
+    let entry = std::fs::read(&entries[0])?;
+    std::fs::write(&entries[0], &entry[..entry.len() / 2])?;
+    d.restart()?;
+    ensure!(
+        count(&d, compiled) == 2 && count(&d, "not using a rule cache entry") == 1,
+        "damaged entry:\n{}",
+        d.log()
+    );
+    let got = raw_round_trip(&d, &server, &payload, RawClient::HalfCloses)?;
+    ensure!(got == masked, "recompiled, client got {got:?}");
+    ensure!(
+        std::fs::read(&entries[0])?.len() == entry.len(),
+        "entry not rewritten"
+    );
+    Ok(())
+}
+
+/// A vault's credentials become rules of the engine: its databases are never cached.
+#[test]
+fn a_daemon_with_a_vault_caches_no_rule_databases() -> Result<()> {
+    require_root();
+    let (cache, dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let vault = vault(dir.path())?;
+    let d = raw_daemon(&[
+        "--rules-cache",
+        cache.path().to_str().context("utf-8")?,
+        "--vault",
+        vault.to_str().context("utf-8")?,
+    ])?;
+    d.wait_for_log_line("secret masking on", RUN)?;
+    let entries = cache_entries(cache.path())?;
+    ensure!(entries.is_empty(), "cached with a vault: {entries:?}");
+    Ok(())
+}
+
 /// A policy file in `dir`: TLS intercepted, then `text` (settings, rules, default).
 fn policy_file(dir: &Path, text: &str) -> Result<PathBuf> {
     let path = dir.join("policy.toml");

@@ -155,6 +155,14 @@ pub struct RuleArgs {
     /// directories are loaded. A policy that masks secrets then needs at least one rule.
     #[arg(long)]
     pub no_builtin_rules: bool,
+    /// Directory where the secret rules' compiled Hyperscan databases are kept between starts
+    /// (created 0700; not used, with a warning, unless only root can change it and the
+    /// directories above it).
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/interceptor")]
+    pub rules_cache: PathBuf,
+    /// Compile the secret rules at every start, reading and writing no cache.
+    #[arg(long, conflicts_with = "rules_cache")]
+    pub no_rules_cache: bool,
 }
 
 impl RuleArgs {
@@ -163,6 +171,11 @@ impl RuleArgs {
             builtin: !self.no_builtin_rules,
             dirs: self.dirs.clone(),
         }
+    }
+
+    /// The rule cache's directory, unless there is to be none.
+    pub fn cache(&self) -> Option<PathBuf> {
+        (!self.no_rules_cache).then(|| self.rules_cache.clone())
     }
 }
 

@@ -11,9 +11,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use hyperscan::CompileFlags;
 use hyperscan::prelude::*;
 
+use super::databases::{Databases, Forms};
+use super::db_cache::DatabaseCache;
 use super::decode::{self, Decoded};
 use super::end_check::EndCheck;
 use super::openings::Openings;
@@ -162,27 +163,39 @@ impl Candidates {
 
 impl Engine {
     pub fn compile(rules: &[Rule]) -> Result<Engine, EngineError> {
+        Engine::build(rules, None)
+    }
+
+    /// [`compile`](Self::compile), the Hyperscan databases taken from `cache` when it holds
+    /// them for exactly these rules, else compiled and stored there.
+    pub fn compile_cached(rules: &[Rule], cache: &DatabaseCache) -> Result<Engine, EngineError> {
+        Engine::build(rules, Some(cache))
+    }
+
+    fn build(rules: &[Rule], cache: Option<&DatabaseCache>) -> Result<Engine, EngineError> {
         if rules.is_empty() {
             return Err(EngineError::NoRules);
         }
-        let mut compiled = Vec::with_capacity(rules.len());
-        let (mut block, mut stream) = (Vec::with_capacity(rules.len()), Vec::new());
-        for (i, rule) in rules.iter().enumerate() {
-            let forms = hyperscan_forms(rule, i)?;
-            compiled.push(CompiledRule::new(rule, forms.width)?);
-            block.push(forms.block);
-            stream.push(forms.stream);
-        }
-        stream.push(unusual_escape_signal(rules.len())?);
-        let block: BlockDatabase = Patterns(block).build().map_err(EngineError::Database)?;
-        let stream: StreamingDatabase = Patterns(stream).build().map_err(EngineError::Database)?;
+        let forms = Forms::of(rules)?;
+        let Databases {
+            block,
+            stream,
+            widths,
+        } = match cache {
+            Some(cache) => cache.databases(rules, &forms)?,
+            None => Databases::compile(rules, &forms)?,
+        };
+        // The regexes are built (and checked) on every build: they are not in the cache.
+        let compiled = (rules.iter().zip(&widths))
+            .map(|(rule, &width)| CompiledRule::new(rule, width))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut prototype = block.alloc_scratch().map_err(EngineError::Database)?;
         stream
             .realloc_scratch(&mut prototype)
             .map_err(EngineError::Database)?;
-        let widest = compiled.iter().map(|r| r.width).max().unwrap_or(0);
+        let widest = widths.iter().copied().max().unwrap_or(0);
         Ok(Engine {
-            widths: compiled.iter().map(|r| r.width as u64).collect(),
+            widths: widths.iter().map(|&w| w as u64).collect(),
             rules: compiled,
             block,
             stream,
@@ -386,69 +399,6 @@ impl<'a> Window<'a> {
     fn from(&self, width: usize) -> usize {
         (self.first_end.saturating_sub(width as u64).max(self.base) - self.base) as usize
     }
-}
-
-/// The stream database's one pattern past the rules (its id is theirs, `rule_count`): an
-/// escape no encoder writes, for which a masker starts its decoded view. Reported once per
-/// stream.
-fn unusual_escape_signal(rule_count: usize) -> Result<Pattern, EngineError> {
-    let mut pattern = Pattern::with_flags(
-        tolerant::unusual_escape_pattern(),
-        CompileFlags::SINGLEMATCH,
-    )
-    .map_err(EngineError::Database)?;
-    pattern.id = Some(rule_count);
-    Ok(pattern)
-}
-
-/// What Hyperscan runs for a rule in each mode.
-struct HyperscanForms {
-    block: Pattern,
-    stream: Pattern,
-    /// Widest match of the rule's pattern.
-    width: usize,
-}
-
-/// The rule's Hyperscan forms: its prefilters where it has them, else its pattern. Only
-/// the pattern's width counts: candidates are confirmed on the bytes a match of the pattern
-/// can span, so a prefilter may even be unbounded.
-fn hyperscan_forms(rule: &Rule, index: usize) -> Result<HyperscanForms, EngineError> {
-    let err = |message: String| EngineError::Rule {
-        id: rule.id.clone(),
-        message,
-    };
-    let parse = |pattern: &str| -> Result<(Pattern, usize), EngineError> {
-        let mut pattern =
-            Pattern::with_flags(pattern, CompileFlags::empty()).map_err(|e| err(e.to_string()))?;
-        let info = pattern
-            .info()
-            .map_err(|e| err(format!("hyperscan rejects the pattern: {e}")))?;
-        pattern.id = Some(index);
-        Ok((pattern, info.max_width()))
-    };
-    let width = parse(&rule.pattern)?.1;
-    if width > MAX_RULE_WIDTH {
-        return Err(err(format!(
-            "a match can be wider than {MAX_RULE_WIDTH} bytes; bound every repeat"
-        )));
-    }
-    let tolerant = |form: &str| -> Result<Pattern, EngineError> {
-        let hir = tolerant::parse(form).map_err(|e| err(format!("regex: {e}")))?;
-        Ok(parse(&tolerant::hyperscan_form(&hir))?.0)
-    };
-    let block = parse(rule.prefilter.as_deref().unwrap_or(&rule.pattern))?.0;
-    // Streams meet escaped text (a masker's decoded view runs only for escapes no encoder
-    // writes); a block scan here is of decoded base64, or `find` on text as it is.
-    let stream = tolerant(
-        (rule.stream_prefilter.as_deref())
-            .or(rule.prefilter.as_deref())
-            .unwrap_or(&rule.pattern),
-    )?;
-    Ok(HyperscanForms {
-        block,
-        stream,
-        width,
-    })
 }
 
 impl CompiledRule {

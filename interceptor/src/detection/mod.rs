@@ -14,6 +14,8 @@
 mod base64_runs;
 pub mod check;
 pub mod compression;
+mod databases;
+mod db_cache;
 pub mod decode;
 mod end_check;
 pub mod engine;
@@ -27,6 +29,7 @@ mod stream;
 mod tolerant;
 mod view;
 
+pub use db_cache::DatabaseCache;
 pub use engine::{Detection, Engine, EngineError, ScanError};
 pub use finding::{Encoding, Finding, SecretHasher};
 pub use masker::{Masker, mask_buffer, mask_buffer_selected};
