@@ -206,8 +206,9 @@ fn setup_apt() -> Result<()> {
 /// Python modules the end-to-end tests import beyond the standard library (each installed
 /// by pip under the same name): `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode
 /// test bodies, `requests` and `httpx` (HTTP/2 through `h2`) as the certifi-based clients
-/// exec must make trust the CA, and the official SDKs agents use (`openai`, `anthropic`).
-const PYTHON_MODULES: [&str; 7] = [
+/// exec must make trust the CA, and the official SDKs agents use (`openai`, `anthropic`, and
+/// `mcp` for both ends of an MCP tool call).
+const PYTHON_MODULES: [&str; 8] = [
     "h2",
     "brotli",
     "zstandard",
@@ -215,6 +216,7 @@ const PYTHON_MODULES: [&str; 7] = [
     "httpx",
     "openai",
     "anthropic",
+    "mcp",
 ];
 
 fn setup_python_modules() -> Result<()> {
