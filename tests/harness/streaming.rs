@@ -55,20 +55,27 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-type Routes = Arc<Mutex<HashMap<String, Reply>>>;
+/// Replies by path prefix, and the request bodies received under each.
+#[derive(Default)]
+struct Routes {
+    replies: HashMap<String, Reply>,
+    received: HashMap<String, Vec<Bytes>>,
+}
 
-/// An HTTPS server answering `/PREFIX/…` with the reply registered under PREFIX (any method,
-/// the request body read and dropped). Drop stops it.
+type Shared = Arc<Mutex<Routes>>;
+
+/// An HTTPS server answering `/PREFIX/…` with the reply registered under PREFIX (any method;
+/// the request body is kept, see [`StreamServer::received`]). Drop stops it.
 pub struct StreamServer {
     pub server: HttpsServer,
-    routes: Routes,
+    routes: Shared,
     next: AtomicU64,
 }
 
 impl StreamServer {
     /// On `ip`, with a certificate for `ip` signed by `pki`.
     pub fn start(ip: &str, pki: &TestPki) -> Result<StreamServer> {
-        let routes: Routes = Arc::default();
+        let routes: Shared = Arc::default();
         let table = routes.clone();
         let server = HttpsServer::start_with_handler(
             ip,
@@ -85,16 +92,30 @@ impl StreamServer {
     /// Registers `reply`; returns the base URL that reaches it (`https://IP:PORT/sN`).
     pub fn add(&self, reply: Reply) -> String {
         let prefix = format!("s{}", self.next.fetch_add(1, Ordering::Relaxed));
-        self.routes.lock().unwrap().insert(prefix.clone(), reply);
+        let mut routes = self.routes.lock().unwrap();
+        routes.replies.insert(prefix.clone(), reply);
         self.server.url(&format!("/{prefix}"))
+    }
+
+    /// The request bodies received at the reply `base` (as [`add`](Self::add) returned it).
+    pub fn received(&self, base: &str) -> Vec<Bytes> {
+        let prefix = base.rsplit('/').next().unwrap_or_default();
+        let routes = self.routes.lock().unwrap();
+        routes.received.get(prefix).cloned().unwrap_or_default()
     }
 }
 
-async fn answer(req: Request<Incoming>, routes: Routes) -> Result<Response<Body>, hyper::Error> {
+async fn answer(req: Request<Incoming>, routes: Shared) -> Result<Response<Body>, hyper::Error> {
     let prefix = req.uri().path().split('/').nth(1).unwrap_or("").to_owned();
     // Read the request first: an answer before the body is in ends an HTTP/1.1 connection.
-    req.into_body().collect().await?;
-    let Some(reply) = routes.lock().unwrap().get(&prefix).cloned() else {
+    let body = req.into_body().collect().await?.to_bytes();
+    let reply = {
+        let mut routes = routes.lock().unwrap();
+        let reply = routes.replies.get(&prefix).cloned();
+        routes.received.entry(prefix).or_default().push(body);
+        reply
+    };
+    let Some(reply) = reply else {
         return Ok(Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(full("no such reply"))

@@ -187,9 +187,19 @@ fn run_calls(f: &Fixture, calls: &[Call]) -> Result<Vec<Value>> {
     Ok(reports)
 }
 
-/// Waits until every session to `port` has ended; then each expected (rule, location) must
-/// be a finding of its own, downstream, with a hash.
+/// [`ensure_findings_in`] downstream.
 fn ensure_findings(d: &Daemon, port: u16, expected: Vec<(String, String)>) -> Result<()> {
+    ensure_findings_in(d, port, "down", expected)
+}
+
+/// Waits until every session to `port` has ended; then each expected (rule, location) must
+/// be a finding of its own in `direction`, with a hash.
+fn ensure_findings_in(
+    d: &Daemon,
+    port: u16,
+    direction: &str,
+    expected: Vec<(String, String)>,
+) -> Result<()> {
     let suffix = format!(":{port}");
     let to_server = |s: &Session| s.destination.ends_with(&suffix);
     d.wait_for_sessions(
@@ -217,7 +227,7 @@ fn ensure_findings(d: &Daemon, port: u16, expected: Vec<(String, String)>) -> Re
             .iter()
             .position(|f| {
                 f["rule"] == rule.as_str()
-                    && f["direction"] == "down"
+                    && f["direction"] == direction
                     && f["location"].as_str().is_some_and(|l| {
                         if location == "body" {
                             l.starts_with("body")
@@ -528,4 +538,76 @@ fn mcp_tool_output_split_across_sse_messages_is_masked() -> Result<()> {
         .map(String::as_str)
         .collect();
     ensure_nowhere(&d, &fragments)
+}
+
+#[test]
+fn an_ndjson_upload_is_masked_before_the_server() -> Result<()> {
+    require_root();
+    let f = fixture("127.0.0.19")?;
+    // A log shipper's lines; the secret's pieces in consecutive lines' `msg`.
+    let split = said("github.ghp", &[3, 14, 27])?;
+    let lines: Vec<String> = split
+        .deltas
+        .iter()
+        .map(|d| format!("{}\n", serde_json::json!({"level": "info", "msg": d})))
+        .collect();
+    let base = f.server.add(Reply::new(
+        interceptor_tests::llm_wire::JSON,
+        vec!["{\"errors\": false}".into()],
+    ));
+    let script = r#"
+import json, sys, time, httpx
+def lines():
+    for line in json.loads(sys.argv[2]):
+        yield line.encode()
+        time.sleep(0.005)
+r = httpx.post(sys.argv[1], content=lines(), headers={"content-type": "application/x-ndjson"}, timeout=30)
+r.raise_for_status()
+"#;
+    let url = format!("{base}/_bulk");
+    let argv = [
+        python().to_str().context("utf-8")?,
+        "-c",
+        script,
+        &url,
+        &serde_json::to_string(&lines)?,
+    ];
+    let out = run_with_timeout(&mut f.d.exec_command(&["--include-loopback"], &argv), RUN)?;
+    ensure!(
+        out.status.success(),
+        "the upload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = f.server.received(&base);
+    let body = received.first().context("nothing reached the server")?;
+    let msg: String = String::from_utf8_lossy(body)
+        .lines()
+        .map(|l| {
+            Ok(serde_json::from_str::<Value>(l)?["msg"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned())
+        })
+        .collect::<Result<_>>()?;
+    ensure!(
+        msg == split.expected,
+        "the server got\n{msg:?}\nnot\n{:?}",
+        split.expected
+    );
+    let port = f.server.server.addr.port();
+    let location = format!("event:{}/msg", split.secret_delta);
+    ensure_findings_in(
+        &f.d,
+        port,
+        "up",
+        vec![(split.planted.rule.clone(), location)],
+    )?;
+    ensure_nowhere(
+        &f.d,
+        &split
+            .fragments
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
 }

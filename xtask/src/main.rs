@@ -49,7 +49,8 @@ enum Cmd {
     /// Set up, build the release daemon and run the benchmarks (all, or the ones named); each
     /// writes its own section of docs/benchmarks.md.
     Bench {
-        /// Bench targets to run: `redirect`, `https`, `masking`, `memory` (default: all).
+        /// Bench targets to run: `redirect`, `https`, `masking`, `memory`, `streaming` (default:
+        /// all).
         names: Vec<String>,
     },
     /// Run each fuzz target (all, or the ones named) for a while from its seed corpus.
