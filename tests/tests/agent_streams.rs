@@ -555,11 +555,15 @@ fn an_ndjson_upload_is_masked_before_the_server() -> Result<()> {
         interceptor_tests::llm_wire::JSON,
         vec!["{\"errors\": false}".into()],
     ));
+    // The lines come from a file: a command line is recorded with the session's identity.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("lines.ndjson");
+    std::fs::write(&file, lines.concat())?;
     let script = r#"
-import json, sys, time, httpx
+import sys, time, httpx
 def lines():
-    for line in json.loads(sys.argv[2]):
-        yield line.encode()
+    for line in open(sys.argv[2], "rb"):
+        yield line
         time.sleep(0.005)
 r = httpx.post(sys.argv[1], content=lines(), headers={"content-type": "application/x-ndjson"}, timeout=30)
 r.raise_for_status()
@@ -570,7 +574,7 @@ r.raise_for_status()
         "-c",
         script,
         &url,
-        &serde_json::to_string(&lines)?,
+        file.to_str().context("utf-8")?,
     ];
     let out = run_with_timeout(&mut f.d.exec_command(&["--include-loopback"], &argv), RUN)?;
     ensure!(
