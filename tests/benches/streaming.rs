@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use interceptor_tests::Daemon;
+use interceptor_tests::bench_report::run_client;
 use interceptor_tests::floor::{Sender, client_config, https_connect, tls_proxy};
 use interceptor_tests::https::{TestPki, intercepting_daemon};
 use interceptor_tests::llm_wire::Api;
@@ -206,23 +207,12 @@ fn run(
         roots.into(),
         route.into(),
     ];
-    let mut cmd = match path {
-        Path::Interceptor(d) => d.exec_command(&["--include-loopback"], &program),
-        _ => {
-            let mut c = std::process::Command::new(&program[0]);
-            c.args(&program[1..]);
-            c
-        }
+    let through = match path {
+        Path::Interceptor(d) => Some(*d),
+        _ => None,
     };
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!(
-            "client via {} failed: {}",
-            path.label(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let seen: Seen = serde_json::from_slice(&out.stdout)?;
+    let out = run_client(through, &program, &format!("via {}", path.label()))?;
+    let seen: Seen = serde_json::from_slice(&out)?;
     let sent = sent.lock().unwrap().clone();
     if seen.arrivals.len() != sent.len() {
         bail!(

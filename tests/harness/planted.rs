@@ -34,24 +34,35 @@ pub struct Planted {
 
 /// The first example of the shipped rule `id`.
 pub fn example(id: &str) -> Result<Planted> {
+    examples()?
+        .into_iter()
+        .find(|p| p.rule == id)
+        .with_context(|| format!("no shipped rule {id} with an example"))
+}
+
+/// The first example of every shipped rule that has one, in file and rule order.
+pub fn examples() -> Result<Vec<Planted>> {
     let dir = workspace_root().join("policies/rules");
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if path.extension().is_none_or(|e| e != "yaml") {
-            continue;
-        }
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
         let file: RuleFile = serde_norway::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("parsing {}", path.display()))?;
-        if let Some(rule) = file.rules.into_iter().find(|r| r.id == id) {
-            let ex = rule.examples.into_iter().next().context("no example")?;
-            return Ok(Planted {
-                rule: rule.id,
-                text: ex.text,
-                secret: ex.secret,
-            });
+        for rule in file.rules {
+            if let Some(ex) = rule.examples.into_iter().next() {
+                out.push(Planted {
+                    rule: rule.id,
+                    text: ex.text,
+                    secret: ex.secret,
+                });
+            }
         }
     }
-    anyhow::bail!("no shipped rule {id}")
+    Ok(out)
 }
 
 /// Bytes of a secret of `len` bytes the daemon leaves readable (as
