@@ -112,8 +112,9 @@ impl Path<'_> {
 struct Measured {
     delays: Vec<u64>,
     ttft: Vec<u64>,
-    /// Runs in which a whole secret reached the client.
-    leaked: usize,
+    /// Secrets planted, and those the client got masked exactly (kept prefix, then `*`).
+    planted: usize,
+    masked: usize,
 }
 
 impl Measured {
@@ -226,10 +227,9 @@ fn run(
         m.delays.push(seen.arrivals[at].saturating_sub(sent[at]));
     }
     m.ttft.push(seen.arrivals[built.text_at[0]] - seen.start);
-    if seen.text.contains(SECRET) {
-        m.leaked += 1;
-    } else if !seen.text.contains(&masked(SECRET)) && !matches!(workload, Workload::Clean) {
-        bail!("via {}: the secret neither whole nor masked", path.label());
+    if !matches!(workload, Workload::Clean) {
+        m.planted += DELTAS.div_ceil(SECRET_EVERY);
+        m.masked += seen.text.matches(&masked(SECRET)).count();
     }
     Ok(())
 }
@@ -247,7 +247,7 @@ fn report(paths: &[Path<'_>], rows: &[(Workload, Vec<Measured>)]) -> String {
          headers). \"interceptor\" runs the client under `interceptor exec --include-loopback` \
          with masking on (the shipped rules); \"minimal proxy\" is rustls + hyper on both \
          sides and nothing else. Held: events that waited {} ms or more.\n\n\
-         | workload | path | time to first token (median) | per-event delay p50 | p99 | max | held | whole secrets reaching the client |\n\
+         | workload | path | time to first token (median) | per-event delay p50 | p99 | max | held | secrets masked in what the client got |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         PAUSE.as_millis(),
         PAUSE.as_millis(),
@@ -255,13 +255,13 @@ fn report(paths: &[Path<'_>], rows: &[(Workload, Vec<Measured>)]) -> String {
     );
     for (workload, measured) in rows {
         for (path, m) in paths.iter().zip(measured) {
-            let leaked = if matches!(workload, Workload::Clean) {
+            let masked = if matches!(workload, Workload::Clean) {
                 "-".to_owned()
             } else {
-                format!("{} of {RUNS} runs", m.leaked)
+                format!("{} of {}", m.masked, m.planted)
             };
             report.push_str(&format!(
-                "| {} | {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} of {} | {leaked} |\n",
+                "| {} | {} | {:.1} ms | {:.2} ms | {:.2} ms | {:.1} ms | {} of {} | {masked} |\n",
                 workload.label(),
                 path.label(),
                 m.ttft_ms(),

@@ -316,6 +316,12 @@ fn openai_chat_stream_masks_secrets_split_across_deltas() -> Result<()> {
         // `\n` before and after the token (JSON escapes next to it), cut in four.
         Call::stream(Api::OpenAiChat, said("github.ghp", &[2, 10, 20, 30])?, None),
         Call::stream(Api::OpenAiChat, bare("github.ghp", &[8, 20])?, None),
+        // Tokens 30 ms apart, as a slow model writes: longer than any idle pause a relay
+        // might take for the end of a stream.
+        Call {
+            pause: Duration::from_millis(30),
+            ..Call::stream(Api::OpenAiChat, said("aws.access-key-id", &[6, 13])?, None)
+        },
         // One delta per 3 bytes, and JSON arguments whose value is the secret.
         Call::stream(
             Api::OpenAiChat,
