@@ -202,23 +202,13 @@ impl Client<'_> {
             Path::Interceptor(_) => "interceptor",
             Path::Mitmproxy(_) => "mitmproxy",
         };
-        let mut cmd = match path {
-            Path::Interceptor(d) => d.exec_command(&["--include-loopback"], &program),
-            _ => {
-                let mut c = std::process::Command::new(&program[0]);
-                c.args(&program[1..]);
-                c
-            }
+        let through = match path {
+            Path::Interceptor(d) => Some(d),
+            _ => None,
         };
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!(
-                "client {} via {via} failed: {}",
-                self.mode,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        let what = format!("{} via {via}", self.mode);
+        let out = interceptor_tests::bench_report::run_client(through, &program, &what)?;
+        Ok(serde_json::from_slice(&out)?)
     }
 }
 

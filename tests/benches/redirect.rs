@@ -127,22 +127,8 @@ fn run_client(
             mode.into(),
             addr.to_string().into(),
         ];
-        let mut cmd = match daemon {
-            Some(d) => d.exec_command(&["--include-loopback"], &program),
-            None => {
-                let mut c = std::process::Command::new(&program[0]);
-                c.args(&program[1..]);
-                c
-            }
-        };
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!(
-                "client {mode} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        let out = interceptor_tests::bench_report::run_client(daemon, &program, mode)?;
+        Ok(serde_json::from_slice(&out)?)
     };
     let b = measure("bulk", bulk)?;
     let l = measure("latency", echo)?;

@@ -35,3 +35,29 @@ pub fn prepare(bench: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs a benchmark's client `program` (the bench binary in client mode) under `interceptor
+/// exec --include-loopback` when `through` is a daemon, else directly; its stdout, or an
+/// error naming `what` with its stderr.
+pub fn run_client(
+    through: Option<&crate::Daemon>,
+    program: &[std::ffi::OsString],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let mut cmd = match through {
+        Some(d) => d.exec_command(&["--include-loopback"], program),
+        None => {
+            let mut c = std::process::Command::new(&program[0]);
+            c.args(&program[1..]);
+            c
+        }
+    };
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "client {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}

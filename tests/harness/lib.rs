@@ -7,6 +7,9 @@
 //! * [`Netns`] and [`veth`]: network namespaces and veth links for "remote" test hosts.
 //! * [`Server`]: Python test servers (echo, hash, http) on 127.0.0.2+ or inside a netns.
 //! * [`client`]: the Python test client and its JSON report.
+//! * [`streaming::StreamServer`]: an HTTPS server pacing streamed replies event by event;
+//!   [`llm_wire`] builds them in the LLM APIs' formats, [`planted`] splits the shipped rules'
+//!   example secrets into their deltas.
 //! * [`TestUser`] and [`TestGroup`]: local users and groups (useradd, groupadd) to run
 //!   commands as.
 //!
@@ -18,10 +21,13 @@ pub mod client;
 pub mod daemon;
 pub mod floor;
 pub mod https;
+pub mod llm_wire;
 pub mod model;
 pub mod netns;
+pub mod planted;
 pub mod proc;
 pub mod server;
+pub mod streaming;
 pub mod users;
 pub mod util;
 

@@ -49,7 +49,8 @@ enum Cmd {
     /// Set up, build the release daemon and run the benchmarks (all, or the ones named); each
     /// writes its own section of docs/benchmarks.md.
     Bench {
-        /// Bench targets to run: `redirect`, `https`, `masking`, `memory`, `start` (default: all).
+        /// Bench targets to run: `redirect`, `https`, `masking`, `memory`, `start`, `streaming`
+        /// (default: all).
         names: Vec<String>,
     },
     /// Run each fuzz target (all, or the ones named) for a while from its seed corpus.
@@ -206,8 +207,9 @@ fn setup_apt() -> Result<()> {
 /// Python modules the end-to-end tests import beyond the standard library (each installed
 /// by pip under the same name): `h2` for HTTP/2 clients, `brotli` and `zstandard` to encode
 /// test bodies, `requests` and `httpx` (HTTP/2 through `h2`) as the certifi-based clients
-/// exec must make trust the CA, and the official SDKs agents use (`openai`, `anthropic`).
-const PYTHON_MODULES: [&str; 7] = [
+/// exec must make trust the CA, and the official SDKs agents use (`openai`, `anthropic`, and
+/// `mcp` for both ends of an MCP tool call).
+const PYTHON_MODULES: [&str; 8] = [
     "h2",
     "brotli",
     "zstandard",
@@ -215,6 +217,7 @@ const PYTHON_MODULES: [&str; 7] = [
     "httpx",
     "openai",
     "anthropic",
+    "mcp",
 ];
 
 fn setup_python_modules() -> Result<()> {
