@@ -15,9 +15,12 @@ pub mod settings;
 pub mod tokenize;
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +43,7 @@ use interceptor::relay_scan::Counters;
 use refusal::ErrorShape;
 
 /// Drives the client connection toward the upstream.
-type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type UpstreamDriver = Boxed<()>;
 
 /// How long a finished workload connection waits for its upstream connection to wind down.
 const UPSTREAM_LINGER: Duration = Duration::from_secs(5);
@@ -105,10 +108,12 @@ struct Connection {
     upgrades: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Request bodies go upstream boxed: hyper's HTTP/1 client keeps a queue of requests for the
+/// connection's life, with room for 32 of them from the start.
 enum Upstream {
     /// HTTP/1 carries one exchange at a time; the lock makes pipelined requests wait.
-    Http1(tokio::sync::Mutex<client1::SendRequest<Metered>>),
-    Http2(client2::SendRequest<Metered>),
+    Http1(tokio::sync::Mutex<client1::SendRequest<HttpBody>>),
+    Http2(client2::SendRequest<HttpBody>),
 }
 
 /// Where a connection comes from and goes to, for its records.
@@ -132,130 +137,195 @@ impl HttpLayer {
     }
 
     /// Serves one workload connection until it ends.
-    pub async fn serve<C, U>(
+    ///
+    /// The future lives as long as the connection, idle or not, so it holds little itself:
+    /// the handshake's state is boxed and freed once done, the client's connection is boxed
+    /// and sized for the protocol spoken, and no stream or connection is awaited where it
+    /// was given (an async block keeps a value it was given beside whatever it moves it into).
+    pub fn serve<C, U>(
         &self,
         recorder: Recorder,
         info: ConnectionInfo,
         version: Version,
         client: C,
         upstream: U,
-    ) -> Result<(), HttpError>
+    ) -> impl Future<Output = Result<(), HttpError>> + Send + 'static
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let upstream = TokioIo::new(upstream);
-        let (sender, mut upstream_driver) = match version {
-            Version::Http1 => {
-                let (sender, conn) = client1::handshake(upstream)
-                    .await
-                    .map_err(HttpError::Handshake)?;
-                let driver: UpstreamDriver = Box::pin(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream HTTP/1 connection");
-                    }
-                });
-                (Upstream::Http1(tokio::sync::Mutex::new(sender)), driver)
+        let (hooks, header_timeout) = (self.hooks.clone(), self.header_timeout);
+        let client = Box::new(client);
+        let handshake = handshake(version, TokioIo::new(upstream));
+        async move {
+            let (sender, mut upstream_driver) = handshake.await?;
+            let conn = Arc::new(Connection {
+                recorder,
+                hooks,
+                session: info.session,
+                destination: info.destination,
+                sni: info.sni,
+                identity: info.identity,
+                enrollment: info.enrollment,
+                streams: info.streams,
+                next_seq: AtomicU64::new(0),
+                upstream: sender,
+                upgrades: Mutex::new(Vec::new()),
+            });
+            let shared = conn.clone();
+            let mut server = serve_client(version, client, conn, header_timeout);
+            // Both connections are driven by this one task: a request and its response never
+            // wait for a wake-up on another thread.
+            let mut upstream_done = false;
+            let served = loop {
+                tokio::select! {
+                    served = &mut server => break served,
+                    () = &mut upstream_driver, if !upstream_done => upstream_done = true,
+                }
+            };
+            // The session ends when everything on it has: upgraded streams, then the upstream
+            // connection (which lets go of the last request bodies, so every exchange is
+            // recorded before the session's end).
+            let upgrades = std::mem::take(&mut *shared.upgrades.lock().unwrap());
+            for upgrade in upgrades {
+                let _ = upgrade.await;
             }
-            Version::Http2 => {
-                let (sender, conn) = client2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(upstream)
+            drop(shared);
+            if !upstream_done
+                && tokio::time::timeout(UPSTREAM_LINGER, upstream_driver)
                     .await
-                    .map_err(HttpError::Handshake)?;
-                let driver: UpstreamDriver = Box::pin(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection");
-                    }
-                });
-                (Upstream::Http2(sender), driver)
+                    .is_err()
+            {
+                tracing::debug!(
+                    session = info.session,
+                    "upstream connection still busy after the workload's ended; closing it"
+                );
             }
-        };
-        let conn = Arc::new(Connection {
-            recorder,
-            hooks: self.hooks.clone(),
-            session: info.session,
-            destination: info.destination,
-            sni: info.sni,
-            identity: info.identity,
-            enrollment: info.enrollment,
-            streams: info.streams,
-            next_seq: AtomicU64::new(0),
-            upstream: sender,
-            upgrades: Mutex::new(Vec::new()),
-        });
-        let shared = conn.clone();
-        // HTTP/2 counts requests in progress for its header timeout.
-        let in_flight = Arc::new(idle::InFlight::default());
-        let counted = (version == Version::Http2).then(|| in_flight.clone());
-        let service = hyper::service::service_fn(move |req| {
-            let conn = conn.clone();
-            let busy = counted.as_ref().map(|c| c.busy());
-            async move { Ok::<_, Infallible>(conn.forward(req, busy).await) }
-        });
-        let client = TokioIo::new(client);
-        let server = async {
-            match version {
-                Version::Http1 => server1::Builder::new()
+            served
+        }
+    }
+}
+
+/// A boxed future, sized for what it is.
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The upstream side's HTTP handshake: the sender for requests, and the future that drives
+/// the connection.
+fn handshake<U>(
+    version: Version,
+    upstream: TokioIo<U>,
+) -> Boxed<Result<(Upstream, UpstreamDriver), HttpError>>
+where
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        Version::Http1 => Box::pin(async move {
+            let (sender, conn) = client1::handshake(upstream)
+                .await
+                .map_err(HttpError::Handshake)?;
+            let sender = Upstream::Http1(tokio::sync::Mutex::new(sender));
+            Ok((
+                sender,
+                drive(conn.with_upgrades(), "upstream HTTP/1 connection"),
+            ))
+        }),
+        Version::Http2 => Box::pin(async move {
+            let (sender, conn) = client2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(upstream)
+                .await
+                .map_err(HttpError::Handshake)?;
+            Ok((
+                Upstream::Http2(sender),
+                drive(conn, "upstream HTTP/2 connection"),
+            ))
+        }),
+    }
+}
+
+/// Drives an upstream connection to its end, logging an error it ends with.
+fn drive<F>(conn: F, what: &'static str) -> UpstreamDriver
+where
+    F: Future<Output = hyper::Result<()>> + Unpin + Send + 'static,
+{
+    Box::pin(in_place(conn, move |done| {
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "{what}");
+        }
+    }))
+}
+
+/// Awaits `conn` where it is and drops it once it is done (as an async block awaiting it
+/// would), then `then` takes its output. An async block or fn that awaits a future it was
+/// given holds it twice: where it was given, and where it is awaited.
+fn in_place<F, T>(conn: F, then: impl FnOnce(F::Output) -> T) -> impl Future<Output = T>
+where
+    F: Future + Unpin,
+{
+    let mut pending = Some((conn, then));
+    poll_fn(move |cx| {
+        let (conn, _) = pending.as_mut().expect("polled after it completed");
+        let done = ready!(Pin::new(conn).poll(cx));
+        let (conn, then) = pending.take().expect("polled after it completed");
+        drop(conn);
+        Poll::Ready(then(done))
+    })
+}
+
+/// Serves the workload's side of the connection, forwarding its requests through `conn`.
+fn serve_client<C>(
+    version: Version,
+    client: Box<C>,
+    conn: Arc<Connection>,
+    header_timeout: Duration,
+) -> Boxed<Result<(), HttpError>>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // HTTP/2 counts requests in progress for its header timeout.
+    let in_flight = Arc::new(idle::InFlight::default());
+    let counted = (version == Version::Http2).then(|| in_flight.clone());
+    // hyper keeps a place for the service's future for the connection's life: a box, so an
+    // idle connection does not keep room for an exchange.
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        let busy = counted.as_ref().map(|c| c.busy());
+        let forward = Box::pin(async move { conn.forward(req, busy).await });
+        async move { Ok::<_, Infallible>(forward.await) }
+    });
+    let client = TokioIo::new(client);
+    match version {
+        Version::Http1 => {
+            let served = server1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(client, service)
+                .with_upgrades();
+            Box::pin(in_place(served, |served| served.map_err(HttpError::served)))
+        }
+        Version::Http2 => Box::pin(async move {
+            // Extended CONNECT (RFC 8441): WebSocket over HTTP/2.
+            let mut conn = Box::pin(
+                server2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
-                    .header_read_timeout(self.header_timeout)
-                    .serve_connection(client, service)
-                    .with_upgrades()
-                    .await
-                    .map_err(HttpError::served),
-                Version::Http2 => {
-                    // Extended CONNECT (RFC 8441): WebSocket over HTTP/2.
-                    let conn = server2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .enable_connect_protocol()
-                        .serve_connection(client, service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        served = conn.as_mut() => match served {
-                            // Gone once its streams were done: curl often resets, leaving
-                            // a last WINDOW_UPDATE of ours unread. That is a close.
-                            Err(e) if in_flight.is_idle() && went_away(&e) => Ok(()),
-                            served => served.map_err(HttpError::served),
-                        },
-                        () = in_flight.idle_for(self.header_timeout) => {
-                            // GOAWAY; with nothing in progress the connection ends at once.
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(self.header_timeout, conn).await;
-                            Err(HttpError::HeaderTimeout(self.header_timeout))
-                        }
-                    }
+                    .enable_connect_protocol()
+                    .serve_connection(client, service),
+            );
+            tokio::select! {
+                served = conn.as_mut() => match served {
+                    // Gone once its streams were done: curl often resets, leaving
+                    // a last WINDOW_UPDATE of ours unread. That is a close.
+                    Err(e) if in_flight.is_idle() && went_away(&e) => Ok(()),
+                    served => served.map_err(HttpError::served),
+                },
+                () = in_flight.idle_for(header_timeout) => {
+                    // GOAWAY; with nothing in progress the connection ends at once.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(header_timeout, conn).await;
+                    Err(HttpError::HeaderTimeout(header_timeout))
                 }
             }
-        };
-        // Both connections are driven by this one task: a request and its response never
-        // wait for a wake-up on another thread.
-        tokio::pin!(server);
-        let mut upstream_done = false;
-        let served = loop {
-            tokio::select! {
-                served = &mut server => break served,
-                () = &mut upstream_driver, if !upstream_done => upstream_done = true,
-            }
-        };
-        // The session ends when everything on it has: upgraded streams, then the upstream
-        // connection (which lets go of the last request bodies, so every exchange is
-        // recorded before the session's end).
-        let upgrades = std::mem::take(&mut *shared.upgrades.lock().unwrap());
-        for upgrade in upgrades {
-            let _ = upgrade.await;
-        }
-        drop(shared);
-        if !upstream_done
-            && tokio::time::timeout(UPSTREAM_LINGER, upstream_driver)
-                .await
-                .is_err()
-        {
-            tracing::debug!(
-                session = info.session,
-                "upstream connection still busy after the workload's ended; closing it"
-            );
-        }
-        served
+        }),
     }
 }
 
@@ -346,6 +416,7 @@ impl Connection {
             req.headers_mut()
                 .remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
         }
+        let req = req.map(BodyExt::boxed_unsync);
         let sent = match &self.upstream {
             Upstream::Http1(sender) => {
                 let mut sender = sender.lock().await;

@@ -1,7 +1,9 @@
 //! After the dial: decide from the first bytes what the connection speaks, and hand it to
 //! the layer that understands it (TLS, HTTP) or splice it as raw TCP.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -44,6 +46,30 @@ pub struct Peer {
 
 pub type Ended = (Outcome, Option<String>);
 
+/// A connection once it is set up: ended already, or the future that serves it until it
+/// ends. Setting up (sniffing, handshakes, policy) needs far more state than serving an idle
+/// connection does, and a task's future is as large as its largest state for as long as it
+/// lives: the set-up runs boxed and is freed, and what serves comes boxed, sized for itself.
+///
+/// The set-up's larger steps (handshakes, policy holds, the rarer paths) are boxed in turn,
+/// so that it is freed as small blocks: a large block freed after every set-up is where the
+/// connection's long-lived buffers (hyper's 8 KiB ones) would go next, every page of it
+/// written, where from fresh memory only the pages they use become resident.
+pub enum Then<'a> {
+    Ended(Ended),
+    Serve(Pin<Box<dyn Future<Output = Ended> + Send + 'a>>),
+}
+
+impl From<Ended> for Then<'_> {
+    fn from(ended: Ended) -> Self {
+        Then::Ended(ended)
+    }
+}
+
+fn serve<'a>(serving: impl Future<Output = Ended> + Send + 'a) -> Then<'a> {
+    Then::Serve(Box::pin(serving))
+}
+
 impl Proxy {
     pub(super) async fn dispatch(
         &self,
@@ -51,13 +77,13 @@ impl Proxy {
         client: TcpStream,
         mut upstream: Upstream,
         traffic: Arc<Traffic>,
-    ) -> Ended {
+    ) -> Then<'_> {
         let (id, dest) = (peer.id, peer.dest);
         let enrollment = peer.enrollment.as_deref();
         let needs_http = (self.gate).needs_http(&peer.identity, enrollment, None, dest);
         let sniffed = match upstream.sniff(&client, needs_http).await {
             Ok(s) => s,
-            Err(e) => return super::dial_failed(&client, dest, &e),
+            Err(e) => return super::dial_failed(&client, dest, &e).into(),
         };
         tracing::debug!(session = id, protocol = ?sniffed.protocol, "first bytes");
         let version = match sniffed.protocol {
@@ -69,22 +95,22 @@ impl Proxy {
                     (self.gate).on_opaque(id, &peer.identity, enrollment, None, dest, false);
                 if let Err(why) = opaque.await {
                     relay::reset(&client);
-                    return (Outcome::Denied, Some(why));
+                    return (Outcome::Denied, Some(why)).into();
                 }
                 let upstream = match upstream.connect().await {
                     Ok(u) => u,
-                    Err(e) => return super::dial_failed(&client, dest, &e),
+                    Err(e) => return super::dial_failed(&client, dest, &e).into(),
                 };
                 // Scanned when the policy's decision for it selects secret rules.
                 let scan = self.stream_scan(id, &peer.identity, enrollment, None, dest);
                 if needs_http && sniffed.server_first {
                     let client = Counted::client(client, traffic.clone());
                     let upstream = Counted::upstream(upstream, traffic);
-                    return relay_unread(scan.as_ref(), client, upstream).await;
+                    return serve(relay_unread(scan, client, upstream));
                 }
                 return match scan {
-                    Some(scan) => scan_tcp(&scan, client, upstream, &traffic).await,
-                    None => splice(client, upstream, &traffic).await,
+                    Some(scan) => serve(scan_tcp(scan, client, upstream, traffic)),
+                    None => serve(splice(client, upstream, traffic)),
                 };
             }
             Protocol::Http1 => Version::Http1,
@@ -100,11 +126,11 @@ impl Proxy {
         };
         let upstream = match upstream.connect().await {
             Ok(u) => u,
-            Err(e) => return super::dial_failed(&client, dest, &e),
+            Err(e) => return super::dial_failed(&client, dest, &e).into(),
         };
         let client = Counted::client(client, traffic.clone());
         let upstream = Counted::upstream(upstream, traffic);
-        self.serve_http(info, version, client, upstream).await
+        self.serve_http(info, version, client, upstream)
     }
 
     async fn terminate_tls(
@@ -113,7 +139,7 @@ impl Proxy {
         mut client: TcpStream,
         upstream: Upstream,
         traffic: Arc<Traffic>,
-    ) -> Ended {
+    ) -> Then<'_> {
         let (id, dest) = (peer.id, peer.dest);
         let tls = &self.tls;
         let limit = tls.handshake_timeout;
@@ -144,21 +170,21 @@ impl Proxy {
             hello.sni.as_deref(),
             dest,
         );
-        let (decision, allowed) = decided.await;
+        let (decision, allowed) = Box::pin(decided).await;
         info.policy = Some(decision);
         let policy_tls = match allowed {
             Ok(t) => t,
             Err(why) => {
                 self.store.append(Event::Tls(info));
                 let _ = client.write_all(&ACCESS_DENIED).await;
-                return (Outcome::Denied, Some(why));
+                return (Outcome::Denied, Some(why)).into();
             }
         };
         let upstream = match upstream.connect().await {
             Ok(u) => u,
             Err(e) => {
                 self.store.append(Event::Tls(info));
-                return super::dial_failed(&client, dest, &e);
+                return super::dial_failed(&client, dest, &e).into();
             }
         };
         let passthrough = match policy_tls {
@@ -169,7 +195,7 @@ impl Proxy {
         if passthrough {
             info.mode = TlsMode::Passthrough;
             self.store.append(Event::Tls(info));
-            return splice(client, upstream, &traffic).await;
+            return serve(splice(client, upstream, traffic));
         }
         // Without SNI the client dialled an address; that is the name it will verify.
         let name = hello.sni.clone().unwrap_or_else(|| dest.ip().to_string());
@@ -181,10 +207,10 @@ impl Proxy {
             }
         };
         let upstream = Counted::upstream(upstream, traffic.clone());
-        let upstream = match timeout(
+        let upstream = match Box::pin(timeout(
             limit,
             tls.connect_upstream(server_name, hello.alpn.clone(), upstream),
-        )
+        ))
         .await
         {
             Ok(Ok(s)) => s,
@@ -198,7 +224,8 @@ impl Proxy {
                 return (
                     Outcome::UpstreamTlsError,
                     Some(format!("upstream TLS handshake for {name}: {why}")),
-                );
+                )
+                    .into();
             }
         };
         let alpn = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -220,7 +247,7 @@ impl Proxy {
                 .into_stream(config)
                 .await
         };
-        let client = match timeout(limit, accepted).await {
+        let client = match Box::pin(timeout(limit, accepted)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return client_tls_error(format!("client handshake: {e}")),
             Err(_) => {
@@ -237,16 +264,10 @@ impl Proxy {
             enrollment: peer.enrollment,
         };
         match alpn.as_deref() {
-            Some(b"h2") => {
-                self.serve_http(info, Version::Http2, client, upstream)
-                    .await
-            }
-            Some(b"http/1.1") => {
-                self.serve_http(info, Version::Http1, client, upstream)
-                    .await
-            }
-            Some(_) => self.relay_opaque(&info, client, upstream).await,
-            None => self.sniff_decrypted(info, client, upstream).await,
+            Some(b"h2") => self.serve_http(info, Version::Http2, client, upstream),
+            Some(b"http/1.1") => self.serve_http(info, Version::Http1, client, upstream),
+            Some(_) => Box::pin(self.relay_opaque(info, client, upstream)).await,
+            None => Box::pin(self.sniff_decrypted(info, client, upstream)).await,
         }
     }
 
@@ -260,7 +281,7 @@ impl Proxy {
         info: ConnectionInfo,
         mut client: C,
         mut upstream: U,
-    ) -> Ended
+    ) -> Then<'_>
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -295,32 +316,31 @@ impl Proxy {
                 }
                 () = &mut grace, if first.is_empty() => {
                     let client = NotHttp::new(Prefixed::new(Vec::new(), client));
-                    return self.relay_opaque(&info, client, Prefixed::new(from_upstream, upstream)).await;
+                    return self.relay_opaque(info, client, Prefixed::new(from_upstream, upstream)).await;
                 }
             }
         };
         let client = Prefixed::new(first, client);
         let upstream = Prefixed::new(from_upstream, upstream);
         match protocol {
-            Protocol::Http1 => {
-                self.serve_http(info, Version::Http1, client, upstream)
-                    .await
-            }
-            Protocol::H2Prior => {
-                self.serve_http(info, Version::Http2, client, upstream)
-                    .await
-            }
-            _ => self.relay_opaque(&info, client, upstream).await,
+            Protocol::Http1 => self.serve_http(info, Version::Http1, client, upstream),
+            Protocol::H2Prior => self.serve_http(info, Version::Http2, client, upstream),
+            _ => self.relay_opaque(info, client, upstream).await,
         }
     }
 
     /// A decrypted stream that is not HTTP: decided by the policy without its HTTP rules
     /// (when HTTP rules were what sent it here), then relayed, through the scanner when
     /// secrets are masked.
-    async fn relay_opaque<C, U>(&self, info: &ConnectionInfo, client: C, upstream: U) -> Ended
+    async fn relay_opaque<C, U>(
+        &self,
+        info: ConnectionInfo,
+        mut client: C,
+        mut upstream: U,
+    ) -> Then<'_>
     where
-        C: AsyncRead + AsyncWrite + Unpin,
-        U: AsyncRead + AsyncWrite + Unpin,
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let opaque = self.gate.on_opaque(
             info.session,
@@ -331,60 +351,69 @@ impl Proxy {
             true,
         );
         if let Err(why) = opaque.await {
-            return (Outcome::Denied, Some(why));
+            return (Outcome::Denied, Some(why)).into();
         }
-        match &info.streams {
-            // The wire bytes are counted under TLS already.
-            Some(scan) => match scan.relay(client, upstream, &Counters::default()).await {
-                Ok(()) => (Outcome::Closed, None),
-                Err(e) => scan_failed(&e, format!("decrypted relay: {e}")),
-            },
-            None => relay_decrypted(client, upstream).await,
+        match info.streams {
+            // The wire bytes are counted under TLS already. The streams are relayed where
+            // they are, not moved into the relay's state beside this one's.
+            Some(scan) => serve(async move {
+                match scan
+                    .relay(&mut client, &mut upstream, &Counters::default())
+                    .await
+                {
+                    Ok(()) => (Outcome::Closed, None),
+                    Err(e) => scan_failed(&e, format!("decrypted relay: {e}")),
+                }
+            }),
+            None => serve(async move { relay_decrypted(&mut client, &mut upstream).await }),
         }
     }
 
-    async fn serve_http<C, U>(
+    fn serve_http<C, U>(
         &self,
         info: ConnectionInfo,
         version: Version,
         client: C,
         upstream: U,
-    ) -> Ended
+    ) -> Then<'static>
     where
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let store = self.store.clone();
         let recorder: Recorder = Arc::new(move |exchange| store.append(Event::Http(exchange)));
-        match self
-            .http
-            .serve(recorder, info, version, client, upstream)
-            .await
-        {
-            Ok(()) => (Outcome::Closed, None),
-            Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
-            Err(e @ HttpError::UpstreamBody(_)) => (
-                Outcome::UpstreamError,
+        // Boxed: awaited in place, not copied into the mapping's state.
+        let served = Box::pin(self.http.serve(recorder, info, version, client, upstream));
+        serve(async move { http_ended(served.await) })
+    }
+}
+
+/// How an HTTP connection ended, for its session record.
+fn http_ended(served: Result<(), HttpError>) -> Ended {
+    match served {
+        Ok(()) => (Outcome::Closed, None),
+        Err(e @ HttpError::Handshake(_)) => (Outcome::UpstreamError, Some(e.to_string())),
+        Err(e @ HttpError::UpstreamBody(_)) => (
+            Outcome::UpstreamError,
+            Some(format!("HTTP: {}", crate::errors::chain(&e))),
+        ),
+        Err(e @ (HttpError::Serve(_) | HttpError::HeaderTimeout(_))) => {
+            // With its causes: "connection error" alone does not say reset or EOF.
+            (
+                Outcome::ClientError,
                 Some(format!("HTTP: {}", crate::errors::chain(&e))),
-            ),
-            Err(e @ (HttpError::Serve(_) | HttpError::HeaderTimeout(_))) => {
-                // With its causes: "connection error" alone does not say reset or EOF.
-                (
-                    Outcome::ClientError,
-                    Some(format!("HTTP: {}", crate::errors::chain(&e))),
-                )
-            }
+            )
         }
     }
 }
 
 /// A decrypted stream that is not HTTP: relayed as it is.
-async fn relay_decrypted<C, U>(mut client: C, mut upstream: U) -> Ended
+async fn relay_decrypted<C, U>(client: &mut C, upstream: &mut U) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    match super::relay_streams(&mut client, &mut upstream).await {
+    match super::relay_streams(client, upstream).await {
         Ok(()) => (Outcome::Closed, None),
         Err(e) => (Outcome::ClientError, Some(format!("decrypted relay: {e}"))),
     }
@@ -392,10 +421,10 @@ where
 
 /// Raw TCP with secret masking: copied through the scanning relay instead of spliced.
 async fn scan_tcp(
-    scan: &StreamScan,
+    scan: Arc<StreamScan>,
     mut client: TcpStream,
     mut upstream: TcpStream,
-    traffic: &Traffic,
+    traffic: Arc<Traffic>,
 ) -> Ended {
     let counters = Counters::default();
     let relayed = scan.relay(&mut client, &mut upstream, &counters).await;
@@ -424,16 +453,16 @@ fn scan_failed(e: &ScanRelayError, why: String) -> Ended {
     (outcome, Some(why))
 }
 
-fn client_tls_error(why: String) -> Ended {
-    (Outcome::ClientTlsError, Some(why))
+fn client_tls_error<'a>(why: String) -> Then<'a> {
+    (Outcome::ClientTlsError, Some(why)).into()
 }
 
 fn lossy(protocol: &[u8]) -> String {
     String::from_utf8_lossy(protocol).into_owned()
 }
 
-async fn splice(client: TcpStream, upstream: TcpStream, traffic: &Traffic) -> Ended {
-    match relay::relay(client, upstream, traffic).await {
+async fn splice(client: TcpStream, upstream: TcpStream, traffic: Arc<Traffic>) -> Ended {
+    match relay::relay(client, upstream, &traffic).await {
         Ok(()) => (Outcome::Closed, None),
         Err(e) => {
             let outcome = match e.side {
@@ -448,14 +477,14 @@ async fn splice(client: TcpStream, upstream: TcpStream, traffic: &Traffic) -> En
 /// A connection the policy decides by its HTTP requests whose server spoke first: relayed
 /// (scanned if its decision masks) with the client's first bytes checked, and refused if the
 /// client turns out to speak HTTP (it could only be relayed uninspected).
-async fn relay_unread<C, U>(scan: Option<&Arc<StreamScan>>, client: C, upstream: U) -> Ended
+async fn relay_unread<C, U>(scan: Option<Arc<StreamScan>>, client: C, upstream: U) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client = NotHttp::new(client);
     let mut upstream = upstream;
-    let relayed = match scan {
+    let relayed = match &scan {
         Some(scan) => (scan
             .relay(&mut client, &mut upstream, &Counters::default())
             .await)

@@ -17,6 +17,11 @@ pub enum PeekError {
     Io(#[from] io::Error),
 }
 
+/// What a peek reads at first. A ClientHello may take up to 64 KiB: a buffer that large for
+/// every connection is a large block freed again at once, whose memory the connection's
+/// long-lived buffers then take, written pages and all.
+const FIRST_PEEK: usize = 4096;
+
 /// Peeks at `tcp` until `decide` returns a verdict on the bytes seen so far, at most `max`.
 ///
 /// Waiting for "more than what is there" uses `SO_RCVLOWAT`, so the task sleeps until the
@@ -26,7 +31,9 @@ pub async fn peek_until<T>(
     max: usize,
     mut decide: impl FnMut(&[u8]) -> Option<T>,
 ) -> Result<T, PeekError> {
-    let mut buf = vec![0u8; max];
+    // Most decisions come from a few hundred bytes: the buffer grows toward `max` only when
+    // the bytes there fill it.
+    let mut buf = vec![0u8; max.min(FIRST_PEEK)];
     let mut want = 1;
     // Also when this future is dropped half-way (the upstream spoke first, a timeout): a
     // low-water mark left behind would stall the relay that takes the socket next.
@@ -45,6 +52,11 @@ pub async fn peek_until<T>(
             Ok(n) => match decide(&buf[..n]) {
                 Some(verdict) => break Ok(verdict),
                 None if n == max => break Err(PeekError::TooLarge(n)),
+                // More may be there already: peek again with room for it.
+                None if n == buf.len() => {
+                    buf.resize((2 * n).min(max), 0);
+                    want = n + 1;
+                }
                 None if ready.is_read_closed() => break Err(PeekError::Closed(n)),
                 None => want = n + 1,
             },
@@ -136,6 +148,22 @@ mod tests {
         let mut all = [0u8; 8];
         r.read_exact(&mut all).await.unwrap();
         assert_eq!(&all, b"GET / x\n");
+    }
+
+    #[tokio::test]
+    async fn a_verdict_past_the_first_peek_is_reached_with_the_bytes_already_there() {
+        let (mut w, r) = pair().await;
+        let sent = vec![b'x'; 3 * FIRST_PEEK + 1];
+        w.write_all(&sent).await.unwrap();
+        let len = peek_until(&r, 64 << 10, |b| (b.len() == sent.len()).then_some(b.len()));
+        assert_eq!(len.await.unwrap(), sent.len());
+        let e = peek_until(&r, 2 * FIRST_PEEK, |_| None::<()>)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, PeekError::TooLarge(n) if n == 2 * FIRST_PEEK),
+            "{e}"
+        );
     }
 
     #[tokio::test]
