@@ -65,9 +65,12 @@ impl std::fmt::Debug for SecretHasher {
     }
 }
 
+/// Most bytes of a secret left readable at its start.
+pub const MAX_KEPT_PREFIX: usize = 4;
+
 /// Bytes of a secret of `len` bytes left readable at its start, for recognition.
 pub fn kept_prefix(len: usize) -> usize {
-    (len / 4).min(4)
+    (len / 4).min(MAX_KEPT_PREFIX)
 }
 
 /// Same-length masking: keeps a short prefix and replaces the rest with `*`.

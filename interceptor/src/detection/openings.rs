@@ -21,11 +21,11 @@ use super::tolerant::{self, Precision};
 /// Most rules' runs die within a word of ordinary text (a literal prefix such as `AKIA` or
 /// `ghp_`, a keyword, a digit where text has letters): a run of theirs is open once it has
 /// taken two bytes. A few begin with a class that every word or number fits (`\b[A-Za-z0-9]
-/// {14}\.atlasv1\.`, `(?:^|[^0-9])[0-9]{8,10}:AA`), so text ending in any word would wait: a
-/// run of those *word-like* rules is open once it holds [`WORD_LIKE_HEAD`] bytes, longer
-/// than words. A shorter head may go on before the rest comes (the masker still masks the
-/// rest and records the secret as forwarded in part).
-pub const WORD_LIKE_HEAD: usize = 12;
+/// {14}\.atlasv1\.`, `(?:^|[^0-9])[0-9]{8,10}:AA`), so text ending in any short word would
+/// wait: a run of those *word-like* rules is open once it holds [`WORD_LIKE_HEAD`] bytes.
+/// The head that may go on before the rest comes is no longer than the prefix masking keeps
+/// readable anyway, so it shows nothing the mask would not.
+pub const WORD_LIKE_HEAD: usize = super::finding::MAX_KEPT_PREFIX + 1;
 
 /// Ordinary text a rule is tried on: alive at the end of any of these, it is word-like.
 const WORD_PROBES: [&str; 7] = [
@@ -293,13 +293,15 @@ mod tests {
         assert_eq!(first_open("Hello, how can I help you today? "), None);
         assert_eq!(first_open("x AKIA4UAVNHXTUL3D4D4U "), None);
         // No word boundary before it: never a match.
-        assert_eq!(first_open("xAKIA4U"), None);
-        assert_eq!(first_open("AKIA4u"), None);
+        assert_eq!(first_open("xAKIA4U "), None);
+        assert_eq!(first_open("AKIA4u "), None);
     }
 
     #[test]
-    fn a_word_like_rule_is_open_only_past_a_words_length() {
-        assert_eq!(first_open("see you today"), None);
+    fn a_word_like_rule_is_open_only_past_the_kept_prefix() {
+        // Four bytes are what masking would show of a secret anyway.
+        assert_eq!(first_open("see you then"), None);
+        assert_eq!(first_open("see you today"), Some(8));
         assert_eq!(first_open("id Ab3dEf5gH7jK9"), Some(3));
         assert_eq!(first_open("id Ab3dEf5gH7jK9mN1pQ"), None);
     }

@@ -103,6 +103,10 @@ impl Channel {
             .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
             .count();
         let growing = self.pieces > 1 && !self.repeated;
+        // A value that repeats (an id or type in every event) is whole each time: a run open
+        // only within it ends with it. One open from an earlier piece still waits.
+        let piece_start = self.end() - self.last.len() as u64;
+        let open = open.filter(|&at| !self.repeated || at < piece_start);
         if open.is_none() && (base64_run < OPEN_BASE64_RUN || !growing) {
             self.flush()?;
         }

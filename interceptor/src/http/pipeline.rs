@@ -24,8 +24,12 @@ const IN_FLIGHT: usize = 4;
 /// Data is transformed and sent on in pieces of at most this many bytes.
 const PIECE: usize = 64 * 1024;
 /// How long a body may pause while its transform holds bytes back before they go anyway
-/// (a streamed answer's last tokens; a client waiting for the end of a request line).
-const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(20);
+/// (a streamed answer's last tokens; a client waiting for the end of a request line). What
+/// goes is confirmed as if the body ended there, so a secret whose rest comes later would go
+/// in part: the pause must outlast the gaps between a model's tokens (10-50 ms from hosted
+/// APIs, up to ~200 ms from a local model on a CPU), while only a tail that could still be a
+/// secret ever waits for it.
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(250);
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
 /// The transform, shared so that whichever side ends the body records what it kept.
