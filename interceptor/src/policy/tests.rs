@@ -405,7 +405,11 @@ fn shipped_policies_compile() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let mut files = vec![root.join("default.toml")];
     for entry in std::fs::read_dir(root.join("examples")).unwrap() {
-        files.push(entry.unwrap().path());
+        let path = entry.unwrap().path();
+        // The examples' vault sample is checked by the vault's tests.
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
     }
     assert!(files.len() >= 4, "{files:?}");
     let rules = crate::detection::load_dir(&root.join("rules")).unwrap();

@@ -244,3 +244,28 @@ fn a_stream_swaps_placeholders_split_at_every_point() {
         "{err}"
     );
 }
+
+#[test]
+fn the_sample_vault_loads_and_serves_the_example_policys_credential() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/examples");
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(examples.join("vault.yaml")).unwrap();
+    let vault = Vault::load(&write_vault(dir.path(), "vault.yaml", &text)).unwrap();
+    let policy = std::fs::read_to_string(examples.join("ai-agent.toml")).unwrap();
+    for c in vault.credentials() {
+        assert!(policy.contains(&format!("\"{}\"", c.name)), "{}", c.name);
+    }
+    let caller = Caller {
+        exe: Some("/usr/bin/python3.11"),
+        uid: 1000,
+        cgroup: None,
+        container: None,
+    };
+    let to = |host| Destination {
+        host,
+        path: "/v1/chat/completions",
+    };
+    let key = &vault.credentials()[0];
+    assert!(key.authorize(&caller, &to("api.openai.com")).is_ok());
+    assert!(key.authorize(&caller, &to("example.com")).is_err());
+}
