@@ -220,20 +220,22 @@ fn assert_masked(
 }
 
 /// Which cut points the split tests try: every `stride`-th, starting at a different one for
-/// each example (`EVENT_SPLIT_STRIDE=1` tries them all; the default keeps the debug build's
-/// test time in CI's budget, and over the examples still reaches every offset class).
-fn stride() -> usize {
+/// each example (`EVENT_SPLIT_STRIDE=1` tries them all). By default about 30 examples' worth
+/// of cuts per shape in all, however many rules there are: the debug build's test time stays
+/// in CI's budget, and over the examples every offset class is still reached.
+fn stride(examples: usize) -> usize {
     std::env::var("EVENT_SPLIT_STRIDE")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(7)
+        .unwrap_or(examples.div_ceil(30).max(7))
 }
 
 #[test]
 fn every_example_split_in_two_is_masked_in_every_format() {
-    let stride = stride();
-    for (n, (word_like, example, secret)) in examples().iter().enumerate() {
+    let examples = examples();
+    let stride = stride(examples.len());
+    for (n, (word_like, example, secret)) in examples.iter().enumerate() {
         for shape in SHAPES {
             let text = format!("Here it is: {} and more.", text_of(shape, example));
             let expected = masked_whole(shape, &text);
@@ -252,10 +254,11 @@ fn every_example_split_in_two_is_masked_in_every_format() {
 
 #[test]
 fn examples_split_into_many_deltas_are_masked_in_every_format() {
-    let stride = stride();
+    let examples = examples();
+    let stride = stride(examples.len());
     // A share of the examples (a different one for each format), every byte its own delta
     // and deltas of a few bytes.
-    for (n, (word_like, example, _)) in examples().iter().enumerate() {
+    for (n, (word_like, example, _)) in examples.iter().enumerate() {
         for (s, shape) in SHAPES.into_iter().enumerate() {
             if (n + s) % stride != 0 {
                 continue;
