@@ -130,6 +130,16 @@ impl Masker {
         Ok(())
     }
 
+    /// Forwards the held bytes before stream offset `to`, for a caller that knows no secret
+    /// still incomplete can start before it (an event stream asks its openings). Bytes of a
+    /// base64 run still wait for their segment.
+    pub fn release_before(&mut self, to: u64, out: &mut Vec<u8>) {
+        let to = to
+            .min(self.unscanned_from())
+            .min(self.sent + self.held() as u64);
+        self.release(to.saturating_sub(self.sent) as usize, out);
+    }
+
     /// End of stream: matches that only complete at the end, then everything held.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), ScanError> {
         let scratch = self.engine.lend_scratch();

@@ -107,8 +107,12 @@ impl Channel {
         // only within it ends with it. One open from an earlier piece still waits.
         let piece_start = self.end() - self.last.len() as u64;
         let open = open.filter(|&at| !self.repeated || at < piece_start);
-        if open.is_none() && (base64_run < OPEN_BASE64_RUN || !growing) {
-            self.flush()?;
+        match open {
+            // What comes before the first open position cannot be part of a secret still
+            // to be completed: it goes, and only the open tail waits.
+            Some(at) => self.masker.release_before(at, &mut self.released),
+            None if base64_run >= OPEN_BASE64_RUN && growing => {}
+            None => self.flush()?,
         }
         if self.window.len() > 2 * limit {
             let cut = self.window.len() - limit;

@@ -415,3 +415,23 @@ fn an_event_over_the_cap_is_masked_as_raw_bytes_from_there_on() {
     assert!(out.ends_with(" AKIA**************** \"}\n"));
     assert_eq!(out.len(), 20 + MAX_EVENT + 25);
 }
+
+#[test]
+fn a_tail_that_stays_open_holds_only_itself() {
+    // Every delta ends in a word a rule could still go on from: each waits for the next one
+    // at most, never for the end of the stream.
+    let shape = Shape::ChatContent;
+    let mut masker = EventMasker::new(shape.format(), engine(), hasher(), None);
+    let mut out = Vec::new();
+    for n in 0..40 {
+        masker
+            .push(shape.event(n, &format!(" build{n}")).as_bytes(), &mut out)
+            .unwrap();
+        assert!(
+            shape.assembled(&out).1 + 1 >= n,
+            "event {n} still waits for older ones"
+        );
+    }
+    masker.finish(&mut out).unwrap();
+    assert_eq!(shape.assembled(&out).1, 40);
+}
