@@ -125,6 +125,12 @@ impl Channel {
         Ok(())
     }
 
+    /// A value seen in one event only (`"role":"assistant"` in the first) that the next
+    /// event did not go on with: it was whole, not the start of a text that grows.
+    pub(super) fn ended_after_one_piece(&self) -> bool {
+        self.pieces == 1 && self.released_end() < self.end()
+    }
+
     /// Lets everything go, confirmed as if the text ended here (it goes on).
     pub(super) fn flush(&mut self) -> Result<(), ScanError> {
         self.masker.flush(&mut self.released)

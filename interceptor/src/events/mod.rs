@@ -214,6 +214,7 @@ impl EventMasker {
                             literal: Some(field.literal),
                         });
                     }
+                    self.end_one_piece_values(&pieces)?;
                 }
                 None if !joined.is_empty() => {
                     let text = String::from_utf8_lossy(&joined).into_owned();
@@ -235,6 +236,21 @@ impl EventMasker {
             data,
             pieces,
         });
+        Ok(())
+    }
+
+    /// Values that came whole in the event before and not in this one let their event go
+    /// (otherwise the first event's `"role":"assistant"` would wait for the end of the
+    /// stream, and every event behind it). A text that grows in every event is untouched.
+    fn end_one_piece_values(&mut self, pieces: &[Piece]) -> Result<(), ScanError> {
+        for (i, c) in self.channels.iter_mut().enumerate() {
+            if c.ended_after_one_piece() && !pieces.iter().any(|p| p.channel == i) {
+                c.flush()?;
+                if !self.touched.contains(&i) {
+                    self.touched.push(i);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -423,7 +423,10 @@ fn a_tail_that_stays_open_holds_only_itself() {
     let shape = Shape::ChatContent;
     let mut masker = EventMasker::new(shape.format(), engine(), hasher(), None);
     let mut out = Vec::new();
-    for n in 0..40 {
+    // A first event with a value no later event has (a word that could start a secret).
+    let first = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+    masker.push(first.as_bytes(), &mut out).unwrap();
+    for n in 1..40 {
         masker
             .push(shape.event(n, &format!(" build{n}")).as_bytes(), &mut out)
             .unwrap();
