@@ -360,7 +360,12 @@ impl Connection {
             if exchange.error_shape == ErrorShape::JsonRpc {
                 // The refusal answers the request by its id.
                 let (start, _) = body.first_bytes(RPC_ID_PEEK, RPC_ID_WAIT).await;
-                return answer_rpc(&exchange, status, reason, refusal::json_rpc_id(&start));
+                return answer_rpc(
+                    &exchange,
+                    status,
+                    reason,
+                    interceptor::agent::mcp::answer_id(&start),
+                );
             }
             return answer(&exchange, status, reason);
         }
