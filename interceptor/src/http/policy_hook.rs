@@ -105,6 +105,7 @@ impl PolicyHook {
             method: head.method.as_str(),
             path: head.uri.path(),
             headers: &head.headers,
+            tool: interceptor::policy::Tool::NoCall,
         };
         let d = policy.decide_request(&facts, &request);
         let decision = PolicyDecision {
