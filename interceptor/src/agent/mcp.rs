@@ -42,9 +42,20 @@ pub enum Kind {
     Response,
 }
 
+/// A `tools/call` of a body.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Call<'a> {
+    pub id: Option<&'a Value>,
+    pub name: &'a str,
+    pub arguments: &'a Value,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum McpError {
-    #[error("the body is longer than the {} KiB read to find its tool calls", MAX_BODY / 1024)]
+    #[error(
+        "the body was not all read (longer than {} KiB, or slow to arrive)",
+        MAX_BODY / 1024
+    )]
     Truncated,
     #[error("the body is not valid JSON: {0}")]
     Malformed(String),
@@ -65,14 +76,18 @@ impl Body {
         }
     }
 
-    /// The `tools/call` messages: (name, arguments).
-    pub fn tool_calls(&self) -> impl Iterator<Item = (&str, &Value)> {
+    /// The `tools/call` messages, in order.
+    pub fn tool_calls(&self) -> impl Iterator<Item = Call<'_>> {
         let messages = match self {
             Body::Rpc(m) => &m[..],
             Body::Other => &[],
         };
         messages.iter().filter_map(|m| match &m.kind {
-            Kind::ToolCall { name, arguments } => Some((name.as_str(), arguments)),
+            Kind::ToolCall { name, arguments } => Some(Call {
+                id: m.id.as_ref(),
+                name,
+                arguments,
+            }),
             _ => None,
         })
     }
@@ -186,10 +201,11 @@ mod tests {
         let calls: Vec<_> = parsed.tool_calls().collect();
         assert_eq!(
             calls,
-            [(
-                "run_shell",
-                &json!({"command": "rm -rf /tmp/x", "env": {"A": "1"}})
-            )]
+            [Call {
+                id: Some(&json!(7)),
+                name: "run_shell",
+                arguments: &json!({"command": "rm -rf /tmp/x", "env": {"A": "1"}})
+            }]
         );
     }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::agent::HeldTool;
 use crate::policy::Approval;
 pub use webhook::Webhooks;
 
@@ -47,6 +48,8 @@ pub struct HoldRequest {
     pub headers: Vec<(String, String)>,
     /// Already masked by the caller.
     pub body_preview: Option<String>,
+    /// The tool call the request carries, arguments masked by the caller.
+    pub tool: Option<HeldTool>,
 }
 
 /// A held connection or request, as `approvals list` shows it and the webhook receives it.
@@ -60,6 +63,8 @@ pub struct Pending {
     pub request_line: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body_preview: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<HeldTool>,
     pub approver_users: Vec<String>,
     pub approver_groups: Vec<String>,
     #[serde(with = "humantime_serde")]
@@ -354,6 +359,7 @@ impl Approvals {
                 request_line: req.request_line,
                 headers: req.headers,
                 body_preview: req.body_preview,
+                tool: req.tool,
                 approver_users: req.approval.users,
                 approver_groups: req.approval.groups,
                 created_at: now,

@@ -33,6 +33,7 @@ fn request(timeout_ms: u64) -> HoldRequest {
         request_line: Some("POST /repos/o/r/pulls".into()),
         headers: vec![("authorization".into(), "Bearer [MASKED]".into())],
         body_preview: Some("{\"title\":\"x\"}".into()),
+        tool: None,
     }
 }
 

@@ -154,6 +154,20 @@ impl Masking {
         }
     }
 
+    /// The first `cap` bytes of `data` with every secret any rule finds masked, for people
+    /// to see; None when it could not be scanned. `data` should run a holdback past `cap`,
+    /// so that a secret starting before the cap is seen whole; `whole`: it is all there is
+    /// (else a stretch that may be an unconfirmed secret's start is not shown).
+    pub fn masked_start(&self, data: &[u8], whole: bool, cap: usize) -> Option<Vec<u8>> {
+        let mut masked = self.masked_copy(data)?;
+        let shown = match whole {
+            true => cap,
+            false => cap.min(masked.len().saturating_sub(self.holdback())),
+        };
+        masked.truncate(shown);
+        Some(masked)
+    }
+
     /// A finding in a raw stream, as the session records it.
     pub fn stream_finding(
         &self,

@@ -21,6 +21,11 @@ pub enum ErrorShape {
     JsonRpc,
 }
 
+/// In a request head's extensions: a hook read the body and it is JSON-RPC, so a refusal
+/// answers it as such, whatever its headers say.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonRpcBody;
+
 const OPENAI_ENDPOINTS: [&str; 7] = [
     "/chat/completions",
     "/completions",

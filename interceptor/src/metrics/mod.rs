@@ -77,6 +77,7 @@ impl Metrics {
             }
             Event::Tls(_)
             | Event::Stream(_)
+            | Event::ToolCall(_)
             | Event::Retention(_)
             | Event::PolicyLoaded(_)
             | Event::Damage(_)

@@ -17,6 +17,6 @@ mod writer;
 
 pub use record::{
     Event, HttpExchange, Outcome, PolicyDecision, RecordedBody, Session, SessionEnd, SessionStart,
-    TlsInfo, TlsMode, UpgradedBytes,
+    TlsInfo, TlsMode, ToolCallRecord, UpgradedBytes,
 };
 pub use store::{Store, StoreWriter};

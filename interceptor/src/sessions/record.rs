@@ -90,6 +90,8 @@ pub enum Event {
     /// A change asked for on the control socket, done, refused or failed, and who asked; a
     /// store event.
     Control(ControlChange),
+    /// A tool call an agent made (an MCP `tools/call`), arguments masked.
+    ToolCall(ToolCallRecord),
 }
 
 impl Event {
@@ -107,6 +109,7 @@ impl Event {
             Event::Secret(s) => s.id,
             Event::Stream(s) => s.id,
             Event::Damage(_) => 0,
+            Event::ToolCall(t) => t.id,
         }
     }
 }
@@ -233,6 +236,26 @@ impl RecordedBody {
     }
 }
 
+/// A tool call seen in a request, and the policy decision that applied to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// The session.
+    pub id: u64,
+    /// The HTTP exchange that carried it.
+    pub seq: u64,
+    /// Where the call was read: "mcp" (a `tools/call` request).
+    pub source: String,
+    /// The JSON-RPC request's id (a number, or a string masked like the arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_id: Option<serde_json::Value>,
+    /// The tool's name, masked.
+    pub name: String,
+    #[serde(flatten)]
+    pub arguments: interceptor::agent::MaskedArguments,
+    /// The request's decision (or, for a connection decided as a whole, the connection's).
+    pub policy: PolicyDecision,
+}
+
 /// The first bytes of one direction of a stream that is not HTTP, masked; `bytes` is how much
 /// went that way in all.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -348,6 +371,8 @@ pub struct Session {
     pub secrets: Vec<SecretFinding>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamData>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRecord>,
 }
 
 impl Session {
@@ -367,6 +392,7 @@ impl Session {
             http: Vec::new(),
             secrets: Vec::new(),
             streams: Vec::new(),
+            tool_calls: Vec::new(),
         }
     }
 
@@ -389,6 +415,7 @@ impl Session {
             Event::Control(_) => {}
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
+            Event::ToolCall(t) => self.tool_calls.push(t),
         }
     }
 
