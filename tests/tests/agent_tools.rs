@@ -109,6 +109,28 @@ impl Setup {
         mcp::client_command(&self.d, &url, Some((tool, arguments)))
     }
 
+    /// Each of `bodies` POSTed as JSON to the MCP endpoint by httpx (under `interceptor
+    /// exec`): `{"status", "body"}` each.
+    fn post(&self, bodies: &[&str]) -> Result<Vec<Value>> {
+        const SCRIPT: &str = r#"
+import json, sys, httpx
+headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+answers = []
+for body in sys.argv[2:]:
+    r = httpx.post(sys.argv[1], content=body, headers=headers, timeout=30)
+    answers.append({"status": r.status_code, "body": r.text})
+print(json.dumps(answers))
+"#;
+        let url = format!("https://{IP}:{}/mcp", self.server.port);
+        let mut argv = vec![python().to_str().context("utf-8")?, "-c", SCRIPT, &url];
+        argv.extend_from_slice(bodies);
+        let mut cmd = self.d.exec_command(&["--include-loopback"], &argv);
+        mcp::client_report(&run_with_timeout(&mut cmd, RUN)?)?
+            .as_array()
+            .cloned()
+            .context("answers")
+    }
+
     /// The recorded tool calls of `tool`, once there are `n` of them.
     fn recorded(&self, tool: &str, n: usize) -> Result<Vec<Value>> {
         poll(
@@ -214,6 +236,35 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         "{calls:?}"
     );
     ensure!(calls[0]["arguments"] == r#"{"repo":"prod"}"#, "{calls:?}");
+
+    // A body a tool rule must see but cannot read is refused; other JSON is no tool call.
+    let answers = s.post(&[
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"delete_repo","arguments":{"#,
+        r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"arguments":{}}}"#,
+        r#"{"hello":"world"}"#,
+    ])?;
+    let error = |i: usize| -> Result<Value> {
+        ensure!(answers[i]["status"] == 403, "{answers:?}");
+        let body: Value = serde_json::from_str(answers[i]["body"].as_str().context("body")?)?;
+        Ok(body)
+    };
+    let cut = error(0)?;
+    ensure!(
+        cut["id"].is_null()
+            && (cut["error"]["message"].as_str()).is_some_and(
+                |m| m.starts_with("tool call could not be read: the body is not valid JSON")
+            ),
+        "{cut:#}"
+    );
+    let nameless = error(1)?;
+    ensure!(
+        nameless["id"] == 6
+            && nameless["error"]["message"]
+                == "tool call could not be read: a JSON-RPC message tools/call has no tool name",
+        "{nameless:#}"
+    );
+    ensure!(answers[2]["status"] != 403, "{answers:?}");
+    ensure!(s.received("delete_repo")?.is_empty(), "the server saw it");
     s.d.ensure_not_stored(&[PLANTED_SECRET])
 }
 
