@@ -819,6 +819,30 @@ mod tests {
         ExchangeInfo::for_tests()
     }
 
+    #[test]
+    fn a_start_cut_at_its_cap_masks_a_secret_that_crosses_the_cap() {
+        let (m, _) = masking();
+        let cap = 4096;
+        // The key starts 6 bytes before the cap; a holdback's worth of text follows.
+        let mut text = "word ".repeat(cap / 5);
+        text.truncate(cap - 7);
+        text += &format!(" {KEY} ");
+        text += &"tail ".repeat(m.holdback() / 5 + 1);
+        let end = cap + m.holdback();
+        let start = m.masked_start(&text.as_bytes()[..end], false, cap).unwrap();
+        assert_eq!(start.len(), cap);
+        assert!(start.starts_with(b"word word"));
+        // What is left of the key within the cap is masked past its kept prefix.
+        let shown = String::from_utf8(start[cap - 6..].to_vec()).unwrap();
+        assert_ne!(shown, &KEY[..6]);
+        assert!(shown.ends_with('*'), "{shown}");
+        // A whole text shorter than the cap is all there, masked.
+        let short = format!("key {KEY} here");
+        let all = m.masked_start(short.as_bytes(), true, cap).unwrap();
+        assert_eq!(all.len(), short.len());
+        assert!(!String::from_utf8(all).unwrap().contains(KEY));
+    }
+
     fn response(encoding: Option<&str>) -> http::response::Parts {
         let mut b = http::Response::builder();
         if let Some(e) = encoding {

@@ -85,7 +85,10 @@ impl PolicyHook {
         let (data, whole) = body
             .first_bytes(PREVIEW_BYTES + holdback, PREVIEW_WAIT)
             .await;
-        let masked = masking.masked_start(&data, whole, PREVIEW_BYTES)?;
+        // More may have been read already (for tool calls): only the start is masked.
+        let start = &data[..data.len().min(PREVIEW_BYTES + holdback)];
+        let whole = whole && start.len() == data.len();
+        let masked = masking.masked_start(start, whole, PREVIEW_BYTES)?;
         (!masked.is_empty()).then(|| String::from_utf8_lossy(&masked).into_owned())
     }
 
