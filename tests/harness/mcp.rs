@@ -69,16 +69,17 @@ impl McpServer {
 }
 
 /// tests/scripts/mcp_client.py against `url` under `interceptor exec` (as the caller, with
-/// loopback included): `read_config` with progress, or `call`'s tool with its arguments.
-pub fn client_command(d: &Daemon, url: &str, call: Option<(&str, &Value)>) -> Result<Command> {
+/// loopback included): `read_config` with progress, or each of `calls` (tool, arguments) in
+/// turn.
+pub fn client_command(d: &Daemon, url: &str, calls: &[(&str, Value)]) -> Result<Command> {
     let script = scripts_dir().join("mcp_client.py");
     let mut argv = vec![
         python().to_str().context("utf-8")?.to_owned(),
         script.to_str().context("utf-8")?.to_owned(),
         url.to_owned(),
     ];
-    if let Some((tool, arguments)) = call {
-        argv.extend([tool.to_owned(), arguments.to_string()]);
+    for (tool, arguments) in calls {
+        argv.extend([tool.to_string(), arguments.to_string()]);
     }
     Ok(d.exec_command(&["--include-loopback"], &argv))
 }

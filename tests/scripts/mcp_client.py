@@ -1,10 +1,10 @@
 """An MCP client (the official `mcp` SDK over streamable HTTP). With URL alone it calls
 `read_config` with a progress callback and prints one JSON line: the progress messages
 joined, the result's text and structured content, and whether the result is an error. With
-TOOL and ARGUMENTS_JSON it calls that tool and prints {"result", "error"}, or {"raised"}
-with the error the SDK raised.
+TOOL ARGUMENTS_JSON pairs it calls each tool in turn in one session and prints a JSON list:
+{"result", "error"} for each call, or {"raised"} with the error the SDK raised.
 
-usage: mcp_client.py URL [TOOL ARGUMENTS_JSON]
+usage: mcp_client.py URL [TOOL ARGUMENTS_JSON]...
 """
 import asyncio
 import json
@@ -37,14 +37,15 @@ async def call(session, tool, arguments):
     return {"result": r.content[0].text, "error": r.is_error}
 
 
-async def main(url, tool=None, arguments=None):
+async def main(url, *calls):
     async with streamable_http_client(url) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
-            if tool is None:
+            if not calls:
                 report = await read_config(session)
             else:
-                report = await call(session, tool, json.loads(arguments))
+                pairs = zip(calls[::2], calls[1::2])
+                report = [await call(session, tool, json.loads(args)) for tool, args in pairs]
     print(json.dumps(report))
 
 

@@ -485,7 +485,7 @@ fn mcp_tool_output_split_across_sse_messages_is_masked() -> Result<()> {
     let result = said("npm.access-token", &[])?;
     let server = McpServer::start(ip, &pki, &progress.deltas, &result.deltas.concat())?;
     let url = format!("https://{ip}:{}/mcp", server.port);
-    let mut client = mcp::client_command(&d, &url, None)?;
+    let mut client = mcp::client_command(&d, &url, &[])?;
     let report = mcp::client_report(&run_with_timeout(&mut client, RUN)?)?;
     ensure!(report["error"] == false, "{report:#}");
     ensure!(

@@ -3,7 +3,8 @@
 //! 127.0.0.21). Every `tools/call` is recorded in the session with its arguments' secrets
 //! masked; a tool a rule denies gets a JSON-RPC error the SDK raises with the rule and
 //! reason, and the server never sees the call; a call an approve rule holds reaches the
-//! server only once approved, and fails when denied.
+//! server only once approved (a grant covers the same tool with the same arguments only),
+//! and fails when denied.
 
 use std::time::Duration;
 
@@ -88,25 +89,25 @@ action = "allow"
 impl Setup {
     /// Calls `tool` (as root, under `interceptor exec`); the client's report.
     fn call(&self, tool: &str, arguments: Value) -> Result<Value> {
-        let mut client = self.client(tool, &arguments)?;
-        mcp::client_report(&run_with_timeout(&mut client, RUN)?)
+        let mut client = self.client(&[(tool, arguments)])?;
+        let mut reports = mcp::client_report(&run_with_timeout(&mut client, RUN)?)?;
+        Ok(reports[0].take())
     }
 
-    /// Calls `tool` in the background; the report once the call ends.
-    fn call_later(
+    /// Makes `calls` in turn in one session, in the background; the reports once done.
+    fn calls_later(
         &self,
-        tool: &str,
-        arguments: Value,
+        calls: &[(&str, Value)],
     ) -> Result<std::thread::JoinHandle<Result<Value>>> {
-        let mut client = self.client(tool, &arguments)?;
+        let mut client = self.client(calls)?;
         Ok(std::thread::spawn(move || {
             mcp::client_report(&run_with_timeout(&mut client, RUN)?)
         }))
     }
 
-    fn client(&self, tool: &str, arguments: &Value) -> Result<std::process::Command> {
+    fn client(&self, calls: &[(&str, Value)]) -> Result<std::process::Command> {
         let url = format!("https://{IP}:{}/mcp", self.server.port);
-        mcp::client_command(&self.d, &url, Some((tool, arguments)))
+        mcp::client_command(&self.d, &url, calls)
     }
 
     /// Each of `bodies` POSTed as JSON to the MCP endpoint by httpx (under `interceptor
@@ -271,9 +272,11 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
 #[test]
 fn a_held_tool_call_goes_on_when_approved_and_fails_when_denied() -> Result<()> {
     let s = setup()?;
+    let rm = |path: &str| ("run_shell", json!({"command": format!("rm -rf {path}")}));
+    // One client session: the same call twice, then another.
+    let client = s.calls_later(&[rm("/tmp/one"), rm("/tmp/one"), rm("/tmp/two")])?;
 
-    // Approved: held with the tool and its arguments shown, then it reaches the server.
-    let client = s.call_later("run_shell", json!({"command": "rm -rf /tmp/one"}))?;
+    // Held with the tool and its arguments shown; nothing reaches the server meanwhile.
     let (p, id) = s.pending()?;
     ensure!(
         p["rule"] == "shell-rm" && p["tool"]["name"] == "run_shell" && p["tool"]["source"] == "mcp",
@@ -285,24 +288,36 @@ fn a_held_tool_call_goes_on_when_approved_and_fails_when_denied() -> Result<()> 
         s.received("run_shell")?.is_empty(),
         "reached the server while held"
     );
-    s.decide("approve", &id, &[])?;
-    let r = client.join().expect("client thread")?;
-    ensure!(r["result"] == "ran rm -rf /tmp/one", "{r}");
-    ensure!(s.received("run_shell")?.len() == 1, "not received once");
+    // Approved with a grant: it goes on, and the grant lets the same call go without waiting.
+    s.decide("approve", &id, &["--for", "10m"])?;
 
-    // Denied: the SDK raises the approver's refusal; the server never sees it.
-    let client = s.call_later("run_shell", json!({"command": "rm -rf /tmp/two"}))?;
-    let (_, id) = s.pending()?;
+    // The grant does not cover other arguments: held again. Denied: never at the server.
+    let (p, id) = s.pending()?;
+    let shown = p["tool"]["arguments"].as_str().context("arguments")?;
+    ensure!(
+        shown.contains("rm -rf /tmp/two"),
+        "the same call was held again: {p:#}"
+    );
+    ensure!(
+        s.received("run_shell")?.len() == 2,
+        "{:?}",
+        s.server.calls()?
+    );
     s.decide("deny", &id, &["--reason", "not now"])?;
+
     let r = client.join().expect("client thread")?;
-    let raised = r["raised"].as_str().context("no error raised")?;
+    ensure!(
+        r[0]["result"] == "ran rm -rf /tmp/one" && r[1]["result"] == "ran rm -rf /tmp/one",
+        "{r}"
+    );
+    let raised = r[2]["raised"].as_str().context("no error raised")?;
     let expected = format!("approval denied by {}: not now", s.approver.name());
     ensure!(raised.contains(&expected), "{r}");
     ensure!(
-        s.received("run_shell")?.len() == 1,
+        s.received("run_shell")?.len() == 2,
         "a denied call reached the server"
     );
-    let calls = s.recorded("run_shell", 2)?;
+    let calls = s.recorded("run_shell", 3)?;
     ensure!(
         calls.iter().all(|c| c["policy"]["verdict"] == "approve"),
         "{calls:?}"

@@ -28,4 +28,24 @@ pub struct HeldTool {
     pub name: String,
     #[serde(flatten)]
     pub arguments: MaskedArguments,
+    /// SHA-256 (hex) of all the arguments as masked: what a grant for this call is bound
+    /// to, so that approving one call does not approve the same tool with other arguments.
+    pub arguments_sha256: String,
+}
+
+impl HeldTool {
+    pub fn binding(&self) -> ToolBinding {
+        ToolBinding {
+            name: self.name.clone(),
+            arguments_sha256: self.arguments_sha256.clone(),
+        }
+    }
+}
+
+/// The tool call a grant covers: this tool with exactly these arguments (secrets aside: they
+/// are masked before hashing, as the approver saw them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolBinding {
+    pub name: String,
+    pub arguments_sha256: String,
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::agent::HeldTool;
+use crate::agent::{HeldTool, ToolBinding};
 use crate::policy::Approval;
 pub use webhook::Webhooks;
 
@@ -145,6 +145,9 @@ pub struct Grant {
     pub by: Approver,
     #[serde(with = "humantime_serde")]
     pub until: SystemTime,
+    /// For a held tool call: the grant covers that tool with the same arguments only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolBinding>,
 }
 
 /// What the session store records.
@@ -341,10 +344,11 @@ impl Approvals {
         let (id, mut rx, pending) = {
             let mut s = self.state();
             s.grants.retain(|g| g.until > now);
+            let tool = req.tool.as_ref().map(HeldTool::binding);
             if let Some(g) = s
                 .grants
                 .iter()
-                .find(|g| g.rule == req.rule && g.workload == req.workload)
+                .find(|g| g.rule == req.rule && g.workload == req.workload && g.tool == tool)
             {
                 return Outcome::Granted { grant: g.id };
             }
@@ -470,6 +474,7 @@ impl Approvals {
                     approver_groups: pending.approver_groups.clone(),
                     by: by.clone(),
                     until: SystemTime::now() + d,
+                    tool: pending.tool.as_ref().map(HeldTool::binding),
                 });
                 s.grants.extend(grant.clone());
                 let outcome = Outcome::Approved {

@@ -224,6 +224,40 @@ async fn a_grant_lets_the_same_workload_and_rule_pass_until_it_expires_or_is_rev
 }
 
 #[tokio::test]
+async fn a_grant_for_a_tool_call_covers_that_tool_with_the_same_arguments_only() {
+    let (a, _) = recorded();
+    let alice = person(1001, "alice", &[]);
+    let call = |branch: &str| HoldRequest {
+        tool: Some(crate::agent::HeldTool {
+            source: "mcp".into(),
+            name: "delete_branch".into(),
+            arguments: Default::default(),
+            arguments_sha256: crate::policy::hex_sha256(branch.as_bytes()),
+        }),
+        ..request(100)
+    };
+    let held = spawn_hold(
+        &a,
+        HoldRequest {
+            approval: approval(10_000, None),
+            ..call("feature-x")
+        },
+    );
+    let p = pending(&a, 1).await;
+    assert_eq!(p[0].tool.as_ref().unwrap().name, "delete_branch");
+    grant_an_hour(&a, p[0].id, &alice);
+    assert!(held.await.unwrap().passes());
+    assert_eq!(
+        a.hold(call("feature-x")).await,
+        Outcome::Granted { grant: p[0].id }
+    );
+    // The same tool with other arguments, or the rule without a tool call, waits.
+    assert_eq!(a.hold(call("main")).await, Outcome::Expired);
+    assert_eq!(a.hold(request(100)).await, Outcome::Expired);
+    assert!(a.grants()[0].tool.is_some());
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_holds_approved_in_one_go() {
     let (a, _) = recorded();
     let holds: Vec<_> = (0..100).map(|_| spawn_hold(&a, request(30_000))).collect();

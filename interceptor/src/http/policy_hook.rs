@@ -12,7 +12,7 @@ use interceptor::agent::{ARGUMENTS_CAP, HeldTool, MaskedArguments, mcp};
 use interceptor::approvals::HoldRequest;
 use interceptor::policy::{
     Api, ConnectionFacts, Decision as PolicyDecisionOf, Policy, RequestFacts, Tool, ToolCall,
-    Verdict as PolicyVerdict,
+    Verdict as PolicyVerdict, hex_sha256,
 };
 use serde_json::Value;
 
@@ -232,23 +232,30 @@ impl PolicyHook {
     /// Records a tool call with the decision that applied; returns it as approvers see it.
     fn record(&self, info: &ExchangeInfo, call: &mcp::Call, d: &PolicyDecisionOf) -> HeldTool {
         let name = self
-            .masked(call.name, usize::MAX)
-            .map_or_else(|| call.name.to_owned(), |(n, _)| n);
-        let arguments = self
-            .masked(&call.arguments.to_string(), ARGUMENTS_CAP)
-            .map(|(text, cut)| MaskedArguments {
-                arguments: Some(text),
-                arguments_truncated: cut,
+            .masked(call.name)
+            .unwrap_or_else(|| call.name.to_owned());
+        let text = call.arguments.to_string();
+        let masked = self.masked(&text);
+        let arguments_sha256 = hex_sha256(masked.as_deref().unwrap_or(&text).as_bytes());
+        let arguments = masked
+            .map(|mut shown| {
+                let cut = shown.len() > ARGUMENTS_CAP;
+                shown.truncate(shown.floor_char_boundary(ARGUMENTS_CAP));
+                MaskedArguments {
+                    arguments: Some(shown),
+                    arguments_truncated: cut,
+                }
             })
             .unwrap_or_default();
         let rpc_id = call.id.and_then(|id| match id {
-            Value::String(s) => self.masked(s, usize::MAX).map(|(s, _)| Value::String(s)),
+            Value::String(s) => self.masked(s).map(Value::String),
             other => Some(other.clone()),
         });
         let held = HeldTool {
             source: "mcp".into(),
             name,
             arguments,
+            arguments_sha256,
         };
         tracing::info!(session = info.session, seq = info.seq, tool = %held.name,
             rule = d.name, verdict = ?d.verdict, "tool call");
@@ -267,16 +274,11 @@ impl PolicyHook {
         held
     }
 
-    /// `text` with its secrets masked, cut at `cap` bytes (on a character boundary), and
-    /// whether it was cut; None without a secret engine.
-    fn masked(&self, text: &str, cap: usize) -> Option<(String, bool)> {
-        let masking = self.masking.as_ref()?;
-        let end = text.len().min(cap.saturating_add(masking.holdback()));
-        let mut masked = masking.masked_start(&text.as_bytes()[..end], end == text.len(), cap)?;
-        if let Err(e) = std::str::from_utf8(&masked) {
-            masked.truncate(e.valid_up_to());
-        }
-        Some((String::from_utf8(masked).ok()?, text.len() > cap))
+    /// `text` with every secret any rule finds masked; None without a secret engine, or
+    /// when it could not be scanned.
+    fn masked(&self, text: &str) -> Option<String> {
+        let masked = self.masking.as_ref()?.masked_copy(text.as_bytes())?;
+        Some(String::from_utf8_lossy(&masked).into_owned())
     }
 }
 
