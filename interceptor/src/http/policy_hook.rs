@@ -116,18 +116,16 @@ impl PolicyHook {
         f(&policy, &facts, !settled)
     }
 
-    /// The JSON-RPC messages of a POST's body, read when a rule with tool conditions may
-    /// decide the request, or when the request looks like MCP (to record its tool calls).
-    /// None: not read, or no JSON-RPC. Err(why): a tool rule must see the calls and the body
+    /// The JSON-RPC messages of the request's body, read when a rule with tool conditions
+    /// may decide the request (whatever its method: a lenient server may take a call in a
+    /// PUT), or when the request looks like MCP (a POST, to record its tool calls). None:
+    /// not read, or no JSON-RPC. Err(why): a tool rule must see the calls and the body
     /// cannot be read (fail closed).
     async fn read_rpc(
         &self,
         info: &ExchangeInfo,
         head: &mut http::request::Parts,
     ) -> Result<Option<mcp::Body>, String> {
-        if head.method != http::Method::POST {
-            return Ok(None);
-        }
         let must = self.with_facts(info, head, |policy, facts, alone| {
             alone
                 && by_tool_rule(
