@@ -243,6 +243,9 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"delete_repo","arguments":{"#,
         r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"arguments":{}}}"#,
         r#"{"hello":"world"}"#,
+        // A batch is refused whole when one of its calls is denied.
+        r#"[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"read_config","arguments":{"name":"a"}}},
+            {"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"b"}}}]"#,
     ])?;
     let error = |i: usize| -> Result<Value> {
         ensure!(answers[i]["status"] == 403, "{answers:?}");
@@ -265,7 +268,33 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         "{nameless:#}"
     );
     ensure!(answers[2]["status"] != 403, "{answers:?}");
+    let batch = error(3)?;
+    ensure!(
+        batch["id"] == 7
+            && (batch["error"]["message"].as_str()).is_some_and(
+                |m| m.contains(r#"tool call "delete_repo" denied by policy rule "no-deletes""#)
+            ),
+        "{batch:#}"
+    );
     ensure!(s.received("delete_repo")?.is_empty(), "the server saw it");
+    ensure!(
+        s.received("read_config")?.is_empty(),
+        "the server saw part of a batch"
+    );
+
+    // `sessions show` lists the session's tool calls.
+    let sessions = sessions_json(&s.d)?;
+    let with_calls = (sessions.iter())
+        .find(|x| x["tool_calls"][0]["name"] == "run_shell")
+        .context("no session with the run_shell call")?;
+    let id = with_calls["id"].as_str().context("id")?;
+    let shown = s.d.cli_ok(["sessions", "show", id])?;
+    ensure!(
+        shown.contains("tool call   #")
+            && shown.contains("mcp run_shell {\"command\":\"echo hi\",\"token\":\"xoxb")
+            && shown.contains("-> allow (default)"),
+        "{shown}"
+    );
     s.d.ensure_not_stored(&[PLANTED_SECRET])
 }
 
