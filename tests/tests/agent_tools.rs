@@ -133,20 +133,25 @@ print(json.dumps(answers))
     }
 
     /// The recorded tool calls of `tool`, once there are `n` of them.
-    fn recorded(&self, tool: &str, n: usize) -> Result<Vec<Value>> {
+    fn tool_calls(&self, tool: &str, n: usize) -> Result<Vec<Value>> {
+        self.recorded("tool_calls", |c| c["name"] == tool, n)
+    }
+
+    /// The entries of the sessions' `field` that `pred` accepts, once there are `n`.
+    fn recorded(&self, field: &str, pred: impl Fn(&Value) -> bool, n: usize) -> Result<Vec<Value>> {
         poll(
-            "the tool calls recorded",
+            &format!("{n} {field} recorded"),
             WAIT,
             Duration::from_millis(50),
             || {
-                let calls: Vec<Value> = sessions_json(&self.d)?
+                let found: Vec<Value> = sessions_json(&self.d)?
                     .iter()
-                    .filter_map(|s| s["tool_calls"].as_array())
+                    .filter_map(|s| s[field].as_array())
                     .flatten()
-                    .filter(|c| c["name"] == tool)
+                    .filter(|c| pred(c))
                     .cloned()
                     .collect();
-                Ok((calls.len() >= n).then_some(calls))
+                Ok((found.len() >= n).then_some(found))
             },
         )
     }
@@ -197,7 +202,7 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         json!({"command": "echo hi", "token": PLANTED_SECRET}),
     )?;
     ensure!(r["result"] == "ran echo hi" && r["error"] == false, "{r}");
-    let calls = s.recorded("run_shell", 1)?;
+    let calls = s.tool_calls("run_shell", 1)?;
     let c = &calls[0];
     ensure!(
         c["source"] == "mcp"
@@ -231,7 +236,7 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         "{r}"
     );
     ensure!(s.received("delete_repo")?.is_empty(), "the server saw it");
-    let calls = s.recorded("delete_repo", 1)?;
+    let calls = s.tool_calls("delete_repo", 1)?;
     ensure!(
         calls[0]["policy"]["rule"] == "no-deletes" && calls[0]["policy"]["verdict"] == "deny",
         "{calls:?}"
@@ -282,6 +287,9 @@ fn tool_calls_are_recorded_masked_and_a_denied_tool_never_reaches_the_server() -
         "the server saw part of a batch"
     );
 
+    // The answers to `initialize` (one per client session) named the server.
+    let servers = s.recorded("mcp_servers", |m| m["name"] == "config-server", 2)?;
+    ensure!(servers[0]["protocol_version"].is_string(), "{servers:?}");
     // `sessions show` lists the session's tool calls.
     let sessions = sessions_json(&s.d)?;
     let with_calls = (sessions.iter())
@@ -346,7 +354,7 @@ fn a_held_tool_call_goes_on_when_approved_and_fails_when_denied() -> Result<()> 
         s.received("run_shell")?.len() == 2,
         "a denied call reached the server"
     );
-    let calls = s.recorded("run_shell", 3)?;
+    let calls = s.tool_calls("run_shell", 3)?;
     ensure!(
         calls.iter().all(|c| c["policy"]["verdict"] == "approve"),
         "{calls:?}"

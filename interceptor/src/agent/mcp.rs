@@ -76,6 +76,11 @@ impl Body {
         }
     }
 
+    /// Whether it asks the server to `initialize`.
+    pub fn initializes(&self) -> bool {
+        matches!(self, Body::Rpc(m) if m.iter().any(|m| m.kind == Kind::Initialize))
+    }
+
     /// The `tools/call` messages, in order.
     pub fn tool_calls(&self) -> impl Iterator<Item = Call<'_>> {
         let messages = match self {
@@ -100,6 +105,31 @@ pub fn answer_id(body: &[u8]) -> Option<Value> {
         Err(McpError::Invalid { id, .. }) => id,
         Err(_) => None,
     }
+}
+
+/// Who answered an `initialize`: the server's name and version, and the protocol version
+/// it chose.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// The server's answer to `initialize` in one JSON-RPC response (the data of a JSON body or
+/// of one SSE event); None when it is no such answer.
+pub fn server_info(data: &[u8]) -> Option<ServerInfo> {
+    let value: Value = serde_json::from_slice(data).ok()?;
+    let result = value.get("result")?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let info = result.get("serverInfo")?;
+    Some(ServerInfo {
+        name: text(info.get("name"))?,
+        version: text(info.get("version")),
+        protocol_version: text(result.get("protocolVersion")),
+    })
 }
 
 /// Reads the start of a request body; `whole`: `body` is all of it. A body that does not
@@ -284,6 +314,34 @@ mod tests {
             parse(b"{\"a\": \xff}", true),
             Err(McpError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn an_initialize_answer_names_the_server() {
+        let answer = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18",
+            "capabilities":{"tools":{}},"serverInfo":{"name":"config-server","version":"1.2"}}}"#;
+        assert_eq!(
+            server_info(answer),
+            Some(ServerInfo {
+                name: "config-server".into(),
+                version: Some("1.2".into()),
+                protocol_version: Some("2025-06-18".into()),
+            })
+        );
+        for other in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#[..],
+            br#"{"jsonrpc":"2.0","id":0,"error":{"code":-1,"message":"no"}}"#,
+            br#"{"jsonrpc":"2.0","id":0,"result":{"serverInfo":{"name":7}}}"#,
+            b"{\"jsonrpc\"",
+            b"",
+        ] {
+            assert_eq!(
+                server_info(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::control::protocol::Status;
 use crate::sessions::record::{SecretFinding, StreamData};
-use crate::sessions::{HttpExchange, Session, TlsInfo, TlsMode, ToolCallRecord};
+use crate::sessions::{HttpExchange, McpServerRecord, Session, TlsInfo, TlsMode, ToolCallRecord};
 use interceptor::policy::Verdict;
 
 /// ANSI colour, on only when printing to a terminal (and `NO_COLOR` is not set).
@@ -198,6 +198,9 @@ pub fn session(s: &Session, paint: Paint) {
     for d in &s.streams {
         println!("stream      {}", stream_line(d));
     }
+    for m in &s.mcp_servers {
+        println!("mcp server  {}", mcp_server_line(m));
+    }
     for t in &s.tool_calls {
         println!("tool call   {}", tool_line(t));
     }
@@ -301,6 +304,18 @@ pub fn stream_line(d: &StreamData) -> String {
         } else {
             ""
         }
+    )
+}
+
+/// `#SEQ config-server 1.2 (protocol 2025-06-18)`.
+pub fn mcp_server_line(m: &McpServerRecord) -> String {
+    let s = &m.server;
+    format!(
+        "#{} {} {} (protocol {})",
+        m.seq,
+        s.name,
+        s.version.as_deref().unwrap_or("?"),
+        s.protocol_version.as_deref().unwrap_or("?")
     )
 }
 

@@ -11,6 +11,7 @@ mod pipeline;
 pub mod policy_hook;
 pub mod preview;
 mod refusal;
+mod server_info;
 pub mod settings;
 pub mod tokenize;
 
@@ -345,6 +346,7 @@ impl Connection {
             identity: self.identity.clone(),
             enrollment: self.enrollment.clone(),
             plan: Default::default(),
+            mcp_initialize: Default::default(),
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));

@@ -3,7 +3,9 @@
 //! the host name), refuses a deny with a 403 naming the rule and its reason, and holds an
 //! approve until a person decides (`approvals approve|deny`), with the request line, the
 //! recorded (credential-free) headers and the start of the body, secrets masked, shown to the
-//! approver.
+//! approver. MCP tool calls in a request's body are decided call by call with the policy's
+//! tool conditions and recorded (`tool_call`), and the answer to an MCP `initialize` names
+//! the server (`mcp_server`): see docs/architecture.md, "Tool calls".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +19,13 @@ use interceptor::policy::{
 use serde_json::Value;
 
 use super::exchange::recorded_request_headers;
-use super::hook::{Decision, ExchangeInfo, Hook, HookFuture};
+use super::hook::{BodyTransform, Decision, ExchangeInfo, Hook, HookFuture};
 use super::masking::Masking;
 use super::preview::BodyPreview;
 use super::refusal::{ErrorShape, JsonRpcBody};
+use super::server_info::ServerInfoTap;
 use crate::gate::{self, Gate};
-use crate::sessions::{Event, PolicyDecision, Store, ToolCallRecord};
+use crate::sessions::{Event, McpServerRecord, PolicyDecision, Store, ToolCallRecord};
 
 /// How much of a held request's body an approver sees.
 pub const PREVIEW_BYTES: usize = 4096;
@@ -150,6 +153,9 @@ impl PolicyHook {
         match read {
             Ok(body @ mcp::Body::Rpc(_)) => {
                 head.extensions.insert(JsonRpcBody);
+                if body.initializes() {
+                    let _ = info.mcp_initialize.set(());
+                }
                 Ok(Some(body))
             }
             Ok(mcp::Body::Other) => Ok(None),
@@ -343,6 +349,31 @@ impl Hook for PolicyHook {
                     tracing::info!(session = info.session, seq = info.seq, %reason, "request refused by policy");
                     Decision::forbidden(reason)
                 }
+            }
+        })
+    }
+
+    /// The answer to an MCP `initialize` is read for the server's name as it goes by.
+    fn on_response<'a>(
+        &'a self,
+        info: &'a ExchangeInfo,
+        head: &'a mut http::response::Parts,
+    ) -> HookFuture<'a> {
+        Box::pin(async move {
+            if info.mcp_initialize.get().is_none() {
+                return Decision::default();
+            }
+            let content_type = (head.headers.get(http::header::CONTENT_TYPE))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let (store, id, seq) = (self.store.clone(), info.session, info.seq);
+            let tap = ServerInfoTap::new(content_type, move |server| {
+                tracing::info!(session = id, seq, server = %server.name, "MCP server");
+                store.append(Event::McpServer(McpServerRecord { id, seq, server }));
+            });
+            Decision {
+                body: tap.map(|t| Box::new(t) as Box<dyn BodyTransform>),
+                ..Decision::default()
             }
         })
     }

@@ -92,6 +92,8 @@ pub enum Event {
     Control(ControlChange),
     /// A tool call an agent made (an MCP `tools/call`), arguments masked.
     ToolCall(ToolCallRecord),
+    /// An MCP server's answer to `initialize`: who it is.
+    McpServer(McpServerRecord),
 }
 
 impl Event {
@@ -110,6 +112,7 @@ impl Event {
             Event::Stream(s) => s.id,
             Event::Damage(_) => 0,
             Event::ToolCall(t) => t.id,
+            Event::McpServer(m) => m.id,
         }
     }
 }
@@ -256,6 +259,16 @@ pub struct ToolCallRecord {
     pub policy: PolicyDecision,
 }
 
+/// The MCP server that answered an `initialize` on this session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct McpServerRecord {
+    pub id: u64,
+    /// The exchange of the `initialize`.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub server: interceptor::agent::mcp::ServerInfo,
+}
+
 /// The first bytes of one direction of a stream that is not HTTP, masked; `bytes` is how much
 /// went that way in all.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -373,6 +386,8 @@ pub struct Session {
     pub streams: Vec<StreamData>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerRecord>,
 }
 
 impl Session {
@@ -393,6 +408,7 @@ impl Session {
             secrets: Vec::new(),
             streams: Vec::new(),
             tool_calls: Vec::new(),
+            mcp_servers: Vec::new(),
         }
     }
 
@@ -416,6 +432,7 @@ impl Session {
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
             Event::ToolCall(t) => self.tool_calls.push(t),
+            Event::McpServer(m) => self.mcp_servers.push(m),
         }
     }
 
