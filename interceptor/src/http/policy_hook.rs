@@ -13,8 +13,8 @@ use std::time::Duration;
 use interceptor::agent::{ARGUMENTS_CAP, HeldTool, MaskedArguments, mcp};
 use interceptor::approvals::HoldRequest;
 use interceptor::policy::{
-    Api, ConnectionFacts, Decision as PolicyDecisionOf, Policy, RequestFacts, Tool, ToolCall,
-    Verdict as PolicyVerdict, hex_sha256,
+    self, Api, ConnectionFacts, Policy, RequestFacts, Tool, ToolCall, Verdict as PolicyVerdict,
+    hex_sha256,
 };
 use serde_json::Value;
 
@@ -202,7 +202,7 @@ impl PolicyHook {
             let held = Some(self.record(info, call, &d));
             if chosen
                 .as_ref()
-                .is_none_or(|(c, _): &(PolicyDecisionOf, _)| rank(d.verdict) > rank(c.verdict))
+                .is_none_or(|(c, _): &(policy::Decision, _)| rank(d.verdict) > rank(c.verdict))
             {
                 chosen = Some((d, held));
             }
@@ -234,10 +234,12 @@ impl PolicyHook {
     }
 
     /// Records a tool call with the decision that applied; returns it as approvers see it.
-    fn record(&self, info: &ExchangeInfo, call: &mcp::Call, d: &PolicyDecisionOf) -> HeldTool {
-        let name = self
-            .masked(call.name)
-            .unwrap_or_else(|| call.name.to_owned());
+    fn record(&self, info: &ExchangeInfo, call: &mcp::Call, d: &policy::Decision) -> HeldTool {
+        // Unmasked only when there is nothing to mask with.
+        let name = match &self.masking {
+            None => call.name.to_owned(),
+            Some(_) => self.masked(call.name).unwrap_or_else(|| "?".into()),
+        };
         let text = call.arguments.to_string();
         let masked = self.masked(&text);
         let arguments_sha256 = hex_sha256(masked.as_deref().unwrap_or(&text).as_bytes());
@@ -297,7 +299,7 @@ fn request<'a>(head: &'a http::request::Parts, tool: Tool<'a>) -> RequestFacts<'
 }
 
 /// Whether a rule with tool conditions made decision `d`.
-fn by_tool_rule(policy: &Policy, d: &PolicyDecisionOf) -> bool {
+fn by_tool_rule(policy: &Policy, d: &policy::Decision) -> bool {
     d.rule.is_some_and(|i| policy.rules()[i].when.is_tool())
 }
 
