@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Verdict};
+use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Tool, Verdict};
 
 /// `n` rules of four kinds, then a default.
 fn policy(n: usize) -> Policy {
@@ -82,6 +82,7 @@ fn decisions(c: &mut Criterion) {
             method: "POST",
             path: &path,
             headers: &headers,
+            tool: Tool::NoCall,
         };
         let d = p.decide_request(&conn, &request);
         assert_eq!((d.verdict, d.rule), (Verdict::Approve, Some(last_http)));

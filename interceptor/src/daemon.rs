@@ -138,6 +138,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<StoreWriter> {
         .then(Arc::new(crate::http::policy_hook::PolicyHook {
             gate: gate.clone(),
             masking: secrets.masking.clone(),
+            store: store.clone(),
         }));
     let proxy = Arc::new(Proxy {
         original: kernel.original_dst(),

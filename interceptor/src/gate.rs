@@ -223,5 +223,6 @@ pub fn held(
         request_line: None,
         headers: Vec::new(),
         body_preview: None,
+        tool: None,
     })
 }

@@ -1,6 +1,7 @@
 //! The parts of interceptor that need no kernel or daemon state, as a library so benches and
 //! tests can use them.
 
+pub mod agent;
 pub mod approvals;
 pub mod burst;
 pub mod detection;

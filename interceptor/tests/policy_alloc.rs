@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::Path;
 
-use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Verdict};
+use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Tool, Verdict};
 
 struct Counting;
 
@@ -93,6 +93,7 @@ fn decisions_do_not_allocate() {
         method: "post",
         path: "/v1/jobs?x=1",
         headers: &headers,
+        tool: Tool::NoCall,
     };
     // Warm-up: the thread-local scratch buffers and the regex caches are made once.
     assert_eq!(p.decide_connection(&conn).verdict, Verdict::Inspect);

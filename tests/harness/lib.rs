@@ -10,6 +10,7 @@
 //! * [`streaming::StreamServer`]: an HTTPS server pacing streamed replies event by event;
 //!   [`llm_wire`] builds them in the LLM APIs' formats, [`planted`] splits the shipped rules'
 //!   example secrets into their deltas.
+//! * [`mcp::McpServer`]: an MCP server (the official SDK) whose tools log their calls.
 //! * [`TestUser`] and [`TestGroup`]: local users and groups (useradd, groupadd) to run
 //!   commands as.
 //!
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod floor;
 pub mod https;
 pub mod llm_wire;
+pub mod mcp;
 pub mod model;
 pub mod netns;
 pub mod planted;

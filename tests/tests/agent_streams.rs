@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use interceptor_tests::https::{TestPki, intercepting_daemon};
 use interceptor_tests::llm_wire::{Api, Built};
+use interceptor_tests::mcp::{self, McpServer};
 use interceptor_tests::planted::{Split, example, examples, kept_prefix};
 use interceptor_tests::streaming::{Reply, StreamServer};
 use interceptor_tests::*;
@@ -472,44 +473,6 @@ fn gzip_compressed_streams_are_masked_too() -> Result<()> {
     Ok(())
 }
 
-/// tests/scripts/mcp_server.py on `ip` (TLS with a certificate from `pki`); Drop stops it by
-/// pid.
-struct McpServer {
-    port: u16,
-    _process: Reaped,
-    _dir: tempfile::TempDir,
-}
-
-impl McpServer {
-    fn start(ip: &str, pki: &TestPki, parts: &[String], result: &str) -> Result<McpServer> {
-        let (cert, key) = pki.server_pem(&[ip])?;
-        let dir = tempfile::tempdir()?;
-        let log = dir.path().join("mcp_server.log");
-        let mut cmd = std::process::Command::new(python());
-        cmd.arg(scripts_dir().join("mcp_server.py"))
-            .args([ip.as_ref(), cert.as_os_str(), key.as_os_str()])
-            .args([serde_json::to_string(parts)?.as_str(), result]);
-        let process = Reaped(spawn_logged(&mut cmd, &log)?);
-        let port = poll(
-            "the MCP server to listen",
-            SESSIONS,
-            Duration::from_millis(50),
-            || {
-                let text = std::fs::read_to_string(&log)?;
-                Ok(text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("LISTENING ")?.parse().ok()))
-            },
-        )
-        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        Ok(McpServer {
-            port,
-            _process: process,
-            _dir: dir,
-        })
-    }
-}
-
 #[test]
 fn mcp_tool_output_split_across_sse_messages_is_masked() -> Result<()> {
     require_root();
@@ -522,21 +485,8 @@ fn mcp_tool_output_split_across_sse_messages_is_masked() -> Result<()> {
     let result = said("npm.access-token", &[])?;
     let server = McpServer::start(ip, &pki, &progress.deltas, &result.deltas.concat())?;
     let url = format!("https://{ip}:{}/mcp", server.port);
-    let script = scripts_dir().join("mcp_client.py");
-    let argv = [
-        python().to_str().context("utf-8")?,
-        script.to_str().context("utf-8")?,
-        &url,
-    ];
-    let out = run_with_timeout(&mut d.exec_command(&["--include-loopback"], &argv), RUN)?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "the MCP client failed ({}): {}\n{stdout}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).context("client report")?;
+    let mut client = mcp::client_command(&d, &url, &[])?;
+    let report = mcp::client_report(&run_with_timeout(&mut client, RUN)?)?;
     ensure!(report["error"] == false, "{report:#}");
     ensure!(
         report["progress"] == progress.expected,

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::agent::{HeldTool, ToolBinding};
 use crate::policy::Approval;
 pub use webhook::Webhooks;
 
@@ -47,6 +48,8 @@ pub struct HoldRequest {
     pub headers: Vec<(String, String)>,
     /// Already masked by the caller.
     pub body_preview: Option<String>,
+    /// The tool call the request carries, arguments masked by the caller.
+    pub tool: Option<HeldTool>,
 }
 
 /// A held connection or request, as `approvals list` shows it and the webhook receives it.
@@ -60,6 +63,8 @@ pub struct Pending {
     pub request_line: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body_preview: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<HeldTool>,
     pub approver_users: Vec<String>,
     pub approver_groups: Vec<String>,
     #[serde(with = "humantime_serde")]
@@ -140,6 +145,9 @@ pub struct Grant {
     pub by: Approver,
     #[serde(with = "humantime_serde")]
     pub until: SystemTime,
+    /// For a held tool call: the grant covers that tool with the same arguments only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolBinding>,
 }
 
 /// What the session store records.
@@ -336,10 +344,11 @@ impl Approvals {
         let (id, mut rx, pending) = {
             let mut s = self.state();
             s.grants.retain(|g| g.until > now);
+            let tool = req.tool.as_ref().map(HeldTool::binding);
             if let Some(g) = s
                 .grants
                 .iter()
-                .find(|g| g.rule == req.rule && g.workload == req.workload)
+                .find(|g| g.rule == req.rule && g.workload == req.workload && g.tool == tool)
             {
                 return Outcome::Granted { grant: g.id };
             }
@@ -354,6 +363,7 @@ impl Approvals {
                 request_line: req.request_line,
                 headers: req.headers,
                 body_preview: req.body_preview,
+                tool: req.tool,
                 approver_users: req.approval.users,
                 approver_groups: req.approval.groups,
                 created_at: now,
@@ -464,6 +474,7 @@ impl Approvals {
                     approver_groups: pending.approver_groups.clone(),
                     by: by.clone(),
                     until: SystemTime::now() + d,
+                    tool: pending.tool.as_ref().map(HeldTool::binding),
                 });
                 s.grants.extend(grant.clone());
                 let outcome = Outcome::Approved {

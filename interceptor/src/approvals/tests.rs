@@ -33,6 +33,7 @@ fn request(timeout_ms: u64) -> HoldRequest {
         request_line: Some("POST /repos/o/r/pulls".into()),
         headers: vec![("authorization".into(), "Bearer [MASKED]".into())],
         body_preview: Some("{\"title\":\"x\"}".into()),
+        tool: None,
     }
 }
 
@@ -220,6 +221,40 @@ async fn a_grant_lets_the_same_workload_and_rule_pass_until_it_expires_or_is_rev
         1,
         "{kinds:?}"
     );
+}
+
+#[tokio::test]
+async fn a_grant_for_a_tool_call_covers_that_tool_with_the_same_arguments_only() {
+    let (a, _) = recorded();
+    let alice = person(1001, "alice", &[]);
+    let call = |branch: &str| HoldRequest {
+        tool: Some(crate::agent::HeldTool {
+            source: "mcp".into(),
+            name: "delete_branch".into(),
+            arguments: Default::default(),
+            arguments_sha256: crate::policy::hex_sha256(branch.as_bytes()),
+        }),
+        ..request(100)
+    };
+    let held = spawn_hold(
+        &a,
+        HoldRequest {
+            approval: approval(10_000, None),
+            ..call("feature-x")
+        },
+    );
+    let p = pending(&a, 1).await;
+    assert_eq!(p[0].tool.as_ref().unwrap().name, "delete_branch");
+    grant_an_hour(&a, p[0].id, &alice);
+    assert!(held.await.unwrap().passes());
+    assert_eq!(
+        a.hold(call("feature-x")).await,
+        Outcome::Granted { grant: p[0].id }
+    );
+    // The same tool with other arguments, or the rule without a tool call, waits.
+    assert_eq!(a.hold(call("main")).await, Outcome::Expired);
+    assert_eq!(a.hold(request(100)).await, Outcome::Expired);
+    assert!(a.grants()[0].tool.is_some());
 }
 
 #[tokio::test]

@@ -197,4 +197,16 @@ fn print_pending(p: &Pending) {
         let start: String = preview.chars().take(PREVIEW_CHARS).collect();
         println!("\tbody (secrets masked): {}", start.escape_debug());
     }
+    if let Some(t) = &p.tool {
+        let args = t.arguments.arguments.as_deref().unwrap_or("(not shown)");
+        let start: String = args.chars().take(PREVIEW_CHARS).collect();
+        let cut = t.arguments.arguments_truncated || args.chars().nth(PREVIEW_CHARS).is_some();
+        println!(
+            "\ttool call ({}): {} {}{} (secrets masked)",
+            t.source,
+            t.name,
+            start.escape_debug(),
+            if cut { "…" } else { "" }
+        );
+    }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use interceptor::detection::RuleSources;
-use interceptor::policy::{ConnectionFacts, Policy, RequestFacts, Stage, Verdict};
+use interceptor::policy::{
+    Api, ConnectionFacts, Policy, RequestFacts, Stage, Tool, ToolCall, Verdict,
+};
 
 use crate::control::client;
 use crate::control::protocol::{PolicyStatus, Request};
@@ -68,6 +70,16 @@ pub struct ExplainArgs {
     /// HTTP header NAME:VALUE (repeatable).
     #[arg(long, requires = "method", value_parser = parse_header)]
     pub header: Vec<(String, String)>,
+    /// A tool call's tool name: explain a request carrying it (`--method` and `--path`
+    /// default to POST /).
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// A tool call's argument POINTER=VALUE (repeatable): a string at that JSON pointer.
+    #[arg(long, requires = "tool", value_parser = parse_tool_arg)]
+    pub tool_arg: Vec<(String, String)>,
+    /// The API of the tool call.
+    #[arg(long, requires = "tool", default_value = "mcp", value_parser = parse_api)]
+    pub api: Api,
 }
 
 pub fn run(socket: &Path, cmd: PolicyCommand) -> anyhow::Result<i32> {
@@ -173,11 +185,27 @@ fn explain(a: ExplainArgs) -> anyhow::Result<i32> {
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let headers = headers.as_slice();
-    let request = match (&a.method, &a.path) {
-        (Some(method), Some(path)) => Some(RequestFacts {
+    let arguments = tool_arguments(&a.tool_arg);
+    let tool = match &a.tool {
+        Some(name) => Tool::Call(ToolCall {
+            api: a.api,
+            name,
+            arguments: &arguments,
+        }),
+        None => Tool::NoCall,
+    };
+    let request = match (&a.method, &a.path, &a.tool) {
+        (Some(method), Some(path), _) => Some(RequestFacts {
             method,
             path,
             headers: &headers,
+            tool,
+        }),
+        (_, _, Some(_)) => Some(RequestFacts {
+            method: "POST",
+            path: "/",
+            headers: &headers,
+            tool,
         }),
         _ => None,
     };
@@ -194,6 +222,42 @@ fn explain(a: ExplainArgs) -> anyhow::Result<i32> {
         Verdict::Approve => 3,
         Verdict::Inspect => 4,
     })
+}
+
+/// The arguments object that `--tool-arg`s describe: each value a string at its pointer.
+fn tool_arguments(args: &[(String, String)]) -> serde_json::Value {
+    let mut root = serde_json::Value::Object(Default::default());
+    for (pointer, value) in args {
+        let mut at = &mut root;
+        for token in pointer.split('/').skip(1) {
+            let key = token.replace("~1", "/").replace("~0", "~");
+            if !at.is_object() {
+                *at = serde_json::Value::Object(Default::default());
+            }
+            at = at
+                .as_object_mut()
+                .expect("made an object")
+                .entry(key)
+                .or_insert(serde_json::Value::Null);
+        }
+        *at = serde_json::Value::String(value.clone());
+    }
+    root
+}
+
+fn parse_tool_arg(text: &str) -> Result<(String, String), String> {
+    let (pointer, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected POINTER=VALUE (e.g. /command=ls)"))?;
+    if !pointer.starts_with('/') {
+        return Err(format!("{pointer:?}: a JSON pointer starts with \"/\""));
+    }
+    Ok((pointer.to_string(), value.to_string()))
+}
+
+fn parse_api(text: &str) -> Result<Api, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?}: one of mcp, openai, anthropic, gemini, ollama"))
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {

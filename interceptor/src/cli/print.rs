@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::control::protocol::Status;
 use crate::sessions::record::{SecretFinding, StreamData};
-use crate::sessions::{HttpExchange, Session, TlsInfo, TlsMode};
+use crate::sessions::{HttpExchange, McpServerRecord, Session, TlsInfo, TlsMode, ToolCallRecord};
 use interceptor::policy::Verdict;
 
 /// ANSI colour, on only when printing to a terminal (and `NO_COLOR` is not set).
@@ -198,6 +198,12 @@ pub fn session(s: &Session, paint: Paint) {
     for d in &s.streams {
         println!("stream      {}", stream_line(d));
     }
+    for m in &s.mcp_servers {
+        println!("mcp server  {}", mcp_server_line(m));
+    }
+    for t in &s.tool_calls {
+        println!("tool call   {}", tool_line(t));
+    }
     if !s.secrets.is_empty() {
         println!("secrets     {} finding(s)", s.secrets.len());
     }
@@ -298,6 +304,35 @@ pub fn stream_line(d: &StreamData) -> String {
         } else {
             ""
         }
+    )
+}
+
+/// `#SEQ config-server 1.2 (protocol 2025-06-18)`.
+pub fn mcp_server_line(m: &McpServerRecord) -> String {
+    let s = &m.server;
+    format!(
+        "#{} {} {} (protocol {})",
+        m.seq,
+        s.name,
+        s.version.as_deref().unwrap_or("?"),
+        s.protocol_version.as_deref().unwrap_or("?")
+    )
+}
+
+/// `#SEQ mcp run_shell {"command":"ls"} -> allow (rule)`.
+pub fn tool_line(t: &ToolCallRecord) -> String {
+    let args = &t.arguments;
+    format!(
+        "#{} {} {} {}{} -> {} ({})",
+        t.seq,
+        t.source,
+        t.name,
+        args.arguments
+            .as_deref()
+            .unwrap_or("(arguments not recorded)"),
+        if args.arguments_truncated { "…" } else { "" },
+        format!("{:?}", t.policy.verdict).to_lowercase(),
+        t.policy.rule
     )
 }
 

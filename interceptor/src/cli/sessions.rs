@@ -260,6 +260,8 @@ fn human(r: &Record, p: Paint) -> String {
         Event::Tls(t) => format!("tls    {}", print::tls_line(t, p)),
         Event::Secret(f) => format!("secret {}", print::finding_line(f, p)),
         Event::Stream(d) => format!("stream {}", print::stream_line(d)),
+        Event::ToolCall(t) => format!("tool   {}", print::tool_line(t)),
+        Event::McpServer(m) => format!("mcp    {}", print::mcp_server_line(m)),
         Event::Approval(a) => approval_line(a, p),
         Event::Control(c) => control_line(c, p),
         Event::PolicyLoaded(pl) => paint(

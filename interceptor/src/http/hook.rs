@@ -31,6 +31,9 @@ pub struct ExchangeInfo {
     /// The policy's secret settings for this exchange, set by the first hook that needs
     /// them on the request and read again for the response.
     pub plan: std::sync::OnceLock<std::sync::Arc<super::settings::Plan>>,
+    /// Set by the policy hook when the request is MCP's `initialize`: its answer names the
+    /// server.
+    pub mcp_initialize: std::sync::OnceLock<()>,
 }
 
 #[cfg(test)]
@@ -45,6 +48,7 @@ impl ExchangeInfo {
             identity: Default::default(),
             enrollment: None,
             plan: Default::default(),
+            mcp_initialize: Default::default(),
         }
     }
 }

@@ -154,6 +154,20 @@ impl Masking {
         }
     }
 
+    /// The first `cap` bytes of `data` with every secret any rule finds masked, for people
+    /// to see; None when it could not be scanned. `data` should run a holdback past `cap`,
+    /// so that a secret starting before the cap is seen whole; `whole`: it is all there is
+    /// (else a stretch that may be an unconfirmed secret's start is not shown).
+    pub fn masked_start(&self, data: &[u8], whole: bool, cap: usize) -> Option<Vec<u8>> {
+        let mut masked = self.masked_copy(data)?;
+        let shown = match whole {
+            true => cap,
+            false => cap.min(masked.len().saturating_sub(self.holdback())),
+        };
+        masked.truncate(shown);
+        Some(masked)
+    }
+
     /// A finding in a raw stream, as the session records it.
     pub fn stream_finding(
         &self,
@@ -803,6 +817,30 @@ mod tests {
 
     fn info() -> ExchangeInfo {
         ExchangeInfo::for_tests()
+    }
+
+    #[test]
+    fn a_start_cut_at_its_cap_masks_a_secret_that_crosses_the_cap() {
+        let (m, _) = masking();
+        let cap = 4096;
+        // The key starts 6 bytes before the cap; a holdback's worth of text follows.
+        let mut text = "word ".repeat(cap / 5);
+        text.truncate(cap - 7);
+        text += &format!(" {KEY} ");
+        text += &"tail ".repeat(m.holdback() / 5 + 1);
+        let end = cap + m.holdback();
+        let start = m.masked_start(&text.as_bytes()[..end], false, cap).unwrap();
+        assert_eq!(start.len(), cap);
+        assert!(start.starts_with(b"word word"));
+        // What is left of the key within the cap is masked past its kept prefix.
+        let shown = String::from_utf8(start[cap - 6..].to_vec()).unwrap();
+        assert_ne!(shown, &KEY[..6]);
+        assert!(shown.ends_with('*'), "{shown}");
+        // A whole text shorter than the cap is all there, masked.
+        let short = format!("key {KEY} here");
+        let all = m.masked_start(short.as_bytes(), true, cap).unwrap();
+        assert_eq!(all.len(), short.len());
+        assert!(!String::from_utf8(all).unwrap().contains(KEY));
     }
 
     fn response(encoding: Option<&str>) -> http::response::Parts {

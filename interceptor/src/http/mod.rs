@@ -11,6 +11,7 @@ mod pipeline;
 pub mod policy_hook;
 pub mod preview;
 mod refusal;
+mod server_info;
 pub mod settings;
 pub mod tokenize;
 
@@ -345,6 +346,7 @@ impl Connection {
             identity: self.identity.clone(),
             enrollment: self.enrollment.clone(),
             plan: Default::default(),
+            mcp_initialize: Default::default(),
         };
         let (mut head, body) = req.into_parts();
         let exchange = Arc::new(Exchange::new(self.recorder.clone(), &info, &head));
@@ -357,10 +359,14 @@ impl Connection {
         exchange.rewritten(&head);
         if let Verdict::Refuse { status, reason } = decision.verdict {
             exchange.fail(format_args!("refused: {reason}"));
-            if exchange.error_shape == ErrorShape::JsonRpc {
-                // The refusal answers the request by its id.
+            if exchange.error_shape == ErrorShape::JsonRpc
+                || head.extensions.get::<refusal::JsonRpcBody>().is_some()
+            {
+                // The refusal answers the request by its id (read again from what a hook
+                // may have read already).
                 let (start, _) = body.first_bytes(RPC_ID_PEEK, RPC_ID_WAIT).await;
-                return answer_rpc(&exchange, status, reason, refusal::json_rpc_id(&start));
+                let id = interceptor::agent::mcp::answer_id(&start);
+                return answer_as(&exchange, ErrorShape::JsonRpc, status, reason, id);
             }
             return answer(&exchange, status, reason);
         }
@@ -541,17 +547,18 @@ impl BodyTransform for CapRefuses {
 /// A response made here (refusal, upstream failure), recorded as the exchange's status, in
 /// the error shape of the request's API.
 fn answer(exchange: &Exchange, status: StatusCode, reason: String) -> Response<HttpBody> {
-    answer_rpc(exchange, status, reason, None)
+    answer_as(exchange, exchange.error_shape, status, reason, None)
 }
 
-/// [`answer`] for a JSON-RPC request whose id is known.
-fn answer_rpc(
+/// [`answer`] in `shape`, for a JSON-RPC request whose id is known.
+fn answer_as(
     exchange: &Exchange,
+    shape: ErrorShape,
     status: StatusCode,
     reason: String,
     rpc_id: Option<serde_json::Value>,
 ) -> Response<HttpBody> {
-    let (body, content_type) = exchange.error_shape.body(status, &reason, rpc_id);
+    let (body, content_type) = shape.body(status, &reason, rpc_id);
     let mut resp = Response::new(
         Full::new(body)
             .map_err(|never: Infallible| match never {})

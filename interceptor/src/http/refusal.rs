@@ -21,6 +21,11 @@ pub enum ErrorShape {
     JsonRpc,
 }
 
+/// In a request head's extensions: a hook read the body and it is JSON-RPC, so a refusal
+/// answers it as such, whatever its headers say.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonRpcBody;
+
 const OPENAI_ENDPOINTS: [&str; 7] = [
     "/chat/completions",
     "/completions",
@@ -112,16 +117,6 @@ fn google_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// The id of the JSON-RPC request whose body starts with `body` (a batch's first request).
-pub fn json_rpc_id(body: &[u8]) -> Option<Value> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    let request = match value {
-        Value::Array(batch) => batch.into_iter().next()?,
-        one => one,
-    };
-    request.get("id").cloned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,13 +205,18 @@ mod tests {
         );
         let v = parse(
             ErrorShape::JsonRpc,
-            json_rpc_id(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#),
+            interceptor::agent::mcp::answer_id(
+                br#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#,
+            ),
         );
         assert_eq!(
             (v["id"].as_u64(), v["error"]["message"].as_str()),
             (Some(7), Some(reason))
         );
-        let v = parse(ErrorShape::JsonRpc, json_rpc_id(b"{not json"));
+        let v = parse(
+            ErrorShape::JsonRpc,
+            interceptor::agent::mcp::answer_id(b"{not json"),
+        );
         assert!(v["id"].is_null());
         let (plain, ty) = ErrorShape::Plain.body(StatusCode::FORBIDDEN, reason, None);
         assert_eq!(

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use interceptor::detection::{Engine, Handling, Selection};
 use interceptor::policy::{
-    self, Decision, Policy, RequestFacts, SecretHandling, Settings, Verdict,
+    self, Decision, Policy, RequestFacts, SecretHandling, Settings, Tool, Verdict,
 };
 
 use super::hook::ExchangeInfo;
@@ -222,10 +222,13 @@ impl PlanSource {
                 return plans.get(&d);
             }
         }
+        // Masking is set up before the body is read: a rule with tool conditions gives
+        // no settings (`docs/policy.md`).
         let request = RequestFacts {
             method: head.method.as_str(),
             path: head.uri.path(),
             headers: &head.headers,
+            tool: Tool::NoCall,
         };
         plans.get(&policy.decide_request(&facts, &request))
     }

@@ -77,6 +77,8 @@ impl Metrics {
             }
             Event::Tls(_)
             | Event::Stream(_)
+            | Event::ToolCall(_)
+            | Event::McpServer(_)
             | Event::Retention(_)
             | Event::PolicyLoaded(_)
             | Event::Damage(_)

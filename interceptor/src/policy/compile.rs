@@ -16,7 +16,7 @@ use super::index::Index;
 use super::kernel;
 use super::model::{
     Action, Approval, Conditions, GlobField, HeaderCondition, Outcome, Pattern, Policy, Reference,
-    ReferenceKind, Rule, Settings, TlsMode,
+    ReferenceKind, Rule, Settings, TlsMode, ToolArgCondition,
 };
 use super::spec::{ApprovalSpec, MatchSpec, PolicySpec, SettingsSpec};
 
@@ -219,6 +219,7 @@ impl Compiler<'_> {
             (GlobField::Enrollment, &m.enrollment),
             (GlobField::Host, &m.host),
             (GlobField::Path, &m.path),
+            (GlobField::Tool, &m.tool),
         ] {
             when.globs[field.slot()] = globs
                 .iter()
@@ -245,6 +246,20 @@ impl Compiler<'_> {
                 value: self.glob(&h.value, false)?,
             });
         }
+        for a in &m.tool_args {
+            let pointer = a.pointer.get_ref();
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                return Err(self.err(
+                    a.pointer.span(),
+                    format!("{pointer:?} is not a JSON pointer (it starts with \"/\", e.g. \"/command\")"),
+                ));
+            }
+            when.tool_args.push(ToolArgCondition {
+                pointer: pointer.clone(),
+                value: self.glob(&a.value, false)?,
+            });
+        }
+        when.api.clone_from(&m.api);
         Ok(when)
     }
 

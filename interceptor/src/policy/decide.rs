@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::facts::{ConnectionFacts, RequestFacts, glob_values};
+use super::facts::{ConnectionFacts, RequestFacts, Tool, glob_values};
 use super::model::{Action, Approval, GlobField, Policy, Rule, Settings};
 
 /// What the proxy does with a connection or request.
@@ -67,6 +67,8 @@ impl<'a> Stage<'_, 'a> {
     pub fn skips(&self, field: GlobField) -> bool {
         match field {
             GlobField::Path => self.request().is_none(),
+            // Without a call there is no name: the tool check below says why.
+            GlobField::Tool => self.request().is_none_or(|r| r.tool.call().is_none()),
             GlobField::Host => matches!(self, Stage::Dial),
             _ => false,
         }
@@ -85,6 +87,11 @@ pub enum Condition {
     Header(usize),
     /// The rule has HTTP conditions and the connection is not HTTP.
     NotHttp,
+    Api,
+    /// The tool argument condition at this index.
+    ToolArg(usize),
+    /// The rule has tool conditions and the request carries no tool call.
+    NoToolCall,
 }
 
 /// Whether glob conditions are checked here or were already checked by the index.
@@ -153,7 +160,21 @@ impl Rule {
                 return Some(Condition::Header(i));
             }
         }
-        None
+        if !w.is_tool() {
+            return None;
+        }
+        let call = match r.tool {
+            Tool::Unread => return None,
+            Tool::NoCall => return Some(Condition::NoToolCall),
+            Tool::Call(call) => call,
+        };
+        if !w.api.is_empty() && !w.api.contains(&call.api) {
+            return Some(Condition::Api);
+        }
+        w.tool_args
+            .iter()
+            .position(|a| !a.holds(call.arguments))
+            .map(Condition::ToolArg)
     }
 }
 

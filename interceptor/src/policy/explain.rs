@@ -81,7 +81,7 @@ impl Policy {
             ),
             Verdict::Inspect => writeln!(
                 text,
-                "enforced: per request: the rule has HTTP conditions (give --method and --path to decide a request)"
+                "enforced: per request: the rule has HTTP conditions (give --method and --path, or --tool, to decide a request)"
             ),
             Verdict::Approve => {
                 let a = d.approval.expect("approve rules have an approval");
@@ -129,18 +129,25 @@ fn conditions(rule: &Rule) -> impl Iterator<Item = Condition> + '_ {
         .map(Condition::Glob);
     let method = (!w.method.is_empty()).then_some(Condition::Method);
     let headers = (0..w.header.len()).map(Condition::Header);
+    let api = (!w.api.is_empty()).then_some(Condition::Api);
+    let tool_args = (0..w.tool_args.len()).map(Condition::ToolArg);
     simple
         .into_iter()
         .flatten()
         .chain(globs)
         .chain(method)
         .chain(headers)
+        .chain(api)
+        .chain(tool_args)
 }
 
 /// Whether a condition's value is known at `stage` (HTTP ones only with a request).
 fn is_known(c: Condition, stage: Stage) -> bool {
     match c {
         Condition::Method | Condition::Header(_) => stage.request().is_some(),
+        Condition::Api | Condition::ToolArg(_) => {
+            stage.request().is_some_and(|r| r.tool.call().is_some())
+        }
         Condition::Glob(field) => !stage.skips(field),
         _ => true,
     }
@@ -196,13 +203,32 @@ fn describe(rule: &Rule, c: Condition, facts: &ConnectionFacts, stage: Stage, me
         }
         Condition::Header(i) => {
             let h = &w.header[i];
-            let state = if met {
-                "has a value matching"
-            } else {
-                "has no value matching"
-            };
-            format!("header {:?} {state} {:?}", h.name, h.value.text)
+            format!("header {:?} {} {:?}", h.name, has_value(met), h.value.text)
         }
         Condition::NotHttp => "the rule has HTTP conditions and the connection is not HTTP".into(),
+        Condition::NoToolCall => {
+            "the rule has tool conditions and the request is no tool call".into()
+        }
+        Condition::Api => {
+            let api = stage
+                .request()
+                .and_then(|r| r.tool.call())
+                .map(|t| t.api.name());
+            let apis = w.api.iter().map(|a| format!("{:?}", a.name())).collect();
+            format!("api {:?} {verb} {}", api.unwrap_or(""), list(apis))
+        }
+        Condition::ToolArg(i) => {
+            let a = &w.tool_args[i];
+            let has = has_value(met);
+            format!("tool argument {:?} {has} {:?}", a.pointer, a.value.text)
+        }
+    }
+}
+
+fn has_value(met: bool) -> &'static str {
+    if met {
+        "has a value matching"
+    } else {
+        "has no value matching"
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::model::GlobField;
+use super::model::{Api, GlobField};
 
 /// One connection: the workload's identity and its destination.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,6 +60,36 @@ pub struct RequestFacts<'a> {
     /// Request target path; a query string is ignored.
     pub path: &'a str,
     pub headers: &'a dyn Headers,
+    pub tool: Tool<'a>,
+}
+
+/// What a request is to rules with tool conditions.
+#[derive(Clone, Copy, Debug)]
+pub enum Tool<'a> {
+    /// Its body was not read: tool conditions count as met. A decision by a rule with tool
+    /// conditions then says that the body must be read and the request decided again.
+    Unread,
+    /// It carries no tool call: rules with tool conditions do not match.
+    NoCall,
+    Call(ToolCall<'a>),
+}
+
+/// A tool call an agent makes.
+#[derive(Clone, Copy, Debug)]
+pub struct ToolCall<'a> {
+    pub api: Api,
+    pub name: &'a str,
+    /// The arguments, as sent (JSON).
+    pub arguments: &'a serde_json::Value,
+}
+
+impl<'a> Tool<'a> {
+    pub fn call(&self) -> Option<&ToolCall<'a>> {
+        match self {
+            Tool::Call(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> RequestFacts<'a> {
@@ -89,5 +119,6 @@ pub fn glob_values<'a>(
         GlobField::Enrollment => [c.enrollment, None],
         GlobField::Host => [c.host, None],
         GlobField::Path => [r.map(RequestFacts::path_only), None],
+        GlobField::Tool => [r.and_then(|r| r.tool.call()).map(|t| t.name), None],
     }
 }

@@ -29,10 +29,10 @@ pub use compile::hex_sha256;
 pub use decide::{Decision, Stage, Verdict};
 pub use error::PolicyError;
 pub use explain::Explanation;
-pub use facts::{ConnectionFacts, Headers, RequestFacts};
+pub use facts::{ConnectionFacts, Headers, RequestFacts, Tool, ToolCall};
 pub use kernel::{DenyNet, ProxyOnly};
 pub use model::{
-    Action, Approval, Outcome, Policy, ReferenceKind, Rule, SecretHandling, Settings, TlsMode,
+    Action, Api, Approval, Outcome, Policy, ReferenceKind, Rule, SecretHandling, Settings, TlsMode,
 };
 
 impl Policy {

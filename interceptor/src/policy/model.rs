@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::index::Index;
 use super::kernel::KernelDeny;
-pub use super::spec::{Action, TlsMode};
+pub use super::spec::{Action, Api, TlsMode};
 
 /// Identity and destination attributes a rule can match on, through globs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,10 +25,12 @@ pub enum GlobField {
     Host,
     /// HTTP only.
     Path,
+    /// Tool calls only: the tool's name.
+    Tool,
 }
 
 impl GlobField {
-    pub const ALL: [GlobField; 8] = [
+    pub const ALL: [GlobField; 9] = [
         GlobField::Cgroup,
         GlobField::Container,
         GlobField::Exe,
@@ -37,6 +39,7 @@ impl GlobField {
         GlobField::Enrollment,
         GlobField::Host,
         GlobField::Path,
+        GlobField::Tool,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl GlobField {
             GlobField::Enrollment => "enrollment",
             GlobField::Host => "host",
             GlobField::Path => "path",
+            GlobField::Tool => "tool",
         }
     }
 
@@ -151,17 +155,38 @@ pub struct HeaderCondition {
     pub value: Pattern,
 }
 
+#[derive(Clone, Debug)]
+pub struct ToolArgCondition {
+    /// RFC 6901 JSON pointer into the arguments.
+    pub pointer: String,
+    pub value: Pattern,
+}
+
+impl ToolArgCondition {
+    /// Whether the arguments have a value at the pointer that the glob matches: a string as
+    /// it is, anything else as its JSON text.
+    pub fn holds(&self, arguments: &serde_json::Value) -> bool {
+        match arguments.pointer(&self.pointer) {
+            None => false,
+            Some(serde_json::Value::String(s)) => self.value.matcher.is_match(s),
+            Some(other) => self.value.matcher.is_match(other.to_string()),
+        }
+    }
+}
+
 /// A rule's conditions. Empty lists do not constrain.
 #[derive(Clone, Debug, Default)]
 pub struct Conditions {
     /// Indexed by [`GlobField::slot`].
-    pub globs: [Vec<Pattern>; 8],
+    pub globs: [Vec<Pattern>; 9],
     pub uid: Vec<u32>,
     pub cidr: Vec<IpNet>,
     pub port: Vec<u16>,
     /// Upper case.
     pub method: Vec<String>,
     pub header: Vec<HeaderCondition>,
+    pub tool_args: Vec<ToolArgCondition>,
+    pub api: Vec<Api>,
 }
 
 impl Conditions {
@@ -169,11 +194,20 @@ impl Conditions {
         &self.globs[field.slot()]
     }
 
-    /// Whether the rule looks at HTTP requests (and so cannot decide a connection alone).
+    /// Whether the rule looks at HTTP requests (and so cannot decide a connection alone);
+    /// tool calls are read from HTTP requests.
     pub fn is_http(&self) -> bool {
         !self.method.is_empty()
             || !self.header.is_empty()
             || !self.globs(GlobField::Path).is_empty()
+            || self.is_tool()
+    }
+
+    /// Whether the rule looks at tool calls (and so matches only a request carrying one).
+    pub fn is_tool(&self) -> bool {
+        !self.tool_args.is_empty()
+            || !self.api.is_empty()
+            || !self.globs(GlobField::Tool).is_empty()
     }
 
     pub fn cidr_matches(&self, ip: Option<IpAddr>) -> bool {

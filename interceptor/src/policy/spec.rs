@@ -116,6 +116,50 @@ pub struct MatchSpec {
     /// HTTP headers: each must be present with a value matching its glob.
     #[serde(default)]
     pub header: Vec<HeaderSpec>,
+    /// Tool name globs (an MCP `tools/call`'s tool).
+    #[serde(default)]
+    pub tool: Vec<Spanned<String>>,
+    /// Conditions on a tool call's arguments: each must hold.
+    #[serde(default)]
+    pub tool_args: Vec<ToolArgSpec>,
+    /// The API a tool call is made through.
+    #[serde(default)]
+    pub api: Vec<Api>,
+}
+
+/// An API agents call tools through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// MCP over streamable HTTP (`tools/call`).
+    Mcp,
+    /// Not recognised yet: tool calls proposed in model responses (issue 18).
+    #[serde(rename = "openai")]
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Ollama,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Mcp => "mcp",
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+            Api::Gemini => "gemini",
+            Api::Ollama => "ollama",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolArgSpec {
+    /// RFC 6901 JSON pointer into the arguments (`/command`, `/options/force`).
+    pub pointer: Spanned<String>,
+    /// Glob over the value there: a string as it is, anything else as its JSON text.
+    pub value: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -100,6 +100,7 @@ fn http_rules_make_connections_inspected_and_decide_requests() {
         method: "GET",
         path: "/user?x=1",
         headers: &no_headers,
+        tool: Tool::NoCall,
     };
     assert_eq!(p.decide_request(&c, &get).name, "github-read");
     let auth: &[(&str, &str)] = &[("authorization", "Bearer abc")];
@@ -107,6 +108,7 @@ fn http_rules_make_connections_inspected_and_decide_requests() {
         method: "POST",
         path: "/repos/a/b/issues?q",
         headers: &auth,
+        tool: Tool::NoCall,
     };
     let d = p.decide_request(&c, &post);
     assert_eq!((d.verdict, d.name), (Verdict::Approve, "github-write"));
@@ -134,12 +136,138 @@ fn header_conditions_read_hyper_header_maps() {
             method: "POST",
             path: "/repos/a/b",
             headers,
+            tool: Tool::NoCall,
         };
         p.decide_request(&c, &post).name.to_string()
     };
     assert_eq!(decide(&headers), "default");
     headers.append("authorization", "Bearer abc".parse().unwrap());
     assert_eq!(decide(&headers), "github-write");
+}
+
+const TOOLS: &str = r#"
+[[rule]]
+name = "no-deletes"
+action = "deny"
+reason = "deleting needs a ticket"
+[rule.match]
+tool = ["delete_*"]
+
+[[rule]]
+name = "shell-rm"
+action = "approve"
+[rule.match]
+api = ["mcp"]
+tool = ["run_shell"]
+tool_args = [{ pointer = "/command", value = "rm *" }, { pointer = "/opts/force", value = "true" }]
+[rule.approval]
+users = ["alice"]
+
+[[rule]]
+name = "web"
+action = "allow"
+[rule.match]
+port = [443]
+
+[default]
+action = "deny"
+"#;
+
+#[test]
+fn tool_rules_match_tool_calls_by_name_arguments_and_api() {
+    let p = parse(TOOLS);
+    let c = conn("/usr/bin/python3", "127.0.0.2", 443);
+    // The connection is inspected: its requests may carry tool calls.
+    assert_eq!(p.decide_connection(&c).verdict, Verdict::Inspect);
+    let none: &[(&str, &str)] = &[];
+    let decide = |tool: Tool| {
+        let request = RequestFacts {
+            method: "POST",
+            path: "/mcp",
+            headers: &none,
+            tool,
+        };
+        let d = p.decide_request(&c, &request);
+        (d.verdict, d.name.to_string())
+    };
+    let call = |name, arguments| {
+        Tool::Call(ToolCall {
+            api: Api::Mcp,
+            name,
+            arguments,
+        })
+    };
+    let args = serde_json::json!({"command": "rm -rf /srv", "opts": {"force": true}});
+    assert_eq!(
+        decide(call("delete_repo", &args)),
+        (Verdict::Deny, "no-deletes".into())
+    );
+    assert_eq!(
+        decide(call("run_shell", &args)),
+        (Verdict::Approve, "shell-rm".into())
+    );
+    // Every argument condition must hold; a missing pointer does not.
+    let soft = serde_json::json!({"command": "rm -rf /srv", "opts": {"force": false}});
+    assert_eq!(decide(call("run_shell", &soft)).1, "web");
+    let no_opts = serde_json::json!({"command": "rm x"});
+    assert_eq!(decide(call("run_shell", &no_opts)).1, "web");
+    let ls = serde_json::json!({"command": "ls", "opts": {"force": true}});
+    assert_eq!(decide(call("run_shell", &ls)).1, "web");
+    // Another API's call does not match an `api = ["mcp"]` rule.
+    let openai = Tool::Call(ToolCall {
+        api: Api::OpenAi,
+        name: "run_shell",
+        arguments: &args,
+    });
+    assert_eq!(decide(openai).1, "web");
+    // No tool call: tool rules do not match. Not read yet: the first tool rule that may
+    // match decides (the body must be read).
+    assert_eq!(decide(Tool::NoCall).1, "web");
+    assert_eq!(decide(Tool::Unread), (Verdict::Deny, "no-deletes".into()));
+    // A stream that is not HTTP carries no tool call either.
+    assert_eq!(p.decide_opaque(&c).name, "web");
+}
+
+#[test]
+fn explain_shows_tool_conditions() {
+    let p = parse(TOOLS);
+    let c = conn("/usr/bin/python3", "127.0.0.2", 443);
+    let none: &[(&str, &str)] = &[];
+    let args = serde_json::json!({"command": "rm -rf /srv", "opts": {"force": "true"}});
+    let request = RequestFacts {
+        method: "POST",
+        path: "/",
+        headers: &none,
+        tool: Tool::Call(ToolCall {
+            api: Api::Mcp,
+            name: "run_shell",
+            arguments: &args,
+        }),
+    };
+    let e = p.explain(&c, Stage::Request(&request));
+    assert_eq!(e.verdict, Verdict::Approve);
+    assert!(
+        e.text.contains(r#"because: tool "run_shell" matches ["run_shell"]; api "mcp" matches ["mcp"]; tool argument "/command" has a value matching "rm *"; tool argument "/opts/force" has a value matching "true""#),
+        "{}",
+        e.text
+    );
+    assert!(
+        e.text
+            .contains(r#"#0 "no-deletes" (line 3): tool "run_shell" does not match ["delete_*"]"#),
+        "{}",
+        e.text
+    );
+    let plain = RequestFacts {
+        tool: Tool::NoCall,
+        ..request
+    };
+    let e = p.explain(&c, Stage::Request(&plain));
+    assert!(
+        e.text
+            .contains("the rule has tool conditions and the request is no tool call"),
+        "{}",
+        e.text
+    );
 }
 
 #[test]
@@ -235,6 +363,30 @@ fn errors_name_file_line_and_column() {
             ),
             "test.toml:7:20:",
             "not a header name",
+        ),
+        // a tool argument's pointer that is none
+        (
+            format!(
+                "{base}[[rule]]\nname = \"a\"\naction = \"deny\"\n[rule.match]\ntool_args = [{{ pointer = \"command\", value = \"rm *\" }}]\n"
+            ),
+            "test.toml:7:26:",
+            "\"command\" is not a JSON pointer",
+        ),
+        // a bad glob on a tool name
+        (
+            format!(
+                "{base}[[rule]]\nname = \"a\"\naction = \"deny\"\n[rule.match]\ntool = [\"[x\"]\n"
+            ),
+            "test.toml:7:9:",
+            "bad glob",
+        ),
+        // an API we do not know
+        (
+            format!(
+                "{base}[[rule]]\nname = \"a\"\naction = \"deny\"\n[rule.match]\napi = [\"mcp\", \"grpc\"]\n"
+            ),
+            "test.toml:7:15:",
+            "unknown variant `grpc`",
         ),
         // missing default
         (
@@ -508,9 +660,11 @@ prop_compose! {
         method in some_of(&METHODS),
         path in some_of(&PATH_GLOBS),
         header in some_of(&["prod*", "*"]),
+        tool in some_of(&["delete_*", "read_config"]),
+        tool_arg in some_of(&["rm *", "ls*"]),
     ) -> String {
         let mut t = format!("action = {action:?}\n[rule.match]\n");
-        for (key, values) in [("exe", &exe), ("host", &host), ("cidr", &cidr), ("enrollment", &enrollment), ("method", &method), ("path", &path)] {
+        for (key, values) in [("exe", &exe), ("host", &host), ("cidr", &cidr), ("enrollment", &enrollment), ("method", &method), ("path", &path), ("tool", &tool)] {
             if !values.is_empty() {
                 t += &format!("{key} = [{}]\n", quoted(values));
             }
@@ -523,6 +677,9 @@ prop_compose! {
         }
         if let Some(v) = header.first() {
             t += &format!("header = [{{ name = \"X-Env\", value = {v:?} }}]\n");
+        }
+        if let Some(v) = tool_arg.first() {
+            t += &format!("tool_args = [{{ pointer = \"/command\", value = {v:?} }}]\n");
         }
         if action == "approve" {
             t += "[rule.approval]\nusers = [\"alice\"]\n";
@@ -552,6 +709,7 @@ struct Facts {
     method: &'static str,
     path: &'static str,
     env: Option<&'static str>,
+    tool: Option<&'static str>,
 }
 
 prop_compose! {
@@ -565,8 +723,9 @@ prop_compose! {
         method in pick(&METHODS),
         path in pick(&PATHS),
         env in proptest::option::of(pick(&["prod-eu", "dev"])),
+        tool in proptest::option::of(pick(&["delete_repo", "read_config"])),
     ) -> Facts {
-        Facts { exe, host, ip, port, uid, enrollment, method, path, env }
+        Facts { exe, host, ip, port, uid, enrollment, method, path, env, tool }
     }
 }
 
@@ -596,7 +755,14 @@ proptest! {
         let c = f.conn();
         let headers: Vec<(&str, &str)> = f.env.map(|v| ("x-env", v)).into_iter().collect();
         let headers = headers.as_slice();
-        let req = RequestFacts { method: f.method, path: f.path, headers: &headers };
+        let arguments = serde_json::json!({"command": "rm -rf /tmp"});
+        let tool = f.tool.map_or(Tool::NoCall, |name| Tool::Call(ToolCall { api: Api::Mcp, name, arguments: &arguments }));
+        let req = RequestFacts { method: f.method, path: f.path, headers: &headers, tool };
+        // Deciding before the body is read answers for the body too, unless a tool rule decides.
+        let unread = p.decide_request(&c, &RequestFacts { tool: Tool::Unread, ..req });
+        if !unread.rule.is_some_and(|i| p.rules()[i].when.is_tool()) {
+            prop_assert_eq!(p.decide_request(&c, &req).rule, unread.rule);
+        }
         for stage in [Stage::Dial, Stage::Connection, Stage::Opaque, Stage::Request(&req)] {
             let d = p.decide(&c, stage);
             let naive = p.rules().iter().position(|r| r.first_unmet(&c, stage, Globs::Check).is_none());
@@ -639,7 +805,7 @@ proptest! {
         if refused {
             let headers: Vec<(&str, &str)> = f.env.map(|v| ("x-env", v)).into_iter().collect();
         let headers = headers.as_slice();
-            let req = RequestFacts { method: f.method, path: f.path, headers: &headers };
+            let req = RequestFacts { method: f.method, path: f.path, headers: &headers, tool: Tool::NoCall };
             prop_assert!(matches!(p.decide_connection(&c).verdict, Verdict::Deny | Verdict::Inspect));
             prop_assert_eq!(p.decide_opaque(&c).verdict, Verdict::Deny);
             prop_assert_eq!(p.decide_request(&c, &req).verdict, Verdict::Deny);

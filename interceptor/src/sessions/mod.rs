@@ -16,7 +16,7 @@ pub mod verify;
 mod writer;
 
 pub use record::{
-    Event, HttpExchange, Outcome, PolicyDecision, RecordedBody, Session, SessionEnd, SessionStart,
-    TlsInfo, TlsMode, UpgradedBytes,
+    Event, HttpExchange, McpServerRecord, Outcome, PolicyDecision, RecordedBody, Session,
+    SessionEnd, SessionStart, TlsInfo, TlsMode, ToolCallRecord, UpgradedBytes,
 };
 pub use store::{Store, StoreWriter};

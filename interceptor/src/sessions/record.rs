@@ -90,6 +90,10 @@ pub enum Event {
     /// A change asked for on the control socket, done, refused or failed, and who asked; a
     /// store event.
     Control(ControlChange),
+    /// A tool call an agent made (an MCP `tools/call`), arguments masked.
+    ToolCall(ToolCallRecord),
+    /// An MCP server's answer to `initialize`: who it is.
+    McpServer(McpServerRecord),
 }
 
 impl Event {
@@ -107,6 +111,8 @@ impl Event {
             Event::Secret(s) => s.id,
             Event::Stream(s) => s.id,
             Event::Damage(_) => 0,
+            Event::ToolCall(t) => t.id,
+            Event::McpServer(m) => m.id,
         }
     }
 }
@@ -233,6 +239,36 @@ impl RecordedBody {
     }
 }
 
+/// A tool call seen in a request, and the policy decision that applied to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ToolCallRecord {
+    /// The session.
+    pub id: u64,
+    /// The HTTP exchange that carried it.
+    pub seq: u64,
+    /// Where the call was read: "mcp" (a `tools/call` request).
+    pub source: String,
+    /// The JSON-RPC request's id (a number, or a string masked like the arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_id: Option<serde_json::Value>,
+    /// The tool's name, masked.
+    pub name: String,
+    #[serde(flatten)]
+    pub arguments: interceptor::agent::MaskedArguments,
+    /// The request's decision (or, for a connection decided as a whole, the connection's).
+    pub policy: PolicyDecision,
+}
+
+/// The MCP server that answered an `initialize` on this session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct McpServerRecord {
+    pub id: u64,
+    /// The exchange of the `initialize`.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub server: interceptor::agent::mcp::ServerInfo,
+}
+
 /// The first bytes of one direction of a stream that is not HTTP, masked; `bytes` is how much
 /// went that way in all.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -348,6 +384,10 @@ pub struct Session {
     pub secrets: Vec<SecretFinding>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub streams: Vec<StreamData>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerRecord>,
 }
 
 impl Session {
@@ -367,6 +407,8 @@ impl Session {
             http: Vec::new(),
             secrets: Vec::new(),
             streams: Vec::new(),
+            tool_calls: Vec::new(),
+            mcp_servers: Vec::new(),
         }
     }
 
@@ -389,6 +431,8 @@ impl Session {
             Event::Control(_) => {}
             Event::Secret(s) => self.secrets.push(s),
             Event::Stream(s) => self.streams.push(s),
+            Event::ToolCall(t) => self.tool_calls.push(t),
+            Event::McpServer(m) => self.mcp_servers.push(m),
         }
     }
 
