@@ -18,94 +18,53 @@ use regex_syntax::hir::{Capture, Hir, HirKind, Repetition};
 
 use super::tolerant::{self, Precision};
 
-/// Most rules' runs die within a word of ordinary text (a literal prefix such as `AKIA` or
-/// `ghp_`, a keyword, a digit where text has letters): a run of theirs is open once it has
-/// taken two bytes. A few begin with a class that every word or number fits (`\b[A-Za-z0-9]
-/// {14}\.atlasv1\.`, `(?:^|[^0-9])[0-9]{8,10}:AA`), so text ending in any short word would
-/// wait: a run of those *word-like* rules is open once it holds [`WORD_LIKE_HEAD`] bytes.
-/// The head that may go on before the rest comes is no longer than the prefix masking keeps
-/// readable anyway, so it shows nothing the mask would not.
-pub const WORD_LIKE_HEAD: usize = super::finding::MAX_KEPT_PREFIX + 1;
+/// A run is open once it has taken this many bytes. Shorter runs go on: what may leave
+/// before the rest of a secret comes is no longer than the prefix masking keeps readable
+/// anyway (and is often context in front of the secret: a keyword, a quote), so it shows
+/// nothing the mask would not. Without this, text ending in any short word would wait:
+/// some rules begin with a class every word fits (`\b[A-Za-z0-9]{14}\.atlasv1\.`), others
+/// with a keyword's first letters.
+pub const OPEN_AFTER: usize = super::finding::MAX_KEPT_PREFIX + 1;
 
-/// Ordinary text a rule is tried on: alive at the end of any of these, it is word-like.
-const WORD_PROBES: [&str; 7] = [
-    "Hello",
-    " today",
-    " information",
-    "(example",
-    " costs 120000",
-    " id x7Kq2",
-    "\"value",
-];
+pub struct Openings(Dfa);
 
-pub struct Openings {
-    /// Rules that are not word-like, then those that are.
-    groups: [Group; 2],
-    /// Per rule (in the engine's order), whether it is word-like.
-    word_like: Vec<bool>,
-}
-
-enum Group {
-    NoRules,
-    Dfa(Box<DFA>),
+enum Dfa {
+    Built(Box<DFA>),
     /// The patterns could not be built into one DFA: every position counts as open (callers
     /// wait for more text or the idle release; never less safe).
     Unchecked,
 }
 
-/// Lazy DFA caches for both groups.
-pub struct OpeningsCache([Option<Cache>; 2]);
+/// The lazy DFA's cache.
+pub struct OpeningsCache(Option<Cache>);
 
 impl Openings {
     pub(super) fn new<'a>(patterns: impl Iterator<Item = &'a str>) -> Openings {
-        let mut groups: [Vec<Hir>; 2] = Default::default();
-        let mut word_like_rules = Vec::new();
+        let mut hirs = Vec::new();
         for p in patterns {
             let Ok(hir) = tolerant::parse(p) else {
                 tracing::warn!(pattern = p, "a rule's openings cannot be checked");
-                return Openings {
-                    groups: [Group::Unchecked, Group::Unchecked],
-                    word_like: Vec::new(),
-                };
+                return Openings(Dfa::Unchecked);
             };
-            let hir = loosened(&tolerant::tolerant(&hir, Precision::Exact));
-            let word_like = match dfa(std::slice::from_ref(&hir)) {
-                Some(dfa) => is_word_like(&dfa),
-                None => true,
-            };
-            word_like_rules.push(word_like);
-            groups[usize::from(word_like)].push(hir);
+            hirs.push(loosened(&tolerant::tolerant(&hir, Precision::Exact)));
         }
-        Openings {
-            groups: groups.map(|hirs| match hirs.is_empty() {
-                true => Group::NoRules,
-                false => dfa(&hirs).map_or(Group::Unchecked, |dfa| Group::Dfa(Box::new(dfa))),
-            }),
-            word_like: word_like_rules,
-        }
-    }
-
-    /// Whether the engine's rule `rule` is word-like (see [`WORD_LIKE_HEAD`]).
-    pub fn is_word_like(&self, rule: usize) -> bool {
-        self.word_like.get(rule).copied().unwrap_or(true)
+        Openings(dfa(&hirs).map_or(Dfa::Unchecked, |dfa| Dfa::Built(Box::new(dfa))))
     }
 
     pub fn cache(&self) -> OpeningsCache {
-        OpeningsCache(self.groups.each_ref().map(|g| match g {
-            Group::Dfa(dfa) => Some(dfa.create_cache()),
-            _ => None,
-        }))
+        OpeningsCache(match &self.0 {
+            Dfa::Built(dfa) => Some(dfa.create_cache()),
+            Dfa::Unchecked => None,
+        })
     }
 
-    /// Whether a run of `group`'s rules started at `at` in `text` is alive at its end (the
-    /// byte before `at`, if any, is the look-behind for `\b` and the like).
-    fn alive(&self, cache: &mut OpeningsCache, group: usize, text: &[u8], at: usize) -> bool {
-        let dfa = match &self.groups[group] {
-            Group::NoRules => return false,
-            Group::Unchecked => return true,
-            Group::Dfa(dfa) => dfa,
+    /// Whether a run started at `at` in `text` is alive at its end (the byte before `at`, if
+    /// any, is the look-behind for `\b` and the like).
+    fn alive(&self, cache: &mut OpeningsCache, text: &[u8], at: usize) -> bool {
+        let Dfa::Built(dfa) = &self.0 else {
+            return true;
         };
-        let cache = cache.0[group].as_mut().expect("made with the DFA");
+        let cache = cache.0.as_mut().expect("made with the DFA");
         let config = start::Config::new()
             .anchored(Anchored::Yes)
             .look_behind(at.checked_sub(1).map(|i| text[i]));
@@ -128,6 +87,9 @@ impl Openings {
 }
 
 fn dfa(hirs: &[Hir]) -> Option<DFA> {
+    if hirs.is_empty() {
+        return None;
+    }
     let built = thompson::Compiler::new()
         .configure(
             thompson::Config::new()
@@ -152,19 +114,6 @@ fn dfa(hirs: &[Hir]) -> Option<DFA> {
             tracing::warn!(error = %e, "secret openings cannot be checked: streamed events wait for more text")
         })
         .ok()
-}
-
-/// Whether a run of `dfa` started anywhere in one of the [`WORD_PROBES`] is alive at its end.
-fn is_word_like(dfa: &DFA) -> bool {
-    let openings = Openings {
-        groups: [Group::Dfa(Box::new(dfa.clone())), Group::NoRules],
-        word_like: Vec::new(),
-    };
-    let mut cache = openings.cache();
-    WORD_PROBES.iter().any(|probe| {
-        let text = probe.as_bytes();
-        (0..text.len()).any(|at| openings.alive(&mut cache, 0, text, at))
-    })
 }
 
 /// Whether any byte leads `state` to a live state.
@@ -211,8 +160,8 @@ fn loosened(hir: &Hir) -> Hir {
 /// The open positions of one growing text, checked incrementally.
 #[derive(Default)]
 pub struct OpenTail {
-    /// Runs still alive, as (stream offset, group), by offset.
-    alive: Vec<(u64, usize)>,
+    /// Stream offsets of the runs still alive, in order.
+    alive: Vec<u64>,
     /// Every position before this has been started.
     started: u64,
 }
@@ -220,10 +169,7 @@ pub struct OpenTail {
 impl OpenTail {
     /// Updates the runs for `text`, the last bytes of the stream, which start at stream
     /// offset `base` (and hold at least `limit` bytes before the end, or all of it); returns
-    /// the first open position. Runs longer than `limit` are dropped.
-    ///
-    /// A run that has taken only one byte is not open: that byte is either context in front
-    /// of a secret (never masked) or a secret's first byte, which masking keeps in clear.
+    /// the first open position (see [`OPEN_AFTER`]). Runs longer than `limit` are dropped.
     pub fn update(
         &mut self,
         openings: &Openings,
@@ -236,23 +182,14 @@ impl OpenTail {
         let oldest = end.saturating_sub(limit as u64).max(base);
         let at = |p: u64| (p - base) as usize;
         self.alive
-            .retain(|&(p, g)| p >= oldest && openings.alive(cache, g, text, at(p)));
+            .retain(|&p| p >= oldest && openings.alive(cache, text, at(p)));
         for p in self.started.max(oldest)..end {
-            for g in 0..2 {
-                if openings.alive(cache, g, text, at(p)) {
-                    self.alive.push((p, g));
-                }
+            if openings.alive(cache, text, at(p)) {
+                self.alive.push(p);
             }
         }
         self.started = end;
-        self.alive.iter().find_map(|&(p, g)| {
-            let taken = (end - p) as usize;
-            let open = match g {
-                0 => taken > 1,
-                _ => taken >= WORD_LIKE_HEAD,
-            };
-            open.then_some(p)
-        })
+        (self.alive.iter().copied()).find(|&p| (end - p) as usize >= OPEN_AFTER)
     }
 }
 
@@ -281,9 +218,11 @@ mod tests {
     fn a_prefix_of_a_secret_is_open_where_it_starts() {
         assert_eq!(first_open("the key is AKIA4UAV"), Some(11));
         assert_eq!(first_open("then PassWord: "), Some(5));
-        // A lone byte may be context in front of a secret, or its first byte: it goes.
+        // Up to four bytes go (context, or what masking keeps readable of a secret).
         assert_eq!(first_open("the end "), None);
         assert_eq!(first_open("a key: A"), None);
+        assert_eq!(first_open("x AKIA"), None);
+        assert_eq!(first_open("x AKIA4"), Some(2));
         // A whole key waits for the boundary after it.
         assert_eq!(first_open("x AKIA4UAVNHXTUL3D4D4U"), Some(2));
     }
@@ -298,8 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_word_like_rule_is_open_only_past_the_kept_prefix() {
-        // Four bytes are what masking would show of a secret anyway.
+    fn a_rule_every_word_fits_is_open_only_past_the_kept_prefix() {
         assert_eq!(first_open("see you then"), None);
         assert_eq!(first_open("see you today"), Some(8));
         assert_eq!(first_open("id Ab3dEf5gH7jK9"), Some(3));
