@@ -29,10 +29,9 @@ pub(super) struct Channel {
     released: Vec<u8>,
     released_base: u64,
     places: VecDeque<Place>,
-    /// The last field's text, to tell a repeated value (an id in every event) from text
-    /// that grows.
-    last: Vec<u8>,
     pieces: u64,
+    /// The last field's text was the one before it again (an id in every event), not text
+    /// that grows.
     repeated: bool,
 }
 
@@ -50,7 +49,6 @@ impl Channel {
             released: Vec::new(),
             released_base: 0,
             places: VecDeque::new(),
-            last: Vec::new(),
             pieces: 0,
             repeated: false,
         })
@@ -72,15 +70,17 @@ impl Channel {
         pointer: &Arc<str>,
     ) -> Result<u64, ScanError> {
         let at = self.end();
+        // The previous field's text is the window's end, unless the window dropped it.
+        let previous = (self.places.back())
+            .filter(|p| p.at >= self.window_base)
+            .map(|p| &self.window[(p.at - self.window_base) as usize..]);
+        self.repeated = previous == Some(text);
         self.places.push_back(Place {
             at,
             event,
             pointer: pointer.clone(),
         });
         self.window.extend_from_slice(text);
-        self.repeated = self.last == text;
-        self.last.clear();
-        self.last.extend_from_slice(text);
         self.pieces += 1;
         self.masker.push(text, &mut self.released)?;
         Ok(at)
@@ -96,22 +96,16 @@ impl Channel {
         let open = self
             .open
             .update(openings, cache, &self.window, self.window_base, limit);
-        let base64_run = self
-            .window
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
-            .count();
         let growing = self.pieces > 1 && !self.repeated;
         // A value that repeats (an id or type in every event) is whole each time: a run open
         // only within it ends with it. One open from an earlier piece still waits.
-        let piece_start = self.end() - self.last.len() as u64;
+        let piece_start = self.places.back().map_or(self.end(), |p| p.at);
         let open = open.filter(|&at| !self.repeated || at < piece_start);
         match open {
             // What comes before the first open position cannot be part of a secret still
             // to be completed: it goes, and only the open tail waits.
             Some(at) => self.masker.release_before(at, &mut self.released),
-            None if base64_run >= OPEN_BASE64_RUN && growing => {}
+            None if growing && self.trailing_base64_run() >= OPEN_BASE64_RUN => {}
             None => self.flush()?,
         }
         if self.window.len() > 2 * limit {
@@ -129,6 +123,12 @@ impl Channel {
     /// event did not go on with: it was whole, not the start of a text that grows.
     pub(super) fn ended_after_one_piece(&self) -> bool {
         self.pieces == 1 && self.released_end() < self.end()
+    }
+
+    fn trailing_base64_run(&self) -> usize {
+        (self.window.iter().rev())
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+            .count()
     }
 
     /// Lets everything go, confirmed as if the text ended here (it goes on).
